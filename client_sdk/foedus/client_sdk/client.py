@@ -1,0 +1,374 @@
+"""The Foedus client: `Client.connect(target, api_key=...)`, then `client.models`, `client.tenants`, ..."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from foedus.client_sdk.errors import FoedusError, IntegrityError, InvalidArgument, from_rpc_error
+from foedus.client_sdk.profile import compute_reference_profile
+from foedus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, registry_pb2, registry_pb2_grpc
+
+T = TypeVar("T")
+CHUNK_SIZE = 1024 * 1024
+
+ROLES = {"viewer": common_pb2.ROLE_VIEWER, "editor": common_pb2.ROLE_EDITOR,
+         "owner": common_pb2.ROLE_OWNER, "agent": common_pb2.ROLE_AGENT}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS settings of the channel. Leave a field empty to use the default."""
+
+    ca_cert: str | Path | None = None
+    """PEM file of the CA that signed the server's certificate; the system roots when empty."""
+    client_cert: str | Path | None = None
+    """PEM client certificate, for servers that require mutual TLS."""
+    client_key: str | Path | None = None
+    """PEM private key of the client certificate."""
+    server_name: str | None = None
+    """Name to check the server's certificate against, when it differs from the target's host."""
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def _framework_of(path: Path) -> str:
+    return "onnx" if path.suffix.lower() == ".onnx" else "custom"
+
+
+class _Rpc:
+    """Calls stubs with the key and timeout, and turns gRPC errors into the SDK's exceptions."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str, timeout: float | None) -> None:
+        self.channel = channel
+        self.metadata = (("authorization", f"Bearer {api_key}"),)
+        self.timeout = timeout
+
+    def __call__(self, method: Callable[..., T], request: Any, *, timeout: float | None = None) -> T:
+        try:
+            return method(request, metadata=self.metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+
+def _pages(fetch: Callable[[str], tuple[Sequence[T], str]], limit: int | None) -> list[T]:
+    out: list[T] = []
+    token = ""
+    while True:
+        items, token = fetch(token)
+        out.extend(items)
+        if not token or (limit is not None and len(out) >= limit):
+            return out if limit is None else out[:limit]
+
+
+class ModelsAPI:
+    """The model registry of the caller's tenant."""
+
+    def __init__(self, rpc: _Rpc, chunk_size: int) -> None:
+        self._rpc = rpc
+        self._stub = registry_pb2_grpc.RegistryServiceStub(rpc.channel)
+        self._chunk_size = chunk_size
+
+    def create(
+        self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None
+    ) -> registry_pb2.Model:
+        req = registry_pb2.CreateModelRequest(name=name, description=description, tags=dict(tags or {}))
+        return self._rpc(self._stub.CreateModel, req).model
+
+    def register(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        aliases: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        reference_data: Any = None,
+        feature_names: Sequence[str] | None = None,
+        description: str = "",
+        framework: str | None = None,
+        create_model: bool = True,
+        timeout: float | None = None,
+    ) -> registry_pb2.ModelVersion:
+        """Uploads `path` as the next version of model `name` and returns it.
+
+        `lineage` takes the structured keys `data_fingerprint`, `code_revision` and
+        `parent_version`; any other key goes to its free key/values. `reference_data` (a 2-D array,
+        a mapping of column -> values, or a DataFrame) is profiled here, and only the profile is
+        sent. The framework is `onnx` for .onnx files unless given; ONNX versions pass the
+        registry's gates (validity, signature, CPU latency) or are rejected with InvalidArgument.
+        The file is streamed in chunks and never held in memory.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidArgument(f"no such file: {file}")
+        lin = dict(lineage or {})
+        spec = registry_pb2.VersionSpec(
+            model=name,
+            create_model=create_model,
+            description=description,
+            tags=dict(tags or {}),
+            aliases=list(aliases),
+            framework=framework or _framework_of(file),
+            size_bytes=file.stat().st_size,
+            lineage=registry_pb2.Lineage(
+                data_fingerprint=str(lin.pop("data_fingerprint", "")),
+                code_revision=str(lin.pop("code_revision", "")),
+                parent_version=int(lin.pop("parent_version", 0)),
+                properties={str(k): str(v) for k, v in lin.items()},
+            ),
+        )
+        if reference_data is not None:
+            spec.reference_profile.CopyFrom(compute_reference_profile(reference_data, feature_names=feature_names))
+
+        def messages() -> Iterator[registry_pb2.CreateModelVersionRequest]:
+            yield registry_pb2.CreateModelVersionRequest(spec=spec)
+            digest = hashlib.sha256()
+            with open(file, "rb") as f:
+                while chunk := f.read(self._chunk_size):
+                    digest.update(chunk)
+                    yield registry_pb2.CreateModelVersionRequest(chunk=chunk)
+            yield registry_pb2.CreateModelVersionRequest(sha256=digest.hexdigest())
+
+        return self._rpc(self._stub.CreateModelVersion, messages(), timeout=timeout or 3600.0).version
+
+    def get(self, name: str) -> registry_pb2.Model:
+        return self._rpc(self._stub.GetModel, registry_pb2.GetModelRequest(name=name)).model
+
+    def list(self, *, name_prefix: str = "", limit: int | None = None) -> list[registry_pb2.Model]:
+        def fetch(token: str) -> tuple[Sequence[registry_pb2.Model], str]:
+            req = registry_pb2.ListModelsRequest(name_prefix=name_prefix, page=common_pb2.PageRequest(page_token=token))
+            resp = self._rpc(self._stub.ListModels, req)
+            return resp.models, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def get_version(
+        self, name: str, version: int | None = None, *, alias: str | None = None
+    ) -> registry_pb2.ModelVersion:
+        """One version by number, or by alias (`alias="production"`)."""
+        req = registry_pb2.GetModelVersionRequest(model=name)
+        if alias is not None:
+            req.alias = alias
+        elif version is not None:
+            req.version = version
+        return self._rpc(self._stub.GetModelVersion, req).version
+
+    def versions(
+        self, name: str, *, include_archived: bool = False, limit: int | None = None
+    ) -> list[registry_pb2.ModelVersion]:
+        """Versions newest first (reference profiles left out; `get_version` has them)."""
+
+        def fetch(token: str) -> tuple[Sequence[registry_pb2.ModelVersion], str]:
+            req = registry_pb2.ListModelVersionsRequest(
+                model=name, include_archived=include_archived, page=common_pb2.PageRequest(page_token=token)
+            )
+            resp = self._rpc(self._stub.ListModelVersions, req)
+            return resp.versions, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def set_alias(self, name: str, alias: str, version: int) -> int:
+        """Points `alias` at `version`; returns where it pointed before (0 if new)."""
+        req = registry_pb2.SetAliasRequest(model=name, alias=alias, version=version)
+        return self._rpc(self._stub.SetAlias, req).previous_version
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._rpc(self._stub.DeleteAlias, registry_pb2.DeleteAliasRequest(model=name, alias=alias))
+
+    def archive(self, name: str, version: int) -> registry_pb2.ModelVersion:
+        req = registry_pb2.ArchiveModelVersionRequest(model=name, version=version)
+        return self._rpc(self._stub.ArchiveModelVersion, req).version
+
+    def download(
+        self,
+        name: str,
+        dest: str | Path,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        timeout: float | None = None,
+    ) -> Path:
+        """Streams a version's artifact to `dest` (a file, or a directory to put it in).
+
+        The file appears only complete and verified against the registry's sha256; a mismatch
+        raises IntegrityError and leaves nothing behind.
+        """
+        req = registry_pb2.DownloadArtifactRequest(model=name)
+        if alias is not None:
+            req.alias = alias
+        elif version is not None:
+            req.version = version
+        target = Path(dest)
+        try:
+            stream = self._stub.DownloadArtifact(req, metadata=self._rpc.metadata, timeout=timeout or 3600.0)
+            header = next(stream).header
+            if target.is_dir():
+                suffix = ".onnx" if header.artifact.framework == "onnx" else ".bin"
+                target = target / f"{name}-v{header.version}{suffix}"
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for message in stream:
+                        digest.update(message.chunk)
+                        size += len(message.chunk)
+                        f.write(message.chunk)
+                if digest.hexdigest() != header.artifact.sha256 or size != header.artifact.size_bytes:
+                    raise IntegrityError(
+                        f"downloaded artifact does not match the registry: sha256 {digest.hexdigest()} "
+                        f"({size} bytes), expected {header.artifact.sha256} ({header.artifact.size_bytes} bytes)"
+                    )
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return target
+
+
+class TenantsAPI:
+    """Platform administration of tenants (admin key)."""
+
+    def __init__(self, rpc: _Rpc) -> None:
+        self._rpc = rpc
+        self._stub = admin_pb2_grpc.AdminServiceStub(rpc.channel)
+
+    def create(
+        self, name: str, *, display_name: str = "", owner_key: bool = True
+    ) -> admin_pb2.CreateTenantResponse:
+        """Creates a tenant; with `owner_key`, the response carries its first owner key's secret."""
+        req = admin_pb2.CreateTenantRequest(name=name, display_name=display_name, create_owner_key=owner_key)
+        return self._rpc(self._stub.CreateTenant, req)
+
+    def get(self, name: str = "") -> admin_pb2.Tenant:
+        return self._rpc(self._stub.GetTenant, admin_pb2.GetTenantRequest(name=name)).tenant
+
+    def list(self, *, limit: int | None = None) -> list[admin_pb2.Tenant]:
+        def fetch(token: str) -> tuple[Sequence[admin_pb2.Tenant], str]:
+            resp = self._rpc(
+                self._stub.ListTenants, admin_pb2.ListTenantsRequest(page=common_pb2.PageRequest(page_token=token))
+            )
+            return resp.tenants, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def disable(self, name: str) -> admin_pb2.Tenant:
+        return self._rpc(self._stub.DisableTenant, admin_pb2.DisableTenantRequest(name=name)).tenant
+
+    def enable(self, name: str) -> admin_pb2.Tenant:
+        return self._rpc(self._stub.EnableTenant, admin_pb2.EnableTenantRequest(name=name)).tenant
+
+
+class KeysAPI:
+    """API keys: owners manage their tenant's, the admin any tenant's (pass `tenant`)."""
+
+    def __init__(self, rpc: _Rpc) -> None:
+        self._rpc = rpc
+        self._stub = admin_pb2_grpc.KeyServiceStub(rpc.channel)
+
+    def create(self, role: str, *, description: str = "", tenant: str = "") -> admin_pb2.CreateKeyResponse:
+        """Creates a key with role owner | editor | viewer | agent; `.secret` is shown only here."""
+        if role not in ROLES:
+            raise InvalidArgument(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        req = admin_pb2.CreateKeyRequest(tenant=tenant, role=ROLES[role], description=description)
+        return self._rpc(self._stub.CreateKey, req)
+
+    def list(self, *, tenant: str = "", include_revoked: bool = False) -> list[admin_pb2.ApiKey]:
+        def fetch(token: str) -> tuple[Sequence[admin_pb2.ApiKey], str]:
+            req = admin_pb2.ListKeysRequest(
+                tenant=tenant, include_revoked=include_revoked, page=common_pb2.PageRequest(page_token=token)
+            )
+            resp = self._rpc(self._stub.ListKeys, req)
+            return resp.keys, resp.next_page_token
+
+        return _pages(fetch, None)
+
+    def revoke(self, key_id: str, *, tenant: str = "") -> admin_pb2.ApiKey:
+        return self._rpc(self._stub.RevokeKey, admin_pb2.RevokeKeyRequest(tenant=tenant, key_id=key_id)).key
+
+
+class Client:
+    """A connection to a Foedus control plane. Use `Client.connect(...)`; close it or use `with`."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str, *, timeout: float | None, chunk_size: int) -> None:
+        self._channel = channel
+        self._rpc = _Rpc(channel, api_key, timeout)
+        self._admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self.models = ModelsAPI(self._rpc, chunk_size)
+        self.tenants = TenantsAPI(self._rpc)
+        self.keys = KeysAPI(self._rpc)
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        *,
+        api_key: str,
+        tls: TlsConfig | bool | None = None,
+        timeout: float | None = 30.0,
+        chunk_size: int = CHUNK_SIZE,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> Client:
+        """Connects to `target` (HOST:PORT) with an API key.
+
+        `tls=True` uses the system's CA roots, a TlsConfig a given CA and/or a client certificate;
+        None or False is plaintext (for loopback and trusted networks). `timeout` applies to each
+        unary call; uploads and downloads have their own, longer default.
+        """
+        if not api_key:
+            raise InvalidArgument("api_key is required (FOEDUS_API_KEY for the CLI)")
+        opts = [
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            *options,
+        ]
+        if tls:
+            config = tls if isinstance(tls, TlsConfig) else TlsConfig()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(config.ca_cert),
+                private_key=_read(config.client_key),
+                certificate_chain=_read(config.client_cert),
+            )
+            if config.server_name:
+                opts.append(("grpc.ssl_target_name_override", config.server_name))
+            channel = grpc.secure_channel(target, credentials, options=opts)
+        else:
+            channel = grpc.insecure_channel(target, options=opts)
+        return cls(channel, api_key, timeout=timeout, chunk_size=chunk_size)
+
+    def whoami(self) -> admin_pb2.WhoAmIResponse:
+        return self._rpc(self._admin.WhoAmI, admin_pb2.WhoAmIRequest())
+
+    def audit(self, *, tenant: str = "", limit: int | None = 100) -> list[admin_pb2.AuditEntry]:
+        """Audit entries, newest first: of the caller's tenant (owner) or of `tenant` (admin)."""
+
+        def fetch(token: str) -> tuple[Sequence[admin_pb2.AuditEntry], str]:
+            req = admin_pb2.ListAuditEntriesRequest(tenant=tenant, page=common_pb2.PageRequest(page_token=token))
+            resp = self._rpc(self._admin.ListAuditEntries, req)
+            return resp.entries, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Client", "FoedusError", "KeysAPI", "ModelsAPI", "TenantsAPI", "TlsConfig"]

@@ -1,0 +1,114 @@
+"""The SDK's own exceptions: callers catch these, never grpc.RpcError."""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class StatusCode(enum.Enum):
+    """Why a call failed; names match gRPC's status codes."""
+
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
+
+class FoedusError(Exception):
+    """Base of every error the SDK raises. `status` says why, `message` says it for a person."""
+
+    status: StatusCode = StatusCode.UNKNOWN
+
+    def __init__(self, message: str, status: StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(FoedusError):
+    status = StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FoedusError):
+    status = StatusCode.NOT_FOUND
+
+
+class AlreadyExists(FoedusError):
+    status = StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(FoedusError):
+    status = StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(FoedusError):
+    status = StatusCode.UNAUTHENTICATED
+
+
+class FailedPrecondition(FoedusError):
+    status = StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(FoedusError):
+    status = StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(FoedusError):
+    """The server could not be reached (or went away); the call may be retried."""
+
+    status = StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(FoedusError):
+    status = StatusCode.DEADLINE_EXCEEDED
+
+
+class IntegrityError(FoedusError):
+    """Downloaded bytes do not match the digest the registry recorded."""
+
+    status = StatusCode.DATA_LOSS
+
+
+_BY_STATUS: dict[StatusCode, type[FoedusError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        Unauthenticated,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        IntegrityError,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> FoedusError:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    status = StatusCode[code.name] if code is not None else StatusCode.UNKNOWN
+    details = error.details() if isinstance(error, grpc.Call) else None
+    message = details or status.name.replace("_", " ").lower()
+    if status is StatusCode.UNAVAILABLE and details and "connect" in details.lower():
+        message = f"cannot reach the Foedus server: {details}"
+    return _BY_STATUS.get(status, FoedusError)(message, status)

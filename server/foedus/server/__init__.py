@@ -1,0 +1,1 @@
+"""Foedus control plane: the gRPC server, its services and its store."""

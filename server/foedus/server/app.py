@@ -1,0 +1,173 @@
+"""Builds and runs the control plane: `build_server(config)` returns it, only `main()` blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from foedus.server.artifacts.local import LocalBlobStore
+from foedus.server.config import ServerConfig
+from foedus.server.interceptors import SERVICE_MODULES, CallGuard
+from foedus.server.registry.gates import GateConfig
+from foedus.server.registry.service import RegistryLimits, RegistryService
+from foedus.server.servicers.admin import AdminServicer, KeyServicer
+from foedus.server.servicers.registry import RegistryServicer
+from foedus.server.store.sql import SqlStore
+from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
+from foedus.v1 import admin_pb2_grpc, registry_pb2_grpc
+
+log = logging.getLogger("foedus.server")
+
+
+@dataclass
+class FoedusServer:
+    """A built control plane. `await start()`, then `await stop()`; `port` is the bound port."""
+
+    config: ServerConfig
+    grpc_server: grpc.aio.Server
+    store: SqlStore
+    executor: ThreadPoolExecutor
+    tenancy: TenancyService
+    registry: RegistryService
+    health: health.aio.HealthServicer
+    port: int
+    admin_key_id: str | None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.config.data_dir / ADMIN_KEY_FILE
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        for service in _service_names():
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._collect_garbage()))
+        log.info("foedus control plane serving on %s (store: %s)", self.target, self.store.dialect)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        self.executor.shutdown(wait=True)
+        self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+    async def _collect_garbage(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.gc_interval_s)
+            try:
+                removed = await loop.run_in_executor(
+                    self.executor, self.registry.collect_garbage, self.config.gc_grace_s
+                )
+                if removed:
+                    log.info("garbage collection removed %d unreferenced artifact file(s)", removed)
+            except Exception:
+                log.exception("garbage collection failed")
+
+
+def _service_names() -> list[str]:
+    names = [s.full_name for m in SERVICE_MODULES for s in m.DESCRIPTOR.services_by_name.values()]
+    return [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+
+
+def build_server(config: ServerConfig) -> FoedusServer:
+    """Opens the store (running migrations), bootstraps the admin key and binds the port.
+
+    Call it inside the event loop that will run the server.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(config.database_url(), pool_size=config.store_threads)
+    blobs = LocalBlobStore(config.data_dir / "artifacts")
+    blobs.remove_stale_uploads(older_than_s=config.gc_grace_s)
+    tenancy = TenancyService(store)
+    registry = RegistryService(
+        store,
+        blobs,
+        gate_config=GateConfig(latency_runs=config.latency_runs),
+        limits=RegistryLimits(max_artifact_bytes=config.max_artifact_bytes),
+    )
+    admin_key_id = tenancy.bootstrap_admin(config.data_dir)
+    executor = ThreadPoolExecutor(max_workers=config.store_threads, thread_name_prefix="foedus-store")
+    server = grpc.aio.server(
+        interceptors=[CallGuard(tenancy, executor)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, executor), server)
+    admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, executor), server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, executor), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(_service_names(), server)
+    if config.tls_cert:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        store.close()
+        raise OSError(f"could not bind {config.listen}")
+    return FoedusServer(
+        config=config,
+        grpc_server=server,
+        store=store,
+        executor=executor,
+        tenancy=tenancy,
+        registry=registry,
+        health=health_servicer,
+        port=port,
+        admin_key_id=admin_key_id,
+    )
+
+
+async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Runs the server until SIGINT or SIGTERM, then stops it gracefully."""
+    server = build_server(config)
+    if server.admin_key_id is not None:
+        log.warning(
+            "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
+            server.admin_key_id,
+            server.admin_key_path,
+        )
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    print(f"foedus server listening on {server.target}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def main(config: ServerConfig) -> None:
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config))

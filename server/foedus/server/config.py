@@ -1,0 +1,121 @@
+"""The server's configuration: one typed model, read from a TOML file, the environment and flags.
+
+Precedence: flags > environment (FOEDUS_<FIELD>, e.g. FOEDUS_DATA_DIR) > file > defaults.
+Unknown keys in the file are rejected, so a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path = Path("foedus-data")
+    """Holds the SQLite database, the artifact store and admin.key."""
+    listen: str = "127.0.0.1:50051"
+    """HOST:PORT to serve on; port 0 picks a free port."""
+    db: str = ""
+    """Database URL; empty means SQLite in data_dir. postgresql://user@host:5432/db for PostgreSQL."""
+    tls_cert: str = ""
+    """PEM certificate chain of the server; with tls_key, the server speaks TLS only."""
+    tls_key: str = ""
+    """PEM private key of the server."""
+    allow_insecure: bool = False
+    """Allow plaintext on a non-loopback address (behind a TLS-terminating proxy, say)."""
+    max_artifact_bytes: int = 8 * 1024**3
+    """Largest artifact a registration may upload."""
+    max_message_bytes: int = 8 * 1024 * 1024
+    """Largest single gRPC message accepted (artifact chunks are sent well below it)."""
+    store_threads: int = 8
+    """Threads for blocking store and artifact work."""
+    gc_interval_s: float = 600.0
+    """How often unreferenced artifacts and stale uploads are collected."""
+    gc_grace_s: float = 3600.0
+    """Minimum age of an unreferenced artifact before it is deleted."""
+    latency_runs: int = 50
+    """Timed runs of the registration gate's CPU latency profile."""
+    log_level: str = "INFO"
+
+    def database_url(self) -> str:
+        return self.db or f"sqlite:///{self.data_dir / 'foedus.db'}"
+
+    def validate(self) -> ServerConfig:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        if not self.tls_cert and not self.allow_insecure and not _is_loopback(host):
+            raise ConfigError(
+                f"refusing plaintext on non-loopback address {host}: give tls_cert and tls_key, "
+                "or allow_insecure (--insecure) when a proxy terminates TLS"
+            )
+        for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    kind = target if isinstance(target, type) else type(target)
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if kind is Path:
+            return Path(value)
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from exc
+
+
+def load_config(
+    file: Path | None = None, *, env: dict[str, str] | None = None, **overrides: Any
+) -> ServerConfig:
+    """Builds the config from a file, the environment and explicit overrides (None = not given)."""
+    env = dict(os.environ) if env is None else env
+    defaults = ServerConfig()
+    known = {f.name: getattr(defaults, f.name) for f in fields(ServerConfig)}
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+        data = data.get("server", data)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {file}: {', '.join(unknown)}; known: {', '.join(known)}")
+        values.update(data)
+    for name in known:
+        env_value = env.get(f"FOEDUS_{name.upper()}")
+        if env_value is not None:
+            values[name] = env_value
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
+    return dataclasses.replace(defaults, **coerced).validate()

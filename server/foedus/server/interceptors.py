@@ -1,0 +1,211 @@
+"""Cross-cutting checks for every Foedus RPC, in this order:
+
+1. authentication: `authorization: Bearer <key>` metadata -> Principal (UNAUTHENTICATED otherwise);
+2. authorization: the role must be among the RPC's `(foedus.v1.access)` roles (PERMISSION_DENIED);
+3. the call itself, with the principal in `current_call()`;
+4. error mapping: a DomainError becomes its status code with its message; anything else INTERNAL;
+5. audit: calls marked `mutating` are appended to the audit log with their outcome.
+
+The policy of each RPC is read from the proto descriptors, so a new RPC cannot go unchecked.
+Health checking and reflection are not Foedus RPCs and stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+
+from foedus.server.errors import DomainError, PermissionDenied, Unauthenticated
+from foedus.server.store.records import AuditRecord, Role
+from foedus.server.tenancy.principal import Principal
+from foedus.server.tenancy.service import TenancyService, now_us
+from foedus.v1 import admin_pb2, common_pb2, registry_pb2
+
+log = logging.getLogger("foedus.server")
+
+SERVICE_MODULES = (admin_pb2, registry_pb2)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    roles: frozenset[Role]
+    mutating: bool
+
+
+def access_policies() -> dict[str, AccessPolicy]:
+    """`/package.Service/Method` -> policy, for every RPC of every Foedus service."""
+    policies: dict[str, AccessPolicy] = {}
+    pool = descriptor_pool.Default()
+    for module in SERVICE_MODULES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if not options.HasExtension(common_pb2.access):
+                    raise RuntimeError(f"{method.full_name} declares no (foedus.v1.access) policy")
+                access = options.Extensions[common_pb2.access]
+                policies[f"/{service.full_name}/{method.name}"] = AccessPolicy(
+                    roles=frozenset(Role(r) for r in access.roles), mutating=access.mutating
+                )
+    assert pool is not None
+    return policies
+
+
+@dataclass(slots=True)
+class CallInfo:
+    principal: Principal
+    method: str
+    resource: str = ""
+    detail: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+_CALL: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("foedus_call")
+
+
+def current_call() -> CallInfo:
+    """The call being served: its principal, and the resource it names (set by the servicer)."""
+    return _CALL.get()
+
+
+def current_principal() -> Principal:
+    return _CALL.get().principal
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    def __init__(self, tenancy: TenancyService, executor: Executor) -> None:
+        self._tenancy = tenancy
+        self._executor = executor
+        self._policies = access_policies()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        policy = self._policies.get(method)
+        if handler is None or policy is None:
+            return handler
+        return self._wrap(handler, method, policy)
+
+    # --- the steps ------------------------------------------------------------------------------
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                token = value[7:].strip() if value[:7].lower() == "bearer " else ""
+                break
+        if not token:
+            raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
+        principal = await self._run(self._tenancy.authenticate, token)
+        info = CallInfo(principal=principal, method=method)
+        _CALL.set(info)
+        return info
+
+    @staticmethod
+    def _authorize(info: CallInfo, policy: AccessPolicy) -> None:
+        if not info.principal.may(policy.roles):
+            allowed = ", ".join(sorted(r.name.lower() for r in policy.roles))
+            raise PermissionDenied(
+                f"role {info.principal.role.name.lower()} may not call {info.method.rsplit('/', 1)[1]} "
+                f"(allowed: {allowed})"
+            )
+
+    async def _finish(
+        self, policy: AccessPolicy, info: CallInfo | None, error: BaseException | None, context: Any
+    ) -> None:
+        if info is None or not policy.mutating:
+            return
+        if error is None:
+            outcome = "OK"
+        elif isinstance(error, DomainError):
+            outcome = error.code.value
+        else:
+            outcome = "CANCELLED" if isinstance(error, asyncio.CancelledError) else "INTERNAL"
+        entry = AuditRecord(
+            time_us=now_us(),
+            tenant=info.principal.tenant,
+            key_id=info.principal.key_id,
+            role=info.principal.role,
+            method=info.method,
+            resource=info.resource,
+            outcome=outcome,
+            detail=info.detail if error is None else str(error)[:500],
+        )
+        try:
+            await self._run(self._tenancy.record, entry)
+        except Exception:
+            log.exception("could not write the audit entry of %s", info.method)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        if isinstance(error, DomainError):
+            await context.abort(grpc.StatusCode[error.code.value], error.message)
+        log.error("internal error", exc_info=error)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- wrapping of the four call shapes --------------------------------------------------------
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, policy: AccessPolicy) -> grpc.RpcMethodHandler:
+        guard = self
+
+        async def call(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
+            info: CallInfo | None = None
+            error: BaseException | None = None
+            try:
+                info = await guard._authenticate(method, context)
+                guard._authorize(info, policy)
+                return await inner(request, context)
+            except (DomainError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                error = exc
+                await guard._abort(context, exc)
+            finally:
+                await guard._finish(policy, info, error, context)
+
+        async def stream(
+            inner: Callable[..., AsyncIterator[Any]], request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            info: CallInfo | None = None
+            error: BaseException | None = None
+            try:
+                info = await guard._authenticate(method, context)
+                guard._authorize(info, policy)
+                async for item in inner(request, context):
+                    yield item
+            except (DomainError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                error = exc
+                await guard._abort(context, exc)
+            finally:
+                await guard._finish(policy, info, error, context)
+
+        h: Any = handler
+        if h.unary_unary or h.stream_unary:
+            inner = h.unary_unary or h.stream_unary
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await call(inner, request, context)
+
+            factory = grpc.unary_unary_rpc_method_handler if h.unary_unary else grpc.stream_unary_rpc_method_handler
+            return factory(unary_response, h.request_deserializer, h.response_serializer)
+        inner_stream = h.unary_stream or h.stream_stream
+
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in stream(inner_stream, request, context):
+                yield item
+
+        factory = grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler
+        return factory(stream_response, h.request_deserializer, h.response_serializer)

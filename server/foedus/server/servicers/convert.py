@@ -1,0 +1,170 @@
+"""Conversions between store records and foedus.v1 messages."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from foedus.server.store.records import (
+    AuditRecord,
+    FeatureProfile,
+    KeyRecord,
+    Lineage,
+    ModelRecord,
+    ReferenceProfile,
+    Role,
+    TenantRecord,
+    VersionRecord,
+)
+from foedus.v1 import admin_pb2, common_pb2, registry_pb2
+
+
+def ts(us: int | None) -> Timestamp | None:
+    if us is None:
+        return None
+    t = Timestamp()
+    t.seconds, micros = divmod(us, 1_000_000)
+    t.nanos = micros * 1000
+    return t
+
+
+def meta(created_us: int, created_by: str, updated_us: int | None = None) -> common_pb2.Meta:
+    return common_pb2.Meta(created_at=ts(created_us), created_by=created_by, updated_at=ts(updated_us))
+
+
+def tenant(rec: TenantRecord) -> admin_pb2.Tenant:
+    return admin_pb2.Tenant(
+        name=rec.name,
+        display_name=rec.display_name,
+        state=int(rec.state),  # type: ignore[arg-type]
+        meta=meta(rec.created_at_us, rec.created_by),
+    )
+
+
+def api_key(rec: KeyRecord) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        key_id=rec.key_id,
+        tenant=rec.tenant or "",
+        role=int(rec.role),  # type: ignore[arg-type]
+        description=rec.description,
+        meta=meta(rec.created_at_us, rec.created_by),
+        revoked_at=ts(rec.revoked_at_us),
+    )
+
+
+def audit(rec: AuditRecord) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        id=rec.id,
+        time=ts(rec.time_us),
+        tenant=rec.tenant or "",
+        key_id=rec.key_id,
+        role=0 if rec.role is None else int(rec.role),  # type: ignore[arg-type]
+        method=rec.method,
+        resource=rec.resource,
+        outcome=rec.outcome,
+        detail=rec.detail,
+    )
+
+
+def role(value: int) -> Role | None:
+    try:
+        return Role(value)
+    except ValueError:
+        return None
+
+
+def model(rec: ModelRecord) -> registry_pb2.Model:
+    return registry_pb2.Model(
+        name=rec.name,
+        description=rec.description,
+        tags=rec.tags,
+        latest_version=rec.latest_version,
+        aliases=rec.aliases,
+        meta=meta(rec.created_at_us, rec.created_by, rec.updated_at_us),
+    )
+
+
+def profile_to_proto(p: ReferenceProfile) -> common_pb2.ReferenceProfile:
+    out = common_pb2.ReferenceProfile(row_count=p.row_count)
+    for f in p.features:
+        fp = out.features.add(name=f.name, missing=f.missing)
+        if f.kind == "numeric":
+            fp.numeric.edges.extend(f.edges)
+            fp.numeric.counts.extend(f.counts)
+            fp.numeric.underflow = f.underflow
+            fp.numeric.overflow = f.overflow
+        else:
+            fp.categorical.categories.extend(f.categories)
+            fp.categorical.counts.extend(f.counts)
+            fp.categorical.other = f.other
+    return out
+
+
+def profile_from_proto(p: common_pb2.ReferenceProfile) -> ReferenceProfile:
+    features = []
+    for f in p.features:
+        kind = f.WhichOneof("kind")
+        if kind == "categorical":
+            c = f.categorical
+            features.append(
+                FeatureProfile(
+                    f.name, "categorical", counts=tuple(c.counts), categories=tuple(c.categories),
+                    other=c.other, missing=f.missing,
+                )
+            )
+        else:
+            n = f.numeric
+            features.append(
+                FeatureProfile(
+                    f.name, "numeric" if kind == "numeric" else "", edges=tuple(n.edges), counts=tuple(n.counts),
+                    underflow=n.underflow, overflow=n.overflow, missing=f.missing,
+                )
+            )
+    return ReferenceProfile(row_count=p.row_count, features=tuple(features))
+
+
+def lineage_from_proto(lin: registry_pb2.Lineage) -> Lineage:
+    return Lineage(
+        data_fingerprint=lin.data_fingerprint,
+        code_revision=lin.code_revision,
+        parent_version=lin.parent_version,
+        properties=dict(lin.properties),
+    )
+
+
+def version(rec: VersionRecord) -> registry_pb2.ModelVersion:
+    msg = registry_pb2.ModelVersion(
+        model=rec.model,
+        version=rec.version,
+        state=int(rec.state),  # type: ignore[arg-type]
+        description=rec.description,
+        tags=rec.tags,
+        aliases=rec.aliases,
+        artifact=registry_pb2.Artifact(
+            sha256=rec.artifact_sha256,
+            size_bytes=rec.artifact_size,
+            framework=rec.framework,
+            onnx_opset=rec.onnx_opset,
+        ),
+        lineage=registry_pb2.Lineage(
+            data_fingerprint=rec.lineage.data_fingerprint,
+            code_revision=rec.lineage.code_revision,
+            parent_version=rec.lineage.parent_version,
+            properties=rec.lineage.properties,
+        ),
+        meta=meta(rec.created_at_us, rec.created_by, rec.updated_at_us),
+    )
+    for spec in rec.signature.inputs:
+        msg.signature.inputs.add(name=spec.name, dtype=spec.dtype, shape=spec.shape)
+    for spec in rec.signature.outputs:
+        msg.signature.outputs.add(name=spec.name, dtype=spec.dtype, shape=spec.shape)
+    if rec.latency is not None:
+        lat = rec.latency
+        msg.latency.CopyFrom(
+            registry_pb2.LatencyProfile(
+                p50_ms=lat.p50_ms, p99_ms=lat.p99_ms, runs=lat.runs, batch_size=lat.batch_size,
+                execution_provider=lat.execution_provider,
+            )
+        )
+    if rec.reference_profile is not None:
+        msg.reference_profile.CopyFrom(profile_to_proto(rec.reference_profile))
+    return msg

@@ -1,0 +1,151 @@
+"""The storage contract of the control plane.
+
+Every backend implements `Store`; the contract test suite (tests/contract) runs against each one.
+The docstrings say what MUST hold. Every method that touches tenant data takes the tenant and never
+returns or changes another tenant's rows: a resource of another tenant is reported as not found.
+Methods are synchronous and thread-safe; the servicers call them from a thread pool.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from foedus.server.store.records import (
+    AuditRecord,
+    KeyRecord,
+    ModelRecord,
+    NewVersion,
+    Page,
+    TenantRecord,
+    TenantState,
+    VersionRecord,
+)
+
+
+class Store(abc.ABC):
+    """Durable state of the control plane. A method that returns has committed its change."""
+
+    # --- tenants ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_tenant(self, name: str, display_name: str, created_by: str, now_us: int) -> TenantRecord:
+        """Creates an active tenant. MUST raise AlreadyExists when the name is taken."""
+
+    @abc.abstractmethod
+    def get_tenant(self, name: str) -> TenantRecord:
+        """MUST raise NotFound when no tenant has that name."""
+
+    @abc.abstractmethod
+    def list_tenants(self, page_token: str, page_size: int) -> Page[TenantRecord]:
+        """Tenants ordered by name. MUST raise InvalidArgument for a token it did not issue."""
+
+    @abc.abstractmethod
+    def set_tenant_state(self, name: str, state: TenantState) -> TenantRecord:
+        """MUST raise NotFound when no tenant has that name."""
+
+    # --- keys ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_key(self, key: KeyRecord) -> None:
+        """Stores a key (its secret only as a hash). Its tenant, if any, MUST exist (else NotFound)."""
+
+    @abc.abstractmethod
+    def find_key(self, key_id: str) -> tuple[KeyRecord, TenantState | None] | None:
+        """The key and the state of its tenant (None for platform keys), or None if unknown.
+
+        Used on every call to authenticate, so it MUST be a single indexed lookup.
+        """
+
+    @abc.abstractmethod
+    def list_keys(
+        self, tenant: str | None, include_revoked: bool, page_token: str, page_size: int
+    ) -> Page[KeyRecord]:
+        """Keys of one tenant (or the platform keys when tenant is None), ordered by key id."""
+
+    @abc.abstractmethod
+    def revoke_key(self, tenant: str | None, key_id: str, now_us: int) -> KeyRecord:
+        """Marks the key revoked (idempotent: a second revoke keeps the first time).
+
+        MUST raise NotFound when the key does not belong to `tenant`.
+        """
+
+    @abc.abstractmethod
+    def count_keys(self, role: int) -> int:
+        """Number of unrevoked keys with that role across the platform."""
+
+    # --- audit -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_audit(self, entry: AuditRecord) -> None:
+        """Appends one entry; ids increase with insertion order."""
+
+    @abc.abstractmethod
+    def list_audit(self, tenant: str | None, page_token: str, page_size: int) -> Page[AuditRecord]:
+        """Entries newest first: of one tenant, or of the platform's own calls when tenant is None."""
+
+    # --- models ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_model(
+        self, tenant: str, name: str, description: str, tags: dict[str, str], created_by: str, now_us: int
+    ) -> ModelRecord:
+        """MUST raise AlreadyExists when the tenant already has a model of that name."""
+
+    @abc.abstractmethod
+    def get_model(self, tenant: str, name: str) -> ModelRecord:
+        """The model with its aliases. MUST raise NotFound when the tenant has no such model."""
+
+    @abc.abstractmethod
+    def list_models(self, tenant: str, name_prefix: str, page_token: str, page_size: int) -> Page[ModelRecord]:
+        """The tenant's models ordered by name."""
+
+    @abc.abstractmethod
+    def create_version(
+        self,
+        tenant: str,
+        model: str,
+        version: NewVersion,
+        *,
+        create_model: bool,
+        aliases: tuple[str, ...],
+        now_us: int,
+    ) -> VersionRecord:
+        """Adds the next version of a model, and points `aliases` at it, in one transaction.
+
+        Version numbers start at 1 and MUST never repeat within a model, also under concurrent
+        registrations on several server replicas. Either all of it is visible afterwards, or none.
+        MUST raise NotFound when the model does not exist and `create_model` is false.
+        """
+
+    @abc.abstractmethod
+    def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
+        """MUST raise NotFound for an unknown model or version."""
+
+    @abc.abstractmethod
+    def get_version_by_alias(self, tenant: str, model: str, alias: str) -> VersionRecord:
+        """MUST raise NotFound for an unknown model or alias."""
+
+    @abc.abstractmethod
+    def list_versions(
+        self, tenant: str, model: str, include_archived: bool, page_token: str, page_size: int
+    ) -> Page[VersionRecord]:
+        """Versions newest first, without their reference profiles. NotFound for an unknown model."""
+
+    @abc.abstractmethod
+    def set_alias(self, tenant: str, model: str, alias: str, version: int, now_us: int) -> tuple[ModelRecord, int]:
+        """Points the alias at the version atomically; returns the model and the previous version (0).
+
+        MUST raise NotFound for an unknown model or version, FailedPrecondition for an archived one.
+        """
+
+    @abc.abstractmethod
+    def delete_alias(self, tenant: str, model: str, alias: str, now_us: int) -> ModelRecord:
+        """MUST raise NotFound for an unknown model or alias."""
+
+    @abc.abstractmethod
+    def archive_version(self, tenant: str, model: str, version: int, now_us: int) -> VersionRecord:
+        """Archives a version (idempotent). MUST raise FailedPrecondition while an alias points at it."""
+
+    @abc.abstractmethod
+    def referenced_digests(self) -> set[str]:
+        """Every artifact digest any version references, in any tenant and state."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases connections."""

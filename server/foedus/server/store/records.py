@@ -1,0 +1,174 @@
+"""Typed records that the store returns and the services pass around."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Role(enum.IntEnum):
+    """Principal roles; values match foedus.v1.Role."""
+
+    VIEWER = 1
+    EDITOR = 2
+    OWNER = 3
+    AGENT = 4
+    ADMIN = 5
+
+
+class TenantState(enum.IntEnum):
+    ACTIVE = 1
+    DISABLED = 2
+
+
+class VersionState(enum.IntEnum):
+    READY = 1
+    ARCHIVED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    name: str
+    display_name: str
+    state: TenantState
+    created_at_us: int
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    tenant: str | None
+    role: Role
+    description: str
+    secret_hash: bytes
+    created_at_us: int
+    created_by: str
+    revoked_at_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    time_us: int
+    tenant: str | None
+    key_id: str
+    role: Role | None
+    method: str
+    resource: str
+    outcome: str
+    detail: str = ""
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureProfile:
+    """Reference distribution of one feature: numeric bins or categorical counts."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    edges: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    underflow: int = 0
+    overflow: int = 0
+    categories: tuple[str, ...] = ()
+    other: int = 0
+    missing: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceProfile:
+    row_count: int
+    features: tuple[FeatureProfile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyProfile:
+    p50_ms: float
+    p99_ms: float
+    runs: int
+    batch_size: int
+    execution_provider: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    data_fingerprint: str = ""
+    code_revision: str = ""
+    parent_version: int = 0
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    tenant: str
+    name: str
+    description: str
+    tags: dict[str, str]
+    latest_version: int
+    aliases: dict[str, int]
+    created_at_us: int
+    created_by: str
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """What registration hands the store once the artifact is stored and has passed the gates."""
+
+    description: str
+    tags: dict[str, str]
+    artifact_sha256: str
+    artifact_size: int
+    framework: str
+    onnx_opset: int
+    signature: Signature
+    latency: LatencyProfile | None
+    lineage: Lineage
+    reference_profile: ReferenceProfile | None
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    tenant: str
+    model: str
+    version: int
+    state: VersionState
+    description: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    artifact_sha256: str
+    artifact_size: int
+    framework: str
+    onnx_opset: int
+    signature: Signature
+    latency: LatencyProfile | None
+    lineage: Lineage
+    reference_profile: ReferenceProfile | None
+    created_at_us: int
+    created_by: str
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list call; `next_token` is empty on the last page."""
+
+    items: list[T]
+    next_token: str = ""

@@ -1,0 +1,111 @@
+"""Tables of the SQL store (SQLAlchemy Core). Migrations under migrations/ create and evolve them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=True),
+    Column("role", SmallInteger, nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("secret_hash", LargeBinary(32), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+    Index("ix_api_keys_tenant", "tenant", "key_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("tenant", String(63), nullable=True),
+    Column("key_id", String(32), nullable=False),
+    Column("role", SmallInteger, nullable=True),
+    Column("method", String(200), nullable=False),
+    Column("resource", String(500), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_tenant_id", "tenant", "id"),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("latest_version", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_models_tenant_name"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model_id", BigInteger, ForeignKey("models.id"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("artifact_sha256", String(64), nullable=False),
+    Column("artifact_size", BigInteger, nullable=False),
+    Column("framework", String(32), nullable=False),
+    Column("onnx_opset", Integer, nullable=False),
+    Column("signature", JSON, nullable=False),
+    Column("latency", JSON, nullable=True),
+    Column("lineage", JSON, nullable=False),
+    Column("reference_profile", JSON, nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+    Index("ix_model_versions_sha256", "artifact_sha256"),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_id", BigInteger, ForeignKey("models.id"), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Index("ix_model_aliases_version", "model_id", "version"),
+)

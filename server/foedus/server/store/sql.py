@@ -1,0 +1,620 @@
+"""The SQL store: SQLite (embedded, WAL) by default, PostgreSQL for production and scale-out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Row, and_, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
+
+from foedus.server.errors import AlreadyExists, FailedPrecondition, NotFound
+from foedus.server.store import codec, paging
+from foedus.server.store.base import Store
+from foedus.server.store.migrations import migrate
+from foedus.server.store.records import (
+    AuditRecord,
+    KeyRecord,
+    ModelRecord,
+    NewVersion,
+    Page,
+    Role,
+    TenantRecord,
+    TenantState,
+    VersionRecord,
+    VersionState,
+)
+from foedus.server.store.schema import api_keys, audit_log, model_aliases, model_versions, models, tenants
+
+T = TypeVar("T")
+
+
+def normalize_url(url: str) -> str:
+    """Accepts postgresql:// and sqlite:/// URLs; PostgreSQL goes through psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'foedus.db'}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a crash of the process; only a power loss may drop the last commits.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades from read to
+        # write fails at once with SQLITE_BUSY instead of waiting for the other writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+class SqlStore(Store):
+    """`Store` on SQLAlchemy 2 Core. One engine, a small connection pool, one transaction per call."""
+
+    def __init__(self, url: str, *, run_migrations: bool = True, pool_size: int = 8) -> None:
+        url = normalize_url(url)
+        self.dialect = make_url(url).get_backend_name()
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            if make_url(url).database in (None, "", ":memory:"):
+                raise ValueError("the SQL store needs a file database; use a path in the data directory")
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        elif self.dialect == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        else:
+            kwargs.update(poolclass=NullPool)
+        self.engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        if run_migrations:
+            migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- plumbing --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    def _upsert(self, table: Any) -> Any:
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    # --- tenants ---------------------------------------------------------------------------------
+    @staticmethod
+    def _tenant(row: Row[Any]) -> TenantRecord:
+        return TenantRecord(row.name, row.display_name, TenantState(row.state), row.created_at_us, row.created_by)
+
+    def create_tenant(self, name: str, display_name: str, created_by: str, now_us: int) -> TenantRecord:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(tenants).values(
+                        name=name,
+                        display_name=display_name,
+                        state=TenantState.ACTIVE,
+                        created_at_us=now_us,
+                        created_by=created_by,
+                    )
+                )
+        except IntegrityError as exc:
+            raise AlreadyExists(f"tenant {name!r} already exists") from exc
+        return TenantRecord(name, display_name, TenantState.ACTIVE, now_us, created_by)
+
+    def get_tenant(self, name: str) -> TenantRecord:
+        with self._read() as conn:
+            row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"tenant {name!r} not found")
+        return self._tenant(row)
+
+    def list_tenants(self, page_token: str, page_size: int) -> Page[TenantRecord]:
+        after = paging.decode_str(page_token)
+        size = paging.page_size(page_size)
+        query = select(tenants).order_by(tenants.c.name).limit(size + 1)
+        if after is not None:
+            query = query.where(tenants.c.name > after)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return _page([self._tenant(r) for r in rows], size, lambda t: t.name)
+
+    def set_tenant_state(self, name: str, state: TenantState) -> TenantRecord:
+        with self._write() as conn:
+            result = conn.execute(update(tenants).where(tenants.c.name == name).values(state=state))
+            if result.rowcount == 0:
+                raise NotFound(f"tenant {name!r} not found")
+            row = conn.execute(select(tenants).where(tenants.c.name == name)).one()
+        return self._tenant(row)
+
+    # --- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def _key(row: Row[Any]) -> KeyRecord:
+        return KeyRecord(
+            key_id=row.key_id,
+            tenant=row.tenant,
+            role=Role(row.role),
+            description=row.description,
+            secret_hash=bytes(row.secret_hash),
+            created_at_us=row.created_at_us,
+            created_by=row.created_by,
+            revoked_at_us=row.revoked_at_us,
+        )
+
+    def create_key(self, key: KeyRecord) -> None:
+        with self._write() as conn:
+            if key.tenant is not None:
+                exists = conn.execute(select(tenants.c.name).where(tenants.c.name == key.tenant)).first()
+                if exists is None:
+                    raise NotFound(f"tenant {key.tenant!r} not found")
+            conn.execute(
+                insert(api_keys).values(
+                    key_id=key.key_id,
+                    tenant=key.tenant,
+                    role=int(key.role),
+                    description=key.description,
+                    secret_hash=key.secret_hash,
+                    created_at_us=key.created_at_us,
+                    created_by=key.created_by,
+                    revoked_at_us=key.revoked_at_us,
+                )
+            )
+
+    def find_key(self, key_id: str) -> tuple[KeyRecord, TenantState | None] | None:
+        query = (
+            select(api_keys, tenants.c.state.label("tenant_state"))
+            .select_from(api_keys.outerjoin(tenants, api_keys.c.tenant == tenants.c.name))
+            .where(api_keys.c.key_id == key_id)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        state = None if row.tenant_state is None else TenantState(row.tenant_state)
+        return self._key(row), state
+
+    def list_keys(
+        self, tenant: str | None, include_revoked: bool, page_token: str, page_size: int
+    ) -> Page[KeyRecord]:
+        after = paging.decode_str(page_token)
+        size = paging.page_size(page_size)
+        scope = api_keys.c.tenant.is_(None) if tenant is None else api_keys.c.tenant == tenant
+        query = select(api_keys).where(scope).order_by(api_keys.c.key_id).limit(size + 1)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at_us.is_(None))
+        if after is not None:
+            query = query.where(api_keys.c.key_id > after)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return _page([self._key(r) for r in rows], size, lambda k: k.key_id)
+
+    def revoke_key(self, tenant: str | None, key_id: str, now_us: int) -> KeyRecord:
+        scope = api_keys.c.tenant.is_(None) if tenant is None else api_keys.c.tenant == tenant
+        where = and_(api_keys.c.key_id == key_id, scope)
+        with self._write() as conn:
+            row = conn.execute(select(api_keys).where(where)).first()
+            if row is None:
+                raise NotFound(f"key {key_id!r} not found")
+            if row.revoked_at_us is None:
+                conn.execute(update(api_keys).where(where).values(revoked_at_us=now_us))
+                row = conn.execute(select(api_keys).where(where)).one()
+        return self._key(row)
+
+    def count_keys(self, role: int) -> int:
+        query = select(func.count()).where(api_keys.c.role == role, api_keys.c.revoked_at_us.is_(None))
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # --- audit -----------------------------------------------------------------------------------
+    def append_audit(self, entry: AuditRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(audit_log).values(
+                    time_us=entry.time_us,
+                    tenant=entry.tenant,
+                    key_id=entry.key_id,
+                    role=None if entry.role is None else int(entry.role),
+                    method=entry.method,
+                    resource=entry.resource[:500],
+                    outcome=entry.outcome,
+                    detail=entry.detail,
+                )
+            )
+
+    def list_audit(self, tenant: str | None, page_token: str, page_size: int) -> Page[AuditRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        scope = audit_log.c.tenant.is_(None) if tenant is None else audit_log.c.tenant == tenant
+        query = select(audit_log).where(scope).order_by(audit_log.c.id.desc()).limit(size + 1)
+        if before is not None:
+            query = query.where(audit_log.c.id < before)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        items = [
+            AuditRecord(
+                id=r.id,
+                time_us=r.time_us,
+                tenant=r.tenant,
+                key_id=r.key_id,
+                role=None if r.role is None else Role(r.role),
+                method=r.method,
+                resource=r.resource,
+                outcome=r.outcome,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+        return _page(items, size, lambda a: a.id)
+
+    # --- models ----------------------------------------------------------------------------------
+    @staticmethod
+    def _model(row: Row[Any], aliases: dict[str, int]) -> ModelRecord:
+        return ModelRecord(
+            tenant=row.tenant,
+            name=row.name,
+            description=row.description,
+            tags=dict(row.tags),
+            latest_version=row.latest_version,
+            aliases=aliases,
+            created_at_us=row.created_at_us,
+            created_by=row.created_by,
+            updated_at_us=row.updated_at_us,
+        )
+
+    @staticmethod
+    def _model_row(conn: Connection, tenant: str, name: str) -> Row[Any]:
+        row = conn.execute(select(models).where(models.c.tenant == tenant, models.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"model {name!r} not found")
+        return row
+
+    @staticmethod
+    def _aliases(conn: Connection, model_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {mid: {} for mid in model_ids}
+        if model_ids:
+            rows = conn.execute(
+                select(model_aliases).where(model_aliases.c.model_id.in_(model_ids)).order_by(model_aliases.c.alias)
+            )
+            for r in rows:
+                out[r.model_id][r.alias] = r.version
+        return out
+
+    def create_model(
+        self, tenant: str, name: str, description: str, tags: dict[str, str], created_by: str, now_us: int
+    ) -> ModelRecord:
+        try:
+            with self._write() as conn:
+                self._insert_model(conn, tenant, name, description, tags, created_by, now_us)
+        except IntegrityError as exc:
+            raise AlreadyExists(f"model {name!r} already exists") from exc
+        return ModelRecord(tenant, name, description, dict(tags), 0, {}, now_us, created_by, now_us)
+
+    @staticmethod
+    def _insert_model(
+        conn: Connection, tenant: str, name: str, description: str, tags: dict[str, str], by: str, now_us: int
+    ) -> None:
+        conn.execute(
+            insert(models).values(
+                tenant=tenant,
+                name=name,
+                description=description,
+                tags=dict(tags),
+                latest_version=0,
+                created_at_us=now_us,
+                created_by=by,
+                updated_at_us=now_us,
+            )
+        )
+
+    def get_model(self, tenant: str, name: str) -> ModelRecord:
+        with self._read() as conn:
+            row = self._model_row(conn, tenant, name)
+            aliases = self._aliases(conn, [row.id])[row.id]
+        return self._model(row, aliases)
+
+    def list_models(self, tenant: str, name_prefix: str, page_token: str, page_size: int) -> Page[ModelRecord]:
+        after = paging.decode_str(page_token)
+        size = paging.page_size(page_size)
+        query = select(models).where(models.c.tenant == tenant).order_by(models.c.name).limit(size + 1)
+        if name_prefix:
+            query = query.where(models.c.name >= name_prefix, models.c.name < name_prefix + "\U0010ffff")
+        if after is not None:
+            query = query.where(models.c.name > after)
+        with self._read() as conn:
+            rows = conn.execute(query).all()[: size + 1]
+            aliases = self._aliases(conn, [r.id for r in rows[:size]])
+        items = [self._model(r, aliases.get(r.id, {})) for r in rows]
+        return _page(items, size, lambda m: m.name)
+
+    def create_version(
+        self,
+        tenant: str,
+        model: str,
+        version: NewVersion,
+        *,
+        create_model: bool,
+        aliases: tuple[str, ...],
+        now_us: int,
+    ) -> VersionRecord:
+        with self._write() as conn:
+            row = conn.execute(
+                select(models.c.id).where(models.c.tenant == tenant, models.c.name == model)
+            ).first()
+            if row is None:
+                if not create_model:
+                    raise NotFound(f"model {model!r} not found")
+                # ON CONFLICT: another replica may create the same model at the same moment.
+                conn.execute(
+                    self._upsert(models)
+                    .values(
+                        tenant=tenant,
+                        name=model,
+                        description="",
+                        tags={},
+                        latest_version=0,
+                        created_at_us=now_us,
+                        created_by=version.created_by,
+                        updated_at_us=now_us,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                row = conn.execute(
+                    select(models.c.id).where(models.c.tenant == tenant, models.c.name == model)
+                ).one()
+            model_id = row.id
+            # The counter update takes the model row's lock, so concurrent registrations serialize.
+            number = conn.execute(
+                update(models)
+                .where(models.c.id == model_id)
+                .values(latest_version=models.c.latest_version + 1, updated_at_us=now_us)
+                .returning(models.c.latest_version)
+            ).scalar_one()
+            conn.execute(
+                insert(model_versions).values(
+                    model_id=model_id,
+                    version=number,
+                    state=VersionState.READY,
+                    description=version.description,
+                    tags=dict(version.tags),
+                    artifact_sha256=version.artifact_sha256,
+                    artifact_size=version.artifact_size,
+                    framework=version.framework,
+                    onnx_opset=version.onnx_opset,
+                    signature=codec.signature_to_json(version.signature),
+                    latency=codec.latency_to_json(version.latency),
+                    lineage=codec.lineage_to_json(version.lineage),
+                    reference_profile=codec.profile_to_json(version.reference_profile),
+                    created_at_us=now_us,
+                    created_by=version.created_by,
+                    updated_at_us=now_us,
+                )
+            )
+            for alias in aliases:
+                self._put_alias(conn, model_id, alias, number)
+        return VersionRecord(
+            tenant=tenant,
+            model=model,
+            version=number,
+            state=VersionState.READY,
+            description=version.description,
+            tags=dict(version.tags),
+            aliases=tuple(sorted(set(aliases))),
+            artifact_sha256=version.artifact_sha256,
+            artifact_size=version.artifact_size,
+            framework=version.framework,
+            onnx_opset=version.onnx_opset,
+            signature=version.signature,
+            latency=version.latency,
+            lineage=version.lineage,
+            reference_profile=version.reference_profile,
+            created_at_us=now_us,
+            created_by=version.created_by,
+            updated_at_us=now_us,
+        )
+
+    def _put_alias(self, conn: Connection, model_id: int, alias: str, version: int) -> int:
+        previous = conn.execute(
+            select(model_aliases.c.version).where(model_aliases.c.model_id == model_id, model_aliases.c.alias == alias)
+        ).scalar_one_or_none()
+        stmt = self._upsert(model_aliases).values(model_id=model_id, alias=alias, version=version)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["model_id", "alias"], set_={"version": version}))
+        return int(previous or 0)
+
+    _VERSION_COLUMNS = (
+        model_versions.c.id,
+        model_versions.c.model_id,
+        model_versions.c.version,
+        model_versions.c.state,
+        model_versions.c.description,
+        model_versions.c.tags,
+        model_versions.c.artifact_sha256,
+        model_versions.c.artifact_size,
+        model_versions.c.framework,
+        model_versions.c.onnx_opset,
+        model_versions.c.signature,
+        model_versions.c.latency,
+        model_versions.c.lineage,
+        model_versions.c.created_at_us,
+        model_versions.c.created_by,
+        model_versions.c.updated_at_us,
+    )
+
+    def _version_query(self, tenant: str, model: str, *, with_profile: bool) -> Any:
+        columns: tuple[Any, ...] = self._VERSION_COLUMNS
+        if with_profile:
+            columns = (*columns, model_versions.c.reference_profile)
+        return (
+            select(*columns)
+            .select_from(model_versions.join(models, model_versions.c.model_id == models.c.id))
+            .where(models.c.tenant == tenant, models.c.name == model)
+        )
+
+    @staticmethod
+    def _version(tenant: str, model: str, row: Row[Any], aliases: tuple[str, ...]) -> VersionRecord:
+        mapping = row._mapping
+        return VersionRecord(
+            tenant=tenant,
+            model=model,
+            version=row.version,
+            state=VersionState(row.state),
+            description=row.description,
+            tags=dict(row.tags),
+            aliases=aliases,
+            artifact_sha256=row.artifact_sha256,
+            artifact_size=row.artifact_size,
+            framework=row.framework,
+            onnx_opset=row.onnx_opset,
+            signature=codec.signature_from_json(row.signature),
+            latency=codec.latency_from_json(row.latency),
+            lineage=codec.lineage_from_json(row.lineage),
+            reference_profile=codec.profile_from_json(mapping.get("reference_profile")),
+            created_at_us=row.created_at_us,
+            created_by=row.created_by,
+            updated_at_us=row.updated_at_us,
+        )
+
+    @staticmethod
+    def _version_aliases(conn: Connection, model_id: int, version: int) -> tuple[str, ...]:
+        rows = conn.execute(
+            select(model_aliases.c.alias)
+            .where(model_aliases.c.model_id == model_id, model_aliases.c.version == version)
+            .order_by(model_aliases.c.alias)
+        )
+        return tuple(r.alias for r in rows)
+
+    def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
+        query = self._version_query(tenant, model, with_profile=True).where(model_versions.c.version == version)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                raise NotFound(f"version {version} of model {model!r} not found")
+            aliases = self._version_aliases(conn, row.model_id, row.version)
+        return self._version(tenant, model, row, aliases)
+
+    def get_version_by_alias(self, tenant: str, model: str, alias: str) -> VersionRecord:
+        query = (
+            self._version_query(tenant, model, with_profile=True)
+            .join(
+                model_aliases,
+                and_(
+                    model_aliases.c.model_id == model_versions.c.model_id,
+                    model_aliases.c.version == model_versions.c.version,
+                ),
+            )
+            .where(model_aliases.c.alias == alias)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                raise NotFound(f"alias {alias!r} of model {model!r} not found")
+            aliases = self._version_aliases(conn, row.model_id, row.version)
+        return self._version(tenant, model, row, aliases)
+
+    def list_versions(
+        self, tenant: str, model: str, include_archived: bool, page_token: str, page_size: int
+    ) -> Page[VersionRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        query = (
+            self._version_query(tenant, model, with_profile=False)
+            .order_by(model_versions.c.version.desc())
+            .limit(size + 1)
+        )
+        if not include_archived:
+            query = query.where(model_versions.c.state == VersionState.READY)
+        if before is not None:
+            query = query.where(model_versions.c.version < before)
+        with self._read() as conn:
+            model_id = self._model_row(conn, tenant, model).id
+            rows = conn.execute(query).all()
+            by_version: dict[int, list[str]] = {}
+            for r in conn.execute(
+                select(model_aliases).where(model_aliases.c.model_id == model_id).order_by(model_aliases.c.alias)
+            ):
+                by_version.setdefault(r.version, []).append(r.alias)
+        items = [self._version(tenant, model, r, tuple(by_version.get(r.version, ()))) for r in rows]
+        return _page(items, size, lambda v: v.version)
+
+    def set_alias(self, tenant: str, model: str, alias: str, version: int, now_us: int) -> tuple[ModelRecord, int]:
+        with self._write() as conn:
+            mrow = self._model_row(conn, tenant, model)
+            state = conn.execute(
+                select(model_versions.c.state).where(
+                    model_versions.c.model_id == mrow.id, model_versions.c.version == version
+                )
+            ).scalar_one_or_none()
+            if state is None:
+                raise NotFound(f"version {version} of model {model!r} not found")
+            if state == VersionState.ARCHIVED:
+                raise FailedPrecondition(f"version {version} of model {model!r} is archived")
+            previous = self._put_alias(conn, mrow.id, alias, version)
+            conn.execute(update(models).where(models.c.id == mrow.id).values(updated_at_us=now_us))
+            aliases = self._aliases(conn, [mrow.id])[mrow.id]
+            mrow = self._model_row(conn, tenant, model)
+        return self._model(mrow, aliases), previous
+
+    def delete_alias(self, tenant: str, model: str, alias: str, now_us: int) -> ModelRecord:
+        with self._write() as conn:
+            mrow = self._model_row(conn, tenant, model)
+            result = conn.execute(
+                delete(model_aliases).where(model_aliases.c.model_id == mrow.id, model_aliases.c.alias == alias)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"alias {alias!r} of model {model!r} not found")
+            conn.execute(update(models).where(models.c.id == mrow.id).values(updated_at_us=now_us))
+            aliases = self._aliases(conn, [mrow.id])[mrow.id]
+            mrow = self._model_row(conn, tenant, model)
+        return self._model(mrow, aliases)
+
+    def archive_version(self, tenant: str, model: str, version: int, now_us: int) -> VersionRecord:
+        with self._write() as conn:
+            mrow = self._model_row(conn, tenant, model)
+            where = and_(model_versions.c.model_id == mrow.id, model_versions.c.version == version)
+            state = conn.execute(select(model_versions.c.state).where(where)).scalar_one_or_none()
+            if state is None:
+                raise NotFound(f"version {version} of model {model!r} not found")
+            aliases = self._version_aliases(conn, mrow.id, version)
+            if aliases:
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is still referenced by alias(es) "
+                    f"{', '.join(aliases)}; move or delete them first"
+                )
+            if state != VersionState.ARCHIVED:
+                conn.execute(update(model_versions).where(where).values(state=VersionState.ARCHIVED, updated_at_us=now_us))
+        return self.get_version(tenant, model, version)
+
+    def referenced_digests(self) -> set[str]:
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(select(model_versions.c.artifact_sha256).distinct())}
+
+
+def _page(items: list[T], size: int, key: Callable[[T], str | int]) -> Page[T]:
+    if len(items) > size:
+        return Page(items[:size], paging.encode(key(items[size - 1])))
+    return Page(items)
