@@ -42,7 +42,9 @@ def generate(out: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: proto/)")
     written = generate(parser.parse_args().out)
     print(f"generated {len(written)} files", file=sys.stderr)

@@ -19,8 +19,12 @@ from foedus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, registry_pb2, regis
 T = TypeVar("T")
 CHUNK_SIZE = 1024 * 1024
 
-ROLES = {"viewer": common_pb2.ROLE_VIEWER, "editor": common_pb2.ROLE_EDITOR,
-         "owner": common_pb2.ROLE_OWNER, "agent": common_pb2.ROLE_AGENT}
+ROLES = {
+    "viewer": common_pb2.ROLE_VIEWER,
+    "editor": common_pb2.ROLE_EDITOR,
+    "owner": common_pb2.ROLE_OWNER,
+    "agent": common_pb2.ROLE_AGENT,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,9 @@ class ModelsAPI:
             ),
         )
         if reference_data is not None:
-            spec.reference_profile.CopyFrom(compute_reference_profile(reference_data, feature_names=feature_names))
+            spec.reference_profile.CopyFrom(
+                compute_reference_profile(reference_data, feature_names=feature_names)
+            )
 
         def messages() -> Iterator[registry_pb2.CreateModelVersionRequest]:
             yield registry_pb2.CreateModelVersionRequest(spec=spec)
@@ -146,7 +152,9 @@ class ModelsAPI:
 
     def list(self, *, name_prefix: str = "", limit: int | None = None) -> list[registry_pb2.Model]:
         def fetch(token: str) -> tuple[Sequence[registry_pb2.Model], str]:
-            req = registry_pb2.ListModelsRequest(name_prefix=name_prefix, page=common_pb2.PageRequest(page_token=token))
+            req = registry_pb2.ListModelsRequest(
+                name_prefix=name_prefix, page=common_pb2.PageRequest(page_token=token)
+            )
             resp = self._rpc(self._stub.ListModels, req)
             return resp.models, resp.next_page_token
 
@@ -258,7 +266,8 @@ class TenantsAPI:
     def list(self, *, limit: int | None = None) -> list[admin_pb2.Tenant]:
         def fetch(token: str) -> tuple[Sequence[admin_pb2.Tenant], str]:
             resp = self._rpc(
-                self._stub.ListTenants, admin_pb2.ListTenantsRequest(page=common_pb2.PageRequest(page_token=token))
+                self._stub.ListTenants,
+                admin_pb2.ListTenantsRequest(page=common_pb2.PageRequest(page_token=token)),
             )
             return resp.tenants, resp.next_page_token
 
@@ -302,7 +311,9 @@ class KeysAPI:
 class Client:
     """A connection to a Foedus control plane. Use `Client.connect(...)`; close it or use `with`."""
 
-    def __init__(self, channel: grpc.Channel, api_key: str, *, timeout: float | None, chunk_size: int) -> None:
+    def __init__(
+        self, channel: grpc.Channel, api_key: str, *, timeout: float | None, chunk_size: int
+    ) -> None:
         self._channel = channel
         self._rpc = _Rpc(channel, api_key, timeout)
         self._admin = admin_pb2_grpc.AdminServiceStub(channel)
@@ -355,7 +366,9 @@ class Client:
         """Audit entries, newest first: of the caller's tenant (owner) or of `tenant` (admin)."""
 
         def fetch(token: str) -> tuple[Sequence[admin_pb2.AuditEntry], str]:
-            req = admin_pb2.ListAuditEntriesRequest(tenant=tenant, page=common_pb2.PageRequest(page_token=token))
+            req = admin_pb2.ListAuditEntriesRequest(
+                tenant=tenant, page=common_pb2.PageRequest(page_token=token)
+            )
             resp = self._rpc(self._admin.ListAuditEntries, req)
             return resp.entries, resp.next_page_token
 

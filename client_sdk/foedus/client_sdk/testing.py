@@ -34,7 +34,9 @@ class LocalServer:
         self.data_dir = Path(data_dir)
         self._settings = settings
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="foedus-local-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="foedus-local-server", daemon=True
+        )
         self._server: Any = None
         self.target = ""
         self.admin_key = ""

@@ -169,5 +169,7 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
 
 
 def main(config: ServerConfig) -> None:
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(serve(config))

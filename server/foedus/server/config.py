@@ -107,7 +107,9 @@ def load_config(
         data = data.get("server", data)
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown setting(s) in {file}: {', '.join(unknown)}; known: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown setting(s) in {file}: {', '.join(unknown)}; known: {', '.join(known)}"
+            )
         values.update(data)
     for name in known:
         env_value = env.get(f"FOEDUS_{name.upper()}")

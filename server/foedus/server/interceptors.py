@@ -156,7 +156,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- wrapping of the four call shapes --------------------------------------------------------
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, policy: AccessPolicy) -> grpc.RpcMethodHandler:
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, policy: AccessPolicy
+    ) -> grpc.RpcMethodHandler:
         guard = self
 
         async def call(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -199,7 +201,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 return await call(inner, request, context)
 
-            factory = grpc.unary_unary_rpc_method_handler if h.unary_unary else grpc.stream_unary_rpc_method_handler
+            factory = (
+                grpc.unary_unary_rpc_method_handler if h.unary_unary else grpc.stream_unary_rpc_method_handler
+            )
             return factory(unary_response, h.request_deserializer, h.response_serializer)
         inner_stream = h.unary_stream or h.stream_stream
 
@@ -207,5 +211,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             async for item in stream(inner_stream, request, context):
                 yield item
 
-        factory = grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler
+        factory = (
+            grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
         return factory(stream_response, h.request_deserializer, h.response_serializer)

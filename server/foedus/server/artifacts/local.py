@@ -39,7 +39,9 @@ class BlobWriter:
     def verify(self, expected_sha256: str, expected_size: int) -> str:
         """Flushes the file to disk and checks size and digest; returns the digest."""
         if self.size != expected_size:
-            raise InvalidArgument(f"artifact size mismatch: declared {expected_size} bytes, received {self.size}")
+            raise InvalidArgument(
+                f"artifact size mismatch: declared {expected_size} bytes, received {self.size}"
+            )
         digest = self._hash.hexdigest()
         if digest != expected_sha256.lower():
             raise InvalidArgument(
@@ -94,7 +96,7 @@ class LocalBlobStore:
 
     def open(self, digest: str) -> BinaryIO:
         try:
-            return open(self.path_of(digest), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self.path_of(digest), "rb")
         except FileNotFoundError as exc:
             raise NotFound(f"artifact {digest} is missing from the artifact store") from exc
 

@@ -113,7 +113,9 @@ def _latency(path: Path, config: GateConfig) -> LatencyProfile:
     except InvalidArgument:
         raise
     except Exception as exc:
-        raise InvalidArgument(f"the ONNX model does not run on onnxruntime's CPU provider: {_first_line(exc)}") from exc
+        raise InvalidArgument(
+            f"the ONNX model does not run on onnxruntime's CPU provider: {_first_line(exc)}"
+        ) from exc
     arr = np.asarray(times)
     return LatencyProfile(
         p50_ms=float(np.percentile(arr, 50)),

@@ -145,7 +145,9 @@ class RegistryService:
     def get_model(self, caller: Principal, name: str) -> ModelRecord:
         return self.store.get_model(caller.own_tenant(), validation.model_name(name))
 
-    def list_models(self, caller: Principal, name_prefix: str, page_token: str, page_size: int) -> Page[ModelRecord]:
+    def list_models(
+        self, caller: Principal, name_prefix: str, page_token: str, page_size: int
+    ) -> Page[ModelRecord]:
         if len(name_prefix) > 128:
             raise InvalidArgument("name_prefix is longer than 128 characters")
         return self.store.list_models(caller.own_tenant(), name_prefix, page_token, page_size)
@@ -187,7 +189,9 @@ class RegistryService:
             gates.check_profile_matches(report.signature, spec.reference_profile)
         return report.opset, report.signature, report.latency
 
-    def get_version(self, caller: Principal, model: str, version: int | None, alias: str | None) -> VersionRecord:
+    def get_version(
+        self, caller: Principal, model: str, version: int | None, alias: str | None
+    ) -> VersionRecord:
         tenant = caller.own_tenant()
         validation.model_name(model)
         if alias is not None:
@@ -219,7 +223,10 @@ class RegistryService:
 
     def archive_version(self, caller: Principal, model: str, version: int) -> VersionRecord:
         return self.store.archive_version(
-            caller.own_tenant(), validation.model_name(model), validation.version_number(version), self.clock()
+            caller.own_tenant(),
+            validation.model_name(model),
+            validation.version_number(version),
+            self.clock(),
         )
 
     def open_artifact(

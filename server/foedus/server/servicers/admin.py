@@ -22,7 +22,9 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
         super().__init__(executor)
         self._tenancy = tenancy
 
-    async def CreateTenant(self, request: admin_pb2.CreateTenantRequest, context: Ctx) -> admin_pb2.CreateTenantResponse:
+    async def CreateTenant(
+        self, request: admin_pb2.CreateTenantRequest, context: Ctx
+    ) -> admin_pb2.CreateTenantResponse:
         current_call().resource = f"tenants/{request.name}"
         tenant, owner = await self.run(
             self._tenancy.create_tenant,
@@ -37,11 +39,15 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
             response.owner_key_secret = owner.secret
         return response
 
-    async def GetTenant(self, request: admin_pb2.GetTenantRequest, context: Ctx) -> admin_pb2.GetTenantResponse:
+    async def GetTenant(
+        self, request: admin_pb2.GetTenantRequest, context: Ctx
+    ) -> admin_pb2.GetTenantResponse:
         tenant = await self.run(self._tenancy.get_tenant, current_principal(), request.name)
         return admin_pb2.GetTenantResponse(tenant=convert.tenant(tenant))
 
-    async def ListTenants(self, request: admin_pb2.ListTenantsRequest, context: Ctx) -> admin_pb2.ListTenantsResponse:
+    async def ListTenants(
+        self, request: admin_pb2.ListTenantsRequest, context: Ctx
+    ) -> admin_pb2.ListTenantsResponse:
         page = await self.run(self._tenancy.list_tenants, request.page.page_token, request.page.page_size)
         return admin_pb2.ListTenantsResponse(
             tenants=[convert.tenant(t) for t in page.items], next_page_token=page.next_token
@@ -54,9 +60,13 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
     async def DisableTenant(
         self, request: admin_pb2.DisableTenantRequest, context: Ctx
     ) -> admin_pb2.DisableTenantResponse:
-        return admin_pb2.DisableTenantResponse(tenant=await self._set_state(request.name, TenantState.DISABLED))
+        return admin_pb2.DisableTenantResponse(
+            tenant=await self._set_state(request.name, TenantState.DISABLED)
+        )
 
-    async def EnableTenant(self, request: admin_pb2.EnableTenantRequest, context: Ctx) -> admin_pb2.EnableTenantResponse:
+    async def EnableTenant(
+        self, request: admin_pb2.EnableTenantRequest, context: Ctx
+    ) -> admin_pb2.EnableTenantResponse:
         return admin_pb2.EnableTenantResponse(tenant=await self._set_state(request.name, TenantState.ACTIVE))
 
     async def WhoAmI(self, request: admin_pb2.WhoAmIRequest, context: Ctx) -> admin_pb2.WhoAmIResponse:
@@ -83,7 +93,9 @@ class KeyServicer(ServicerBase, admin_pb2_grpc.KeyServiceServicer):
         super().__init__(executor)
         self._tenancy = tenancy
 
-    async def CreateKey(self, request: admin_pb2.CreateKeyRequest, context: Ctx) -> admin_pb2.CreateKeyResponse:
+    async def CreateKey(
+        self, request: admin_pb2.CreateKeyRequest, context: Ctx
+    ) -> admin_pb2.CreateKeyResponse:
         role = convert.role(request.role)
         if role is None:
             raise InvalidArgument(f"unknown role value {request.role}")
@@ -102,9 +114,13 @@ class KeyServicer(ServicerBase, admin_pb2_grpc.KeyServiceServicer):
             request.page.page_token,
             request.page.page_size,
         )
-        return admin_pb2.ListKeysResponse(keys=[convert.api_key(k) for k in page.items], next_page_token=page.next_token)
+        return admin_pb2.ListKeysResponse(
+            keys=[convert.api_key(k) for k in page.items], next_page_token=page.next_token
+        )
 
-    async def RevokeKey(self, request: admin_pb2.RevokeKeyRequest, context: Ctx) -> admin_pb2.RevokeKeyResponse:
+    async def RevokeKey(
+        self, request: admin_pb2.RevokeKeyRequest, context: Ctx
+    ) -> admin_pb2.RevokeKeyResponse:
         current_call().resource = f"keys/{request.key_id}"
         record = await self.run(self._tenancy.revoke_key, current_principal(), request.tenant, request.key_id)
         return admin_pb2.RevokeKeyResponse(key=convert.api_key(record))

@@ -107,16 +107,25 @@ def profile_from_proto(p: common_pb2.ReferenceProfile) -> ReferenceProfile:
             c = f.categorical
             features.append(
                 FeatureProfile(
-                    f.name, "categorical", counts=tuple(c.counts), categories=tuple(c.categories),
-                    other=c.other, missing=f.missing,
+                    f.name,
+                    "categorical",
+                    counts=tuple(c.counts),
+                    categories=tuple(c.categories),
+                    other=c.other,
+                    missing=f.missing,
                 )
             )
         else:
             n = f.numeric
             features.append(
                 FeatureProfile(
-                    f.name, "numeric" if kind == "numeric" else "", edges=tuple(n.edges), counts=tuple(n.counts),
-                    underflow=n.underflow, overflow=n.overflow, missing=f.missing,
+                    f.name,
+                    "numeric" if kind == "numeric" else "",
+                    edges=tuple(n.edges),
+                    counts=tuple(n.counts),
+                    underflow=n.underflow,
+                    overflow=n.overflow,
+                    missing=f.missing,
                 )
             )
     return ReferenceProfile(row_count=p.row_count, features=tuple(features))
@@ -161,7 +170,10 @@ def version(rec: VersionRecord) -> registry_pb2.ModelVersion:
         lat = rec.latency
         msg.latency.CopyFrom(
             registry_pb2.LatencyProfile(
-                p50_ms=lat.p50_ms, p99_ms=lat.p99_ms, runs=lat.runs, batch_size=lat.batch_size,
+                p50_ms=lat.p50_ms,
+                p99_ms=lat.p99_ms,
+                runs=lat.runs,
+                batch_size=lat.batch_size,
                 execution_provider=lat.execution_provider,
             )
         )

@@ -18,9 +18,9 @@ Ctx = grpc.aio.ServicerContext
 DOWNLOAD_CHUNK = 1024 * 1024
 
 
-def _selector(request: registry_pb2.GetModelVersionRequest | registry_pb2.DownloadArtifactRequest) -> tuple[
-    int | None, str | None
-]:
+def _selector(
+    request: registry_pb2.GetModelVersionRequest | registry_pb2.DownloadArtifactRequest,
+) -> tuple[int | None, str | None]:
     which = request.WhichOneof("selector")
     if which == "alias":
         return None, request.alias
@@ -39,11 +39,17 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CreateModelResponse:
         current_call().resource = f"models/{request.name}"
         record = await self.run(
-            self._registry.create_model, current_principal(), request.name, request.description, dict(request.tags)
+            self._registry.create_model,
+            current_principal(),
+            request.name,
+            request.description,
+            dict(request.tags),
         )
         return registry_pb2.CreateModelResponse(model=convert.model(record))
 
-    async def GetModel(self, request: registry_pb2.GetModelRequest, context: Ctx) -> registry_pb2.GetModelResponse:
+    async def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: Ctx
+    ) -> registry_pb2.GetModelResponse:
         record = await self.run(self._registry.get_model, current_principal(), request.name)
         return registry_pb2.GetModelResponse(model=convert.model(record))
 
@@ -81,7 +87,9 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
             tags=dict(s.tags),
             aliases=tuple(s.aliases),
             lineage=convert.lineage_from_proto(s.lineage),
-            reference_profile=convert.profile_from_proto(s.reference_profile) if s.HasField("reference_profile") else None,
+            reference_profile=convert.profile_from_proto(s.reference_profile)
+            if s.HasField("reference_profile")
+            else None,
         )
         current_call().resource = f"models/{spec.model}"
         registration = await self.run(self._registry.begin_registration, current_principal(), spec)
@@ -94,7 +102,9 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
                 elif part == "sha256" and not digest:
                     digest = message.sha256 or "-"
                 else:
-                    raise InvalidArgument(f"unexpected {part} message: send the spec, then chunks, then the sha256")
+                    raise InvalidArgument(
+                        f"unexpected {part} message: send the spec, then chunks, then the sha256"
+                    )
             if not digest:
                 raise InvalidArgument(
                     f"the stream ended after {registration.received} bytes without the artifact's sha256; "
@@ -111,7 +121,9 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetModelVersionRequest, context: Ctx
     ) -> registry_pb2.GetModelVersionResponse:
         version, alias = _selector(request)
-        record = await self.run(self._registry.get_version, current_principal(), request.model, version, alias)
+        record = await self.run(
+            self._registry.get_version, current_principal(), request.model, version, alias
+        )
         return registry_pb2.GetModelVersionResponse(version=convert.version(record))
 
     async def ListModelVersions(
@@ -129,7 +141,9 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
             versions=[convert.version(v) for v in page.items], next_page_token=page.next_token
         )
 
-    async def SetAlias(self, request: registry_pb2.SetAliasRequest, context: Ctx) -> registry_pb2.SetAliasResponse:
+    async def SetAlias(
+        self, request: registry_pb2.SetAliasRequest, context: Ctx
+    ) -> registry_pb2.SetAliasResponse:
         current_call().resource = f"models/{request.model}/aliases/{request.alias}"
         current_call().detail = f"-> version {request.version}"
         record, previous = await self.run(
@@ -141,21 +155,27 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DeleteAliasRequest, context: Ctx
     ) -> registry_pb2.DeleteAliasResponse:
         current_call().resource = f"models/{request.model}/aliases/{request.alias}"
-        record = await self.run(self._registry.delete_alias, current_principal(), request.model, request.alias)
+        record = await self.run(
+            self._registry.delete_alias, current_principal(), request.model, request.alias
+        )
         return registry_pb2.DeleteAliasResponse(model=convert.model(record))
 
     async def ArchiveModelVersion(
         self, request: registry_pb2.ArchiveModelVersionRequest, context: Ctx
     ) -> registry_pb2.ArchiveModelVersionResponse:
         current_call().resource = f"models/{request.model}/versions/{request.version}"
-        record = await self.run(self._registry.archive_version, current_principal(), request.model, request.version)
+        record = await self.run(
+            self._registry.archive_version, current_principal(), request.model, request.version
+        )
         return registry_pb2.ArchiveModelVersionResponse(version=convert.version(record))
 
     async def DownloadArtifact(
         self, request: registry_pb2.DownloadArtifactRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.DownloadArtifactResponse]:
         version, alias = _selector(request)
-        record, blob = await self.run(self._registry.open_artifact, current_principal(), request.model, version, alias)
+        record, blob = await self.run(
+            self._registry.open_artifact, current_principal(), request.model, version, alias
+        )
         try:
             yield registry_pb2.DownloadArtifactResponse(
                 header=registry_pb2.ArtifactHeader(

@@ -92,7 +92,9 @@ class Store(abc.ABC):
         """The model with its aliases. MUST raise NotFound when the tenant has no such model."""
 
     @abc.abstractmethod
-    def list_models(self, tenant: str, name_prefix: str, page_token: str, page_size: int) -> Page[ModelRecord]:
+    def list_models(
+        self, tenant: str, name_prefix: str, page_token: str, page_size: int
+    ) -> Page[ModelRecord]:
         """The tenant's models ordered by name."""
 
     @abc.abstractmethod
@@ -128,7 +130,9 @@ class Store(abc.ABC):
         """Versions newest first, without their reference profiles. NotFound for an unknown model."""
 
     @abc.abstractmethod
-    def set_alias(self, tenant: str, model: str, alias: str, version: int, now_us: int) -> tuple[ModelRecord, int]:
+    def set_alias(
+        self, tenant: str, model: str, alias: str, version: int, now_us: int
+    ) -> tuple[ModelRecord, int]:
         """Points the alias at the version atomically; returns the model and the previous version (0).
 
         MUST raise NotFound for an unknown model or version, FailedPrecondition for an archived one.

@@ -67,7 +67,12 @@ def profile_to_json(profile: ReferenceProfile | None) -> dict[str, Any] | None:
         return None
     features = []
     for f in profile.features:
-        item: dict[str, Any] = {"name": f.name, "kind": f.kind, "missing": f.missing, "counts": list(f.counts)}
+        item: dict[str, Any] = {
+            "name": f.name,
+            "kind": f.kind,
+            "missing": f.missing,
+            "counts": list(f.counts),
+        }
         if f.kind == "numeric":
             item.update(edges=list(f.edges), underflow=f.underflow, overflow=f.overflow)
         else:

@@ -110,7 +110,9 @@ class SqlStore(Store):
     # --- tenants ---------------------------------------------------------------------------------
     @staticmethod
     def _tenant(row: Row[Any]) -> TenantRecord:
-        return TenantRecord(row.name, row.display_name, TenantState(row.state), row.created_at_us, row.created_by)
+        return TenantRecord(
+            row.name, row.display_name, TenantState(row.state), row.created_at_us, row.created_by
+        )
 
     def create_tenant(self, name: str, display_name: str, created_by: str, now_us: int) -> TenantRecord:
         try:
@@ -299,7 +301,9 @@ class SqlStore(Store):
         out: dict[int, dict[str, int]] = {mid: {} for mid in model_ids}
         if model_ids:
             rows = conn.execute(
-                select(model_aliases).where(model_aliases.c.model_id.in_(model_ids)).order_by(model_aliases.c.alias)
+                select(model_aliases)
+                .where(model_aliases.c.model_id.in_(model_ids))
+                .order_by(model_aliases.c.alias)
             )
             for r in rows:
                 out[r.model_id][r.alias] = r.version
@@ -338,7 +342,9 @@ class SqlStore(Store):
             aliases = self._aliases(conn, [row.id])[row.id]
         return self._model(row, aliases)
 
-    def list_models(self, tenant: str, name_prefix: str, page_token: str, page_size: int) -> Page[ModelRecord]:
+    def list_models(
+        self, tenant: str, name_prefix: str, page_token: str, page_size: int
+    ) -> Page[ModelRecord]:
         after = paging.decode_str(page_token)
         size = paging.page_size(page_size)
         query = select(models).where(models.c.tenant == tenant).order_by(models.c.name).limit(size + 1)
@@ -440,10 +446,14 @@ class SqlStore(Store):
 
     def _put_alias(self, conn: Connection, model_id: int, alias: str, version: int) -> int:
         previous = conn.execute(
-            select(model_aliases.c.version).where(model_aliases.c.model_id == model_id, model_aliases.c.alias == alias)
+            select(model_aliases.c.version).where(
+                model_aliases.c.model_id == model_id, model_aliases.c.alias == alias
+            )
         ).scalar_one_or_none()
         stmt = self._upsert(model_aliases).values(model_id=model_id, alias=alias, version=version)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["model_id", "alias"], set_={"version": version}))
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["model_id", "alias"], set_={"version": version})
+        )
         return int(previous or 0)
 
     _VERSION_COLUMNS = (
@@ -509,7 +519,9 @@ class SqlStore(Store):
         return tuple(r.alias for r in rows)
 
     def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
-        query = self._version_query(tenant, model, with_profile=True).where(model_versions.c.version == version)
+        query = self._version_query(tenant, model, with_profile=True).where(
+            model_versions.c.version == version
+        )
         with self._read() as conn:
             row = conn.execute(query).first()
             if row is None:
@@ -555,13 +567,17 @@ class SqlStore(Store):
             rows = conn.execute(query).all()
             by_version: dict[int, list[str]] = {}
             for r in conn.execute(
-                select(model_aliases).where(model_aliases.c.model_id == model_id).order_by(model_aliases.c.alias)
+                select(model_aliases)
+                .where(model_aliases.c.model_id == model_id)
+                .order_by(model_aliases.c.alias)
             ):
                 by_version.setdefault(r.version, []).append(r.alias)
         items = [self._version(tenant, model, r, tuple(by_version.get(r.version, ()))) for r in rows]
         return _page(items, size, lambda v: v.version)
 
-    def set_alias(self, tenant: str, model: str, alias: str, version: int, now_us: int) -> tuple[ModelRecord, int]:
+    def set_alias(
+        self, tenant: str, model: str, alias: str, version: int, now_us: int
+    ) -> tuple[ModelRecord, int]:
         with self._write() as conn:
             mrow = self._model_row(conn, tenant, model)
             state = conn.execute(
@@ -583,7 +599,9 @@ class SqlStore(Store):
         with self._write() as conn:
             mrow = self._model_row(conn, tenant, model)
             result = conn.execute(
-                delete(model_aliases).where(model_aliases.c.model_id == mrow.id, model_aliases.c.alias == alias)
+                delete(model_aliases).where(
+                    model_aliases.c.model_id == mrow.id, model_aliases.c.alias == alias
+                )
             )
             if result.rowcount == 0:
                 raise NotFound(f"alias {alias!r} of model {model!r} not found")
@@ -606,7 +624,11 @@ class SqlStore(Store):
                     f"{', '.join(aliases)}; move or delete them first"
                 )
             if state != VersionState.ARCHIVED:
-                conn.execute(update(model_versions).where(where).values(state=VersionState.ARCHIVED, updated_at_us=now_us))
+                conn.execute(
+                    update(model_versions)
+                    .where(where)
+                    .values(state=VersionState.ARCHIVED, updated_at_us=now_us)
+                )
         return self.get_version(tenant, model, version)
 
     def referenced_digests(self) -> set[str]:

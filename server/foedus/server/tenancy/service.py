@@ -130,7 +130,9 @@ class TenancyService:
         if len(display_name) > 200:
             raise InvalidArgument("display_name is longer than 200 characters")
         tenant = self._store.create_tenant(name, display_name or name, caller.key_id, self._clock())
-        owner = self._new_key(name, Role.OWNER, "first owner key", caller.key_id) if create_owner_key else None
+        owner = (
+            self._new_key(name, Role.OWNER, "first owner key", caller.key_id) if create_owner_key else None
+        )
         return tenant, owner
 
     def get_tenant(self, caller: Principal, name: str) -> TenantRecord:
@@ -183,7 +185,9 @@ class TenancyService:
     def record(self, entry: AuditRecord) -> None:
         self._store.append_audit(entry)
 
-    def list_audit(self, caller: Principal, tenant: str, page_token: str, page_size: int) -> Page[AuditRecord]:
+    def list_audit(
+        self, caller: Principal, tenant: str, page_token: str, page_size: int
+    ) -> Page[AuditRecord]:
         if caller.is_admin:
             scope = validation.tenant_name(tenant) if tenant else None
         else:

@@ -1,0 +1,42 @@
+# Set-up and everyday tasks. Every target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck pytest proto bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+## demo: a full end-to-end run on the embedded defaults (embedded server, two tenants, real ONNX models)
+demo: venv
+	$(PY) demo/demo.py
+
+## test: lint, type-check, generated-code check and the whole test suite
+test: lint typecheck pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check server client_sdk federation tests bench demo scripts
+
+typecheck: venv
+	$(VENV)/bin/mypy -p foedus.server -p foedus.client_sdk -p foedus.federation -p foedus.v1
+
+pytest: venv
+	$(PY) -m pytest -q
+
+## proto: regenerate foedus.v1 from proto/foedus/v1/*.proto with the pinned generators
+proto: venv
+	$(PY) scripts/gen_proto.py
+
+bench: venv
+	$(PY) bench/registry.py --json bench-registry.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The `foedus` command line: one module per command group."""

@@ -1,0 +1,92 @@
+"""What the command groups share: global options, the client, and output as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from foedus.client_sdk.client import Client, TlsConfig
+from foedus.client_sdk.errors import InvalidArgument, Unauthenticated
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+@dataclass
+class Globals:
+    server: str
+    api_key: str | None
+    output: str
+    tls: bool
+    ca_cert: str | None
+
+    def client(self) -> Client:
+        key = self.api_key
+        if not key:
+            raise Unauthenticated(
+                "no API key: pass --api-key, set FOEDUS_API_KEY, or FOEDUS_API_KEY_FILE "
+                "(the admin key is in DATA_DIR/admin.key)"
+            )
+        tls: TlsConfig | bool = TlsConfig(ca_cert=self.ca_cert) if self.ca_cert else self.tls
+        return Client.connect(self.server, api_key=key, tls=tls)
+
+
+def resolve_key(api_key: str | None, api_key_file: str | None) -> str | None:
+    if api_key:
+        return api_key
+    path = api_key_file or os.environ.get("FOEDUS_API_KEY_FILE")
+    if path:
+        try:
+            return open(path).read().strip()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read the API key file {path}: {exc.strerror}") from exc
+    return None
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Globals)
+    return obj
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=False)
+
+
+def emit(ctx: typer.Context, rows: Sequence[dict[str, Any]], columns: Sequence[str], raw: Any = None) -> None:
+    """Prints rows as an aligned table, or `raw` (default: the rows) as JSON with --output json."""
+    if globals_of(ctx).output == "json":
+        typer.echo(json.dumps(rows if raw is None else raw, indent=2, sort_keys=True, default=str))
+        return
+    if not rows:
+        typer.echo("(none)")
+        return
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{what} must look like KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out

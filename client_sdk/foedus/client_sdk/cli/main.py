@@ -1,0 +1,93 @@
+"""Entry point of the `foedus` command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+
+from foedus.client_sdk.cli import audit, exit_codes, key, model, server, tenant
+from foedus.client_sdk.cli.common import DEFAULT_SERVER, Globals, emit, globals_of, resolve_key
+from foedus.client_sdk.errors import FoedusError
+
+app = typer.Typer(
+    name="foedus",
+    help="Foedus: federated, multi-tenant MLOps control plane.\n\n"
+    "Exit codes: " + "; ".join(f"{c} {h}" for c, h in exit_codes.HELP.items()),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(server.app, name="server")
+app.add_typer(tenant.app, name="tenant")
+app.add_typer(key.app, name="key")
+app.add_typer(model.app, name="model")
+app.command("audit")(audit.audit)
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    server_: str = typer.Option(
+        DEFAULT_SERVER, "--server", envvar="FOEDUS_SERVER", help="control plane HOST:PORT"
+    ),
+    api_key: str = typer.Option(None, "--api-key", envvar="FOEDUS_API_KEY", help="API key (fds_...)"),
+    api_key_file: str = typer.Option(
+        None,
+        "--api-key-file",
+        help="file holding the API key, e.g. DATA_DIR/admin.key [env FOEDUS_API_KEY_FILE]",
+    ),
+    output: str = typer.Option(
+        "table",
+        "--output",
+        "-o",
+        envvar="FOEDUS_OUTPUT",
+        help="table | json",
+        click_type=click.Choice(["table", "json"]),
+    ),
+    tls: bool = typer.Option(False, "--tls", envvar="FOEDUS_TLS", help="connect with TLS (system CA roots)"),
+    ca_cert: str = typer.Option(None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"),
+) -> None:
+    ctx.obj = Globals(
+        server=server_, api_key=resolve_key(api_key, api_key_file), output=output, tls=tls, ca_cert=ca_cert
+    )
+
+
+@app.command("whoami")
+def whoami(ctx: typer.Context) -> None:
+    """Show the key, role and tenant of the API key in use."""
+    with globals_of(ctx).client() as client:
+        me = client.whoami()
+    role = me.role
+    emit(
+        ctx,
+        [{"key_id": me.key_id, "role": role, "tenant": me.tenant or "(platform)"}],
+        ("key_id", "role", "tenant"),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the CLI; errors print one line to stderr and exit with a documented code."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="foedus", standalone_mode=False)
+    except FoedusError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exit_codes.for_error(exc))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exit_codes.USAGE)
+    except (OSError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_codes.ERROR)
+    sys.exit(exit_codes.OK)
+
+
+if __name__ == "__main__":
+    main()

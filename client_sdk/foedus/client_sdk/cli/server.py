@@ -1,0 +1,58 @@
+"""`foedus server start`: run the control plane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Run the control plane (administrators).", no_args_is_help=True)
+
+
+@app.command("start")
+def start(
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="SQLite database, artifacts and admin.key live here [env FOEDUS_DATA_DIR; default ./foedus-data]",
+    ),
+    listen: str = typer.Option(
+        None, "--listen", help="HOST:PORT [env FOEDUS_LISTEN; default 127.0.0.1:50051]"
+    ),
+    db: str = typer.Option(
+        None,
+        "--db",
+        help="database URL, e.g. postgresql://user@host:5432/foedus [default: SQLite in --data-dir]",
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="TOML file with ServerConfig settings ([server] table)"
+    ),
+    tls_cert: str = typer.Option(None, "--tls-cert", help="PEM certificate chain; serve TLS only"),
+    tls_key: str = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert"),
+    insecure: bool = typer.Option(
+        None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
+    ),
+) -> None:
+    """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
+    try:
+        from foedus.server.app import main
+        from foedus.server.config import ConfigError, load_config
+    except ImportError as exc:
+        typer.echo(
+            f"error: the server is not installed ({exc.name} missing): pip install 'foedus[server]'", err=True
+        )
+        raise typer.Exit(1) from None
+    try:
+        cfg = load_config(
+            config,
+            data_dir=data_dir,
+            listen=listen,
+            db=db,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            allow_insecure=insecure,
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    main(cfg)

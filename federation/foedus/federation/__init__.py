@@ -1,0 +1,1 @@
+"""Foedus federation: ops-model training (torch), ONNX export and Flower apps."""
