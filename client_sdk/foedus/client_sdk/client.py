@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import tempfile
@@ -173,7 +174,7 @@ class ModelsAPI:
 
     def versions(
         self, name: str, *, include_archived: bool = False, limit: int | None = None
-    ) -> list[registry_pb2.ModelVersion]:
+    ) -> builtins.list[registry_pb2.ModelVersion]:
         """Versions newest first (reference profiles left out; `get_version` has them)."""
 
         def fetch(token: str) -> tuple[Sequence[registry_pb2.ModelVersion], str]:
@@ -219,7 +220,7 @@ class ModelsAPI:
         target = Path(dest)
         try:
             stream = self._stub.DownloadArtifact(req, metadata=self._rpc.metadata, timeout=timeout or 3600.0)
-            header = next(stream).header
+            header = next(iter(stream)).header
             if target.is_dir():
                 suffix = ".onnx" if header.artifact.framework == "onnx" else ".bin"
                 target = target / f"{name}-v{header.version}{suffix}"
@@ -294,7 +295,7 @@ class KeysAPI:
         req = admin_pb2.CreateKeyRequest(tenant=tenant, role=ROLES[role], description=description)
         return self._rpc(self._stub.CreateKey, req)
 
-    def list(self, *, tenant: str = "", include_revoked: bool = False) -> list[admin_pb2.ApiKey]:
+    def list(self, *, tenant: str = "", include_revoked: bool = False) -> builtins.list[admin_pb2.ApiKey]:
         def fetch(token: str) -> tuple[Sequence[admin_pb2.ApiKey], str]:
             req = admin_pb2.ListKeysRequest(
                 tenant=tenant, include_revoked=include_revoked, page=common_pb2.PageRequest(page_token=token)

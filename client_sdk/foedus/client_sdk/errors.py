@@ -105,9 +105,12 @@ _BY_STATUS: dict[StatusCode, type[FoedusError]] = {
 
 
 def from_rpc_error(error: grpc.RpcError) -> FoedusError:
-    code = error.code() if isinstance(error, grpc.Call) else None
+    # Every RpcError raised by a call is also a grpc.Call, which carries code and details.
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    code = code_fn() if callable(code_fn) else None
     status = StatusCode[code.name] if code is not None else StatusCode.UNKNOWN
-    details = error.details() if isinstance(error, grpc.Call) else None
+    details = details_fn() if callable(details_fn) else None
     message = details or status.name.replace("_", " ").lower()
     if status is StatusCode.UNAVAILABLE and details and "connect" in details.lower():
         message = f"cannot reach the Foedus server: {details}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,7 +39,7 @@ class FoedusServer:
     executor: ThreadPoolExecutor
     tenancy: TenancyService
     registry: RegistryService
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     port: int
     admin_key_id: str | None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -119,7 +120,7 @@ def build_server(config: ServerConfig) -> FoedusServer:
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, executor), server)
     admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, executor), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, executor), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(_service_names(), server)
     if config.tls_cert:

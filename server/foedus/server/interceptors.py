@@ -79,7 +79,7 @@ def current_principal() -> Principal:
     return _CALL.get().principal
 
 
-class CallGuard(grpc.aio.ServerInterceptor):
+class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, tenancy: TenancyService, executor: Executor) -> None:
         self._tenancy = tenancy
         self._executor = executor
@@ -87,18 +87,18 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         policy = self._policies.get(method)
         if handler is None or policy is None:
             return handler
         return self._wrap(handler, method, policy)
 
     # --- the steps ------------------------------------------------------------------------------
-    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
         token = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
@@ -146,7 +146,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         except Exception:
             log.exception("could not write the audit entry of %s", info.method)
 
-    async def _abort(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
         if isinstance(error, DomainError):
             await context.abort(grpc.StatusCode[error.code.value], error.message)
         log.error("internal error", exc_info=error)
@@ -157,11 +157,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     # --- wrapping of the four call shapes --------------------------------------------------------
     def _wrap(
-        self, handler: grpc.RpcMethodHandler, method: str, policy: AccessPolicy
-    ) -> grpc.RpcMethodHandler:
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str, policy: AccessPolicy
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         guard = self
 
-        async def call(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             info: CallInfo | None = None
             error: BaseException | None = None
             try:
@@ -177,7 +177,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 await guard._finish(policy, info, error, context)
 
         async def stream(
-            inner: Callable[..., AsyncIterator[Any]], request: Any, context: grpc.aio.ServicerContext
+            inner: Callable[..., AsyncIterator[Any]], request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             info: CallInfo | None = None
             error: BaseException | None = None
@@ -198,7 +198,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if h.unary_unary or h.stream_unary:
             inner = h.unary_unary or h.stream_unary
 
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 return await call(inner, request, context)
 
             factory = (
@@ -207,7 +207,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             return factory(unary_response, h.request_deserializer, h.response_serializer)
         inner_stream = h.unary_stream or h.stream_stream
 
-        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async for item in stream(inner_stream, request, context):
                 yield item
 

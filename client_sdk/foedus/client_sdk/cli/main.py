@@ -33,9 +33,8 @@ def options(
     server_: str = typer.Option(
         DEFAULT_SERVER, "--server", envvar="FOEDUS_SERVER", help="control plane HOST:PORT"
     ),
-    api_key: str = typer.Option(None, "--api-key", envvar="FOEDUS_API_KEY", help="API key (fds_...)"),
-    api_key_file: str = typer.Option(
-        None,
+    api_key: str | None = typer.Option(None, "--api-key", envvar="FOEDUS_API_KEY", help="API key (fds_...)"),
+    api_key_file: str | None = typer.Option(None,
         "--api-key-file",
         help="file holding the API key, e.g. DATA_DIR/admin.key [env FOEDUS_API_KEY_FILE]",
     ),
@@ -48,7 +47,7 @@ def options(
         click_type=click.Choice(["table", "json"]),
     ),
     tls: bool = typer.Option(False, "--tls", envvar="FOEDUS_TLS", help="connect with TLS (system CA roots)"),
-    ca_cert: str = typer.Option(None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"),
+    ca_cert: str | None = typer.Option(None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"),
 ) -> None:
     ctx.obj = Globals(
         server=server_, api_key=resolve_key(api_key, api_key_file), output=output, tls=tls, ca_cert=ca_cert

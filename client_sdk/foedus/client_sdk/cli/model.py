@@ -62,12 +62,10 @@ def register(
     lineage: list[str] = typer.Option(
         [], "--lineage", help="KEY=VALUE: data_fingerprint, code_revision, parent_version, or free keys"
     ),
-    reference: Path = typer.Option(
-        None, "--reference", exists=True, dir_okay=False, help="reference sample (.npy or .csv) to profile"
+    reference: Path | None = typer.Option(None, "--reference", exists=True, dir_okay=False, help="reference sample (.npy or .csv) to profile"
     ),
     description: str = typer.Option("", "--description"),
-    framework: str = typer.Option(
-        None, "--framework", help="onnx (default for .onnx files), sklearn, custom, ..."
+    framework: str | None = typer.Option(None, "--framework", help="onnx (default for .onnx files), sklearn, custom, ..."
     ),
 ) -> None:
     """Upload a new version; ONNX artifacts pass the registry's gates or are rejected."""
@@ -112,8 +110,8 @@ def versions(
 def get(
     ctx: typer.Context,
     name: str,
-    version: int = typer.Option(None, "--version", help="version number"),
-    alias: str = typer.Option(None, "--alias", help="alias, e.g. production"),
+    version: int | None = typer.Option(None, "--version", help="version number"),
+    alias: str | None = typer.Option(None, "--alias", help="alias, e.g. production"),
 ) -> None:
     """Show a model, or one of its versions with --version or --alias."""
     with globals_of(ctx).client() as client:
@@ -130,7 +128,7 @@ def set_alias(
     ctx: typer.Context,
     name: str,
     alias: str,
-    version: int = typer.Argument(None, help="version to point at (omit with --delete)"),
+    version: int | None = typer.Argument(None, help="version to point at (omit with --delete)"),
     delete: bool = typer.Option(False, "--delete", help="remove the alias"),
 ) -> None:
     """Point ALIAS at VERSION (atomically), or remove it with --delete."""
@@ -154,8 +152,8 @@ def download(
     ctx: typer.Context,
     name: str,
     dest: Path = typer.Argument(Path("."), help="file or directory to write to"),
-    version: int = typer.Option(None, "--version"),
-    alias: str = typer.Option(None, "--alias"),
+    version: int | None = typer.Option(None, "--version"),
+    alias: str | None = typer.Option(None, "--alias"),
 ) -> None:
     """Download a version's artifact, verified against its sha256."""
     with globals_of(ctx).client() as client:

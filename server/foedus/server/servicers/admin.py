@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 
+from typing import Any
+
 import grpc
 
 from foedus.server.errors import InvalidArgument
@@ -14,7 +16,7 @@ from foedus.server.store.records import TenantState
 from foedus.server.tenancy.service import TenancyService
 from foedus.v1 import admin_pb2, admin_pb2_grpc
 
-Ctx = grpc.aio.ServicerContext
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):

@@ -20,4 +20,4 @@ class ServicerBase:
         loop = asyncio.get_running_loop()
         if kwargs:
             return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-        return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
+        return await loop.run_in_executor(self._executor, fn, *args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
+from typing import Any
+
 import grpc
 
 from foedus.server.errors import InvalidArgument
@@ -14,7 +16,7 @@ from foedus.server.servicers import convert
 from foedus.server.servicers.base import ServicerBase
 from foedus.v1 import registry_pb2, registry_pb2_grpc
 
-Ctx = grpc.aio.ServicerContext
+Ctx = grpc.aio.ServicerContext[Any, Any]
 DOWNLOAD_CHUNK = 1024 * 1024
 
 
