@@ -161,7 +161,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         guard = self
 
-        async def call(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def call(
+            inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
             info: CallInfo | None = None
             error: BaseException | None = None
             try:
@@ -177,7 +179,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await guard._finish(policy, info, error, context)
 
         async def stream(
-            inner: Callable[..., AsyncIterator[Any]], request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            inner: Callable[..., AsyncIterator[Any]],
+            request: Any,
+            context: grpc.aio.ServicerContext[Any, Any],
         ) -> AsyncIterator[Any]:
             info: CallInfo | None = None
             error: BaseException | None = None
@@ -207,7 +211,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return factory(unary_response, h.request_deserializer, h.response_serializer)
         inner_stream = h.unary_stream or h.stream_stream
 
-        async def stream_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def stream_response(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             async for item in stream(inner_stream, request, context):
                 yield item
 

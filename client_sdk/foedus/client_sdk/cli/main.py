@@ -34,7 +34,8 @@ def options(
         DEFAULT_SERVER, "--server", envvar="FOEDUS_SERVER", help="control plane HOST:PORT"
     ),
     api_key: str | None = typer.Option(None, "--api-key", envvar="FOEDUS_API_KEY", help="API key (fds_...)"),
-    api_key_file: str | None = typer.Option(None,
+    api_key_file: str | None = typer.Option(
+        None,
         "--api-key-file",
         help="file holding the API key, e.g. DATA_DIR/admin.key [env FOEDUS_API_KEY_FILE]",
     ),
@@ -47,7 +48,9 @@ def options(
         click_type=click.Choice(["table", "json"]),
     ),
     tls: bool = typer.Option(False, "--tls", envvar="FOEDUS_TLS", help="connect with TLS (system CA roots)"),
-    ca_cert: str | None = typer.Option(None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"),
+    ca_cert: str | None = typer.Option(
+        None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"
+    ),
 ) -> None:
     ctx.obj = Globals(
         server=server_, api_key=resolve_key(api_key, api_key_file), output=output, tls=tls, ca_cert=ca_cert

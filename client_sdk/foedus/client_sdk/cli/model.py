@@ -62,10 +62,12 @@ def register(
     lineage: list[str] = typer.Option(
         [], "--lineage", help="KEY=VALUE: data_fingerprint, code_revision, parent_version, or free keys"
     ),
-    reference: Path | None = typer.Option(None, "--reference", exists=True, dir_okay=False, help="reference sample (.npy or .csv) to profile"
+    reference: Path | None = typer.Option(
+        None, "--reference", exists=True, dir_okay=False, help="reference sample (.npy or .csv) to profile"
     ),
     description: str = typer.Option("", "--description"),
-    framework: str | None = typer.Option(None, "--framework", help="onnx (default for .onnx files), sklearn, custom, ..."
+    framework: str | None = typer.Option(
+        None, "--framework", help="onnx (default for .onnx files), sklearn, custom, ..."
     ),
 ) -> None:
     """Upload a new version; ONNX artifacts pass the registry's gates or are rejected."""

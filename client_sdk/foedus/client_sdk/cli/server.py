@@ -11,21 +11,26 @@ app = typer.Typer(help="Run the control plane (administrators).", no_args_is_hel
 
 @app.command("start")
 def start(
-    data_dir: Path | None = typer.Option(None,
+    data_dir: Path | None = typer.Option(
+        None,
         "--data-dir",
         help="SQLite database, artifacts and admin.key live here [env FOEDUS_DATA_DIR; default ./foedus-data]",
     ),
-    listen: str | None = typer.Option(None, "--listen", help="HOST:PORT [env FOEDUS_LISTEN; default 127.0.0.1:50051]"
+    listen: str | None = typer.Option(
+        None, "--listen", help="HOST:PORT [env FOEDUS_LISTEN; default 127.0.0.1:50051]"
     ),
-    db: str | None = typer.Option(None,
+    db: str | None = typer.Option(
+        None,
         "--db",
         help="database URL, e.g. postgresql://user@host:5432/foedus [default: SQLite in --data-dir]",
     ),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with ServerConfig settings ([server] table)"
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file with ServerConfig settings ([server] table)"
     ),
     tls_cert: str | None = typer.Option(None, "--tls-cert", help="PEM certificate chain; serve TLS only"),
     tls_key: str | None = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert"),
-    insecure: bool | None = typer.Option(None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
+    insecure: bool | None = typer.Option(
+        None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
     ),
 ) -> None:
     """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
