@@ -1,0 +1,185 @@
+"""The registry through the SDK against a real server: gates, artifacts, aliases, tenancy, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from foedus.client_sdk import (
+    AlreadyExists,
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from foedus.client_sdk.testing import LocalServer
+
+
+def blob_files(server: LocalServer) -> set[Path]:
+    return set((server.data_dir / "artifacts" / "sha256").rglob("*"))
+
+
+def test_onnx_gates_record_signature_latency_and_profile(tenant: Client, onnx_model: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(200, 4))
+    v = tenant.models.register(
+        "iris",
+        onnx_model,
+        lineage={"data_fingerprint": "iris-v1", "code_revision": "abc", "parent_version": 0, "owner": "ml"},
+        reference_data=x,
+        feature_names=["sl", "sw", "pl", "pw"],
+    )
+    got = tenant.models.get_version("iris", v.version)
+    assert got.artifact.onnx_opset == 17
+    assert [(o.name, o.dtype) for o in got.signature.outputs] == [
+        ("label", "int64"),
+        ("probabilities", "float32"),
+    ]
+    assert got.latency.runs >= 5
+    assert 0 < got.latency.p50_ms <= got.latency.p99_ms
+    assert got.lineage.data_fingerprint == "iris-v1"
+    assert dict(got.lineage.properties) == {"owner": "ml"}
+    assert [f.name for f in got.reference_profile.features] == ["sl", "sw", "pl", "pw"]
+    assert sum(got.reference_profile.features[0].numeric.counts) == 200
+
+
+def test_rejected_artifacts_leave_nothing_behind(server: LocalServer, tenant: Client, tmp_path: Path) -> None:
+    before = blob_files(server)
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 100)
+    with pytest.raises(InvalidArgument, match="not a valid ONNX model"):
+        tenant.models.register("bad", bad)
+    with pytest.raises(NotFound):
+        tenant.models.get("bad")  # not even the model was created
+    assert blob_files(server) == before
+    assert list((server.data_dir / "artifacts" / "tmp").iterdir()) == []
+
+
+def test_profile_must_match_the_input_width(tenant: Client, onnx_model: Path) -> None:
+    with pytest.raises(InvalidArgument, match="3 features but the model's input"):
+        tenant.models.register("iris", onnx_model, reference_data=np.zeros((10, 3)))
+
+
+def test_identical_content_is_stored_once(server: LocalServer, tenant: Client, tmp_path: Path) -> None:
+    art = tmp_path / "weights.bin"
+    art.write_bytes(np.random.default_rng(7).bytes(300_000))
+    a = tenant.models.register("dedup", art)
+    b = tenant.models.register("dedup", art)
+    assert (a.version, b.version) == (1, 2)
+    assert a.artifact.sha256 == b.artifact.sha256
+    matches = [p for p in blob_files(server) if p.name == a.artifact.sha256]
+    assert len(matches) == 1
+
+
+def test_download_is_verified_and_archived_versions_stay_readable(tenant: Client, tmp_path: Path) -> None:
+    art = tmp_path / "model.bin"
+    art.write_bytes(np.random.default_rng(3).bytes(2_500_000))  # several chunks
+    v1 = tenant.models.register("dl", art, aliases=["production"])
+    tenant.models.register("dl", art)
+    out = tenant.models.download("dl", tmp_path / "out.bin", alias="production")
+    assert out.read_bytes() == art.read_bytes()
+    with pytest.raises(FailedPrecondition, match="alias"):
+        tenant.models.archive("dl", v1.version)
+    tenant.models.set_alias("dl", "production", 2)
+    tenant.models.archive("dl", v1.version)
+    assert [v.version for v in tenant.models.versions("dl")] == [2]
+    assert tenant.models.download("dl", tmp_path, 1).read_bytes() == art.read_bytes()
+    with pytest.raises(FailedPrecondition, match="archived"):
+        tenant.models.set_alias("dl", "rollback", 1)
+
+
+def test_aliases_move_and_report_where_they_were(tenant: Client, tmp_path: Path) -> None:
+    art = tmp_path / "a.bin"
+    art.write_bytes(b"x" * 10)
+    tenant.models.register("al", art, aliases=["production", "candidate"])
+    tenant.models.register("al", art)
+    assert tenant.models.set_alias("al", "production", 2) == 1
+    assert tenant.models.set_alias("al", "fresh", 2) == 0
+    assert dict(tenant.models.get("al").aliases) == {"candidate": 1, "fresh": 2, "production": 2}
+    assert list(tenant.models.get_version("al", 2).aliases) == ["fresh", "production"]
+    tenant.models.delete_alias("al", "candidate")
+    with pytest.raises(NotFound):
+        tenant.models.get_version("al", alias="candidate")
+
+
+def test_paging_through_many_models(tenant: Client) -> None:
+    for i in range(12):
+        tenant.models.create(f"m{i:02d}")
+    with pytest.raises(AlreadyExists):
+        tenant.models.create("m00")
+    names = [m.name for m in tenant.models.list(name_prefix="m")]
+    assert names == [f"m{i:02d}" for i in range(12)]
+
+
+def test_disabled_tenant_and_revoked_key_are_refused(server: LocalServer) -> None:
+    owner = server.create_tenant("gated")
+    with server.client() as admin, Client.connect(server.target, api_key=owner) as client:
+        editor = client.keys.create("editor", description="ci")
+        with Client.connect(server.target, api_key=editor.secret) as ci:
+            ci.models.create("x")
+            client.keys.revoke(editor.key.key_id)
+            with pytest.raises(Unauthenticated, match="revoked"):
+                ci.models.get("x")
+        admin.tenants.disable("gated")
+        with pytest.raises(PermissionDenied, match="disabled"):
+            client.models.get("x")
+        admin.tenants.enable("gated")
+        assert client.models.get("x").name == "x"
+
+
+def test_audit_records_mutations_with_outcome(server: LocalServer) -> None:
+    owner = server.create_tenant("audited")
+    with Client.connect(server.target, api_key=owner) as client:
+        viewer = client.keys.create("viewer")
+        client.models.create("a")
+        with pytest.raises(AlreadyExists):
+            client.models.create("a")
+        with Client.connect(server.target, api_key=viewer.secret) as v:
+            with pytest.raises(PermissionDenied):
+                v.models.create("b")
+            with pytest.raises(PermissionDenied):
+                v.audit()
+        entries = client.audit()
+    got = [(e.method.rsplit("/", 1)[1], e.resource, e.outcome) for e in entries]
+    assert got[:4] == [
+        ("CreateModel", "", "PERMISSION_DENIED"),
+        ("CreateModel", "models/a", "ALREADY_EXISTS"),
+        ("CreateModel", "models/a", "OK"),
+        ("CreateKey", f"tenants/audited/keys/{viewer.key.key_id}", "OK"),
+    ]
+    assert all(e.tenant == "audited" for e in entries)
+    with server.client() as admin:
+        assert [e.id for e in admin.audit(tenant="audited")] == [e.id for e in entries]
+
+
+def test_health_and_reflection_are_served(server: LocalServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "foedus.v1.RegistryService", "foedus.v1.AdminService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase,
+        )
+
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert {"foedus.v1.RegistryService", "foedus.v1.KeyService"} <= set(services)
+
+
+def test_server_on_postgresql(postgres_url: str, onnx_model: Path, tmp_path: Path) -> None:
+    with LocalServer(tmp_path, db=postgres_url, latency_runs=3) as pg:
+        key = pg.create_tenant("pg")
+        with Client.connect(pg.target, api_key=key) as client:
+            v = client.models.register("iris", onnx_model, aliases=["production"])
+            assert client.models.get_version("iris", alias="production").artifact.sha256 == v.artifact.sha256
+    # a restart on the same database finds everything again
+    with (
+        LocalServer(tmp_path, db=postgres_url, latency_runs=3) as again,
+        Client.connect(again.target, api_key=key) as c,
+    ):
+        assert c.models.get("iris").latest_version == 1
