@@ -43,15 +43,21 @@ def train_onnx(c: float, x: np.ndarray, y: np.ndarray, path: Path) -> float:
 
 def code_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, help="keep the server's data here (default: a temporary directory)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the server's data here (default: a temporary directory)"
+    )
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -97,7 +103,11 @@ def main() -> None:
             v1_path,
             aliases=["production"],
             tags={"team": "oncology"},
-            lineage={"data_fingerprint": fingerprint, "code_revision": code_revision(), "regularization": "0.01"},
+            lineage={
+                "data_fingerprint": fingerprint,
+                "code_revision": code_revision(),
+                "regularization": "0.01",
+            },
             reference_data=x_train,
             feature_names=names,
             description="logistic regression, strong regularization",
@@ -133,7 +143,9 @@ def main() -> None:
         previous = acme_client.models.set_alias("cancer", "production", v2.version)
         acme_client.models.delete_alias("cancer", "candidate")
         model = acme_client.models.get("cancer")
-        print(f"   production: v{previous} -> v{model.aliases['production']}; aliases now {dict(model.aliases)}")
+        print(
+            f"   production: v{previous} -> v{model.aliases['production']}; aliases now {dict(model.aliases)}"
+        )
 
         step("Acme downloads 'production' (sha256 verified) and serves it with onnxruntime")
         path = acme_client.models.download("cancer", workdir, alias="production")
@@ -143,8 +155,10 @@ def main() -> None:
 
         step("Acme archives v1 (no alias points at it any more)")
         archived = acme_client.models.archive("cancer", v1.version)
-        print(f"   v{archived.version} state: archived; visible versions: "
-              f"{[v.version for v in acme_client.models.versions('cancer')]}")
+        print(
+            f"   v{archived.version} state: archived; visible versions: "
+            f"{[v.version for v in acme_client.models.versions('cancer')]}"
+        )
 
         step("Globex cannot see Acme's models")
         try:
