@@ -155,6 +155,11 @@ def test_audit_records_mutations_with_outcome(server: LocalServer) -> None:
     assert all(e.tenant == "audited" for e in entries)
     with server.client() as admin:
         assert [e.id for e in admin.audit(tenant="audited")] == [e.id for e in entries]
+        platform = admin.audit(limit=None)  # no tenant: the platform's own calls
+        assert ("CreateTenant", "tenants/audited") in {
+            (e.method.rsplit("/", 1)[1], e.resource) for e in platform
+        }
+        assert all(e.tenant == "" for e in platform)
 
 
 def test_health_and_reflection_are_served(server: LocalServer) -> None:

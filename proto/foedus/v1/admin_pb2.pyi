@@ -417,7 +417,9 @@ class ListAuditEntriesRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Required for the admin; owners may leave it empty (their own tenant)."""
+    """Owners: empty or their own tenant. The admin: a tenant, or empty for the platform's own
+    entries (tenants created, disabled, enabled).
+    """
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(

@@ -23,7 +23,7 @@ MAX_CATEGORIES = 1_000
 
 
 def tenant_name(name: str) -> str:
-    if not TENANT_NAME.match(name):
+    if not TENANT_NAME.fullmatch(name):
         raise InvalidArgument(
             f"invalid tenant name {name!r}: use 2-63 lowercase letters, digits or '-', starting with a letter"
         )
@@ -31,7 +31,7 @@ def tenant_name(name: str) -> str:
 
 
 def model_name(name: str) -> str:
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise InvalidArgument(
             f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -40,7 +40,7 @@ def model_name(name: str) -> str:
 
 
 def alias(name: str) -> str:
-    if not ALIAS.match(name):
+    if not ALIAS.fullmatch(name):
         raise InvalidArgument(
             f"invalid alias {name!r}: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
         )
@@ -63,7 +63,7 @@ def tags(values: dict[str, str], what: str = "tags") -> dict[str, str]:
     if len(values) > MAX_TAGS:
         raise InvalidArgument(f"at most {MAX_TAGS} {what}, got {len(values)}")
     for key, value in values.items():
-        if not TAG_KEY.match(key):
+        if not TAG_KEY.fullmatch(key):
             raise InvalidArgument(f"invalid key {key!r} in {what}: use 1-128 of A-Z a-z 0-9 _ . : / -")
         if len(value) > MAX_TAG_VALUE:
             raise InvalidArgument(f"value of {key!r} in {what} is longer than {MAX_TAG_VALUE} characters")
@@ -71,7 +71,7 @@ def tags(values: dict[str, str], what: str = "tags") -> dict[str, str]:
 
 
 def framework(name: str) -> str:
-    if not FRAMEWORK.match(name):
+    if not FRAMEWORK.fullmatch(name):
         raise InvalidArgument(f"invalid framework {name!r}: use 1-32 lowercase letters, digits, '_' or '-'")
     return name
 

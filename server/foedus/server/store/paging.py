@@ -33,7 +33,7 @@ def decode_str(token: str) -> str | None:
 
 def decode_int(token: str) -> int | None:
     key = _decode(token)
-    if key is not None and (not isinstance(key, int) or isinstance(key, bool)):
+    if key is not None and (not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < 2**63):
         raise InvalidArgument("page_token is not valid for this list call")
     return key
 

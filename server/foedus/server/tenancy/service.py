@@ -156,7 +156,7 @@ class TenancyService:
         if caller.is_admin:
             if not tenant:
                 raise InvalidArgument("tenant is required when the platform admin manages keys")
-            return validation.tenant_name(tenant)
+            return self._store.get_tenant(validation.tenant_name(tenant)).name
         own = caller.own_tenant()
         if tenant and tenant != own:
             raise NotFound(f"tenant {tenant!r} not found")
@@ -189,7 +189,8 @@ class TenancyService:
         self, caller: Principal, tenant: str, page_token: str, page_size: int
     ) -> Page[AuditRecord]:
         if caller.is_admin:
-            scope = validation.tenant_name(tenant) if tenant else None
+            # No tenant: the platform's own entries (tenants created, disabled, ...).
+            scope = self._store.get_tenant(validation.tenant_name(tenant)).name if tenant else None
         else:
             own = caller.own_tenant()
             if tenant and tenant != own:

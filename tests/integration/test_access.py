@@ -1,0 +1,1125 @@
+"""Authentication, authorization, tenant isolation and input validation of every Foedus RPC.
+
+Every RPC of every service in foedus.v1 (walked from the descriptors, so a new RPC fails the coverage
+guard until it is listed here) is called through raw gRPC stubs, so status codes are observed as
+the server sends them:
+
+1. without a key, with a malformed, unknown, wrongly signed or revoked key -> UNAUTHENTICATED;
+2. with each role its `(foedus.v1.access)` policy does not allow -> PERMISSION_DENIED;
+3. by tenant B naming tenant A's resources -> NOT_FOUND, indistinguishable from a resource that does
+   not exist and without A's data; lists and identities of B never contain A's items;
+4. with malformed input -> INVALID_ARGUMENT, and a rejected upload leaves no version and no file.
+
+Tenant A owns model "m" (version 1, a real ONNX model, alias "production"); tenant B owns
+"b-model" (two small "custom" versions) and "b-other"; "ghost" names never exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+
+from foedus.client_sdk import Client
+from foedus.client_sdk.testing import LocalServer
+from foedus.v1 import admin_pb2, common_pb2, registry_pb2
+
+SERVICE_MODULES = (admin_pb2, registry_pb2)
+TIMEOUT_S = 20.0
+
+ADMIN = "/foedus.v1.AdminService/"
+KEYS = "/foedus.v1.KeyService/"
+REG = "/foedus.v1.RegistryService/"
+CREATE_VERSION = REG + "CreateModelVersion"
+
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- the RPCs, from the descriptors ---------------------------------------------------------------
+def _walk_rpcs() -> dict[str, tuple[type, MethodDescriptor]]:
+    """`/package.Service/Method` -> (stub class, method descriptor), for every Foedus RPC."""
+    out: dict[str, tuple[type, MethodDescriptor]] = {}
+    for module in SERVICE_MODULES:
+        grpc_module = importlib.import_module(f"{module.__name__}_grpc")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            stub = getattr(grpc_module, f"{service.name}Stub")
+            for method in service.methods:
+                out[f"/{service.full_name}/{method.name}"] = (stub, method)
+    return out
+
+
+METHODS = _walk_rpcs()
+ALL_RPCS = sorted(METHODS)
+
+ROLE_VALUES = {
+    "viewer": common_pb2.ROLE_VIEWER,
+    "editor": common_pb2.ROLE_EDITOR,
+    "owner": common_pb2.ROLE_OWNER,
+    "agent": common_pb2.ROLE_AGENT,
+    "admin": common_pb2.ROLE_ADMIN,
+}
+ALL_ROLES = tuple(ROLE_VALUES)
+TENANT_ROLES = ("viewer", "editor", "owner", "agent")
+HIERARCHY = ("viewer", "editor", "owner")  # each includes the ones before it
+
+
+def declared_roles(rpc: str) -> set[str]:
+    options = METHODS[rpc][1].GetOptions()
+    if not options.HasExtension(common_pb2.access):
+        return set()
+    values = set(options.Extensions[common_pb2.access].roles)
+    return {name for name, value in ROLE_VALUES.items() if value in values}
+
+
+def allowed_roles(rpc: str) -> frozenset[str]:
+    """The declared roles with the hierarchy applied: owner ⊇ editor ⊇ viewer."""
+    declared = declared_roles(rpc)
+    allowed = set(declared)
+    for i, role in enumerate(HIERARCHY):
+        if role in declared:
+            allowed.update(HIERARCHY[i:])
+    return frozenset(allowed)
+
+
+def short(rpc: str) -> str:
+    return rpc.removeprefix("/foedus.v1.").replace("/", ".")
+
+
+# --- requests ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Names:
+    """The resources a request names: tenant A's, or ghosts that exist nowhere."""
+
+    tenant: str
+    model: str
+    key_id: str
+    version: int = 1
+    alias: str = "production"
+
+
+GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000")
+PAYLOAD = b"a small artifact of the access tests"
+
+
+def upload(
+    model: str,
+    payload: bytes = PAYLOAD,
+    *,
+    framework: str = "custom",
+    create_model: bool = False,
+    size_bytes: int | None = None,
+    sha256: str | None = None,
+    **spec_fields: Any,
+) -> list[registry_pb2.CreateModelVersionRequest]:
+    """The messages of a well-formed CreateModelVersion stream, unless told otherwise."""
+    spec = registry_pb2.VersionSpec(
+        model=model,
+        create_model=create_model,
+        framework=framework,
+        size_bytes=len(payload) if size_bytes is None else size_bytes,
+        **spec_fields,
+    )
+    digest = hashlib.sha256(payload).hexdigest() if sha256 is None else sha256
+    return [
+        registry_pb2.CreateModelVersionRequest(spec=spec),
+        registry_pb2.CreateModelVersionRequest(chunk=payload),
+        registry_pb2.CreateModelVersionRequest(sha256=digest),
+    ]
+
+
+# The request each RPC is probed with: it names tenant A's resources (or ghosts). Streams are lists.
+REQUESTS: dict[str, Callable[[Names], Any]] = {
+    ADMIN + "CreateTenant": lambda n: admin_pb2.CreateTenantRequest(name=n.tenant),
+    ADMIN + "GetTenant": lambda n: admin_pb2.GetTenantRequest(name=n.tenant),
+    ADMIN + "ListTenants": lambda n: admin_pb2.ListTenantsRequest(),
+    ADMIN + "DisableTenant": lambda n: admin_pb2.DisableTenantRequest(name=n.tenant),
+    ADMIN + "EnableTenant": lambda n: admin_pb2.EnableTenantRequest(name=n.tenant),
+    ADMIN + "WhoAmI": lambda n: admin_pb2.WhoAmIRequest(),
+    ADMIN + "ListAuditEntries": lambda n: admin_pb2.ListAuditEntriesRequest(tenant=n.tenant),
+    KEYS + "CreateKey": lambda n: admin_pb2.CreateKeyRequest(tenant=n.tenant, role=common_pb2.ROLE_VIEWER),
+    KEYS + "ListKeys": lambda n: admin_pb2.ListKeysRequest(tenant=n.tenant, include_revoked=True),
+    KEYS + "RevokeKey": lambda n: admin_pb2.RevokeKeyRequest(tenant=n.tenant, key_id=n.key_id),
+    REG + "CreateModel": lambda n: registry_pb2.CreateModelRequest(name=n.model),
+    REG + "GetModel": lambda n: registry_pb2.GetModelRequest(name=n.model),
+    REG + "ListModels": lambda n: registry_pb2.ListModelsRequest(),
+    CREATE_VERSION: lambda n: upload(n.model),
+    REG + "GetModelVersion": lambda n: registry_pb2.GetModelVersionRequest(model=n.model, version=n.version),
+    REG + "ListModelVersions": lambda n: registry_pb2.ListModelVersionsRequest(
+        model=n.model, include_archived=True
+    ),
+    REG + "SetAlias": lambda n: registry_pb2.SetAliasRequest(model=n.model, alias=n.alias, version=n.version),
+    REG + "DeleteAlias": lambda n: registry_pb2.DeleteAliasRequest(model=n.model, alias=n.alias),
+    REG + "ArchiveModelVersion": lambda n: registry_pb2.ArchiveModelVersionRequest(
+        model=n.model, version=n.version
+    ),
+    REG + "DownloadArtifact": lambda n: registry_pb2.DownloadArtifactRequest(
+        model=n.model, version=n.version
+    ),
+}
+
+# How tenant isolation is checked for each RPC:
+#   names    - the request names a resource of tenant A: B gets NOT_FOUND, the same as for a ghost;
+#              where the admin may call it, the admin naming a ghost tenant gets NOT_FOUND;
+#   admin    - admin-only, names a tenant: the admin naming a ghost tenant gets NOT_FOUND;
+#   scoped   - names nothing of another tenant; results stay inside the caller's tenant (SCOPED_CHECKS);
+#   platform - admin-only and platform-wide (the tenants themselves).
+ISOLATION: dict[str, str] = {
+    ADMIN + "CreateTenant": "platform",
+    ADMIN + "GetTenant": "names",
+    ADMIN + "ListTenants": "platform",
+    ADMIN + "DisableTenant": "admin",
+    ADMIN + "EnableTenant": "admin",
+    ADMIN + "WhoAmI": "scoped",
+    ADMIN + "ListAuditEntries": "names",
+    KEYS + "CreateKey": "names",
+    KEYS + "ListKeys": "names",
+    KEYS + "RevokeKey": "names",
+    REG + "CreateModel": "scoped",
+    REG + "GetModel": "names",
+    REG + "ListModels": "scoped",
+    CREATE_VERSION: "names",
+    REG + "GetModelVersion": "names",
+    REG + "ListModelVersions": "names",
+    REG + "SetAlias": "names",
+    REG + "DeleteAlias": "names",
+    REG + "ArchiveModelVersion": "names",
+    REG + "DownloadArtifact": "names",
+}
+
+
+# --- the world: a server, tenants A and B, their keys and models -------------------------------------
+@dataclass
+class Tenant:
+    name: str
+    display_name: str
+    keys: dict[str, str] = field(default_factory=dict)  # role -> secret
+    key_ids: dict[str, str] = field(default_factory=dict)  # role -> key id
+
+
+@dataclass
+class World:
+    server: LocalServer
+    channel: grpc.Channel
+    admin_key: str
+    a: Tenant
+    b: Tenant
+    a_sha256: str
+    onnx_bytes: bytes
+    revoked: dict[str, str] = field(default_factory=dict)  # role -> revoked key of tenant B
+    str_token: str = ""  # a next_page_token of a list sorted by name (ListKeys)
+    int_token: str = ""  # a next_page_token of a list sorted by number (ListAuditEntries)
+
+    @property
+    def a_names(self) -> Names:
+        return Names(tenant=self.a.name, model="m", key_id=self.a.key_ids["owner"])
+
+    @property
+    def a_secrets(self) -> tuple[str, ...]:
+        """What tenant B must never learn from any answer."""
+        return (
+            self.a.display_name,
+            A_MODEL_DESCRIPTION,
+            A_TAG_VALUE,
+            self.a_sha256,
+            *self.a.keys.values(),
+            *self.a.key_ids.values(),
+        )
+
+    def key(self, role: str, tenant: Tenant | None = None) -> str:
+        return self.admin_key if role == "admin" else (tenant or self.b).keys[role]
+
+    def call(self, rpc: str, request: Any, key: str | None = None, *, metadata: Any = None) -> Any:
+        """Calls `rpc` through its generated stub; streams are sent from / collected into lists."""
+        stub_class, method = METHODS[rpc]
+        fn = getattr(stub_class(self.channel), method.name)
+        md = metadata if metadata is not None else (("authorization", f"Bearer {key}"),)
+        if method.client_streaming:
+            response = fn(iter(request), metadata=md, timeout=TIMEOUT_S)
+            return list(response) if method.server_streaming else response
+        if method.server_streaming:
+            return list(fn(request, metadata=md, timeout=TIMEOUT_S))
+        return fn(request, metadata=md, timeout=TIMEOUT_S)
+
+    def ok(self, rpc: str, request: Any, key: str) -> Any:
+        try:
+            return self.call(rpc, request, key)
+        except grpc.RpcError as exc:
+            pytest.fail(f"{short(rpc)} failed: {exc.code().name}: {exc.details()}")
+
+    def b_models(self) -> dict[str, int]:
+        """B's models -> latest version."""
+        resp = self.ok(REG + "ListModels", registry_pb2.ListModelsRequest(), self.b.keys["viewer"])
+        assert not resp.next_page_token
+        return {m.name: m.latest_version for m in resp.models}
+
+    def assert_a_intact(self) -> None:
+        """Tenant A's model, version, alias, keys and state are as the fixture left them."""
+        owner = self.a.keys["owner"]
+        model = self.ok(REG + "GetModel", registry_pb2.GetModelRequest(name="m"), owner).model
+        assert model.latest_version == 1
+        assert dict(model.aliases) == {"production": 1}
+        assert model.description == A_MODEL_DESCRIPTION
+        version = self.ok(
+            REG + "GetModelVersion", registry_pb2.GetModelVersionRequest(model="m", version=1), owner
+        ).version
+        assert version.state == registry_pb2.VERSION_STATE_READY
+        assert version.artifact.sha256 == self.a_sha256
+        keys = self.ok(KEYS + "ListKeys", admin_pb2.ListKeysRequest(include_revoked=True), owner).keys
+        assert sorted(k.key_id for k in keys) == sorted(self.a.key_ids.values())
+        assert not any(k.HasField("revoked_at") for k in keys)
+        tenant = self.ok(ADMIN + "GetTenant", admin_pb2.GetTenantRequest(name=self.a.name), self.admin_key)
+        assert tenant.tenant.state == admin_pb2.TENANT_STATE_ACTIVE
+
+
+A_DISPLAY_NAME = "Alpha Industries Confidential"
+A_MODEL_DESCRIPTION = "alpha churn model, trained on q3 secrets"
+A_TAG_VALUE = "alpha-private-tag-value"
+
+
+def _tenant_with_keys(server: LocalServer, name: str, display_name: str) -> Tenant:
+    with server.client() as admin:
+        created = admin.tenants.create(name, display_name=display_name)
+    tenant = Tenant(name=name, display_name=display_name)
+    tenant.keys["owner"] = created.owner_key_secret
+    tenant.key_ids["owner"] = created.owner_key.key_id
+    with Client.connect(server.target, api_key=created.owner_key_secret) as owner:
+        for role in ("viewer", "editor", "agent"):
+            new = owner.keys.create(role, description=f"{role} of {name}")
+            tenant.keys[role] = new.secret
+            tenant.key_ids[role] = new.key.key_id
+    return tenant
+
+
+@pytest.fixture(scope="module")
+def world(server: LocalServer, onnx_model: Path) -> Iterator[World]:
+    a = _tenant_with_keys(server, "tenant-a", A_DISPLAY_NAME)
+    b = _tenant_with_keys(server, "tenant-b", "Tenant B")
+    with Client.connect(server.target, api_key=a.keys["editor"]) as client:
+        client.models.create("m", description=A_MODEL_DESCRIPTION, tags={"owner-note": A_TAG_VALUE})
+        registered = client.models.register("m", onnx_model, aliases=["production"], create_model=False)
+    assert registered.version == 1
+    channel = grpc.insecure_channel(server.target)
+    w = World(
+        server=server,
+        channel=channel,
+        admin_key=server.admin_key,
+        a=a,
+        b=b,
+        a_sha256=registered.artifact.sha256,
+        onnx_bytes=onnx_model.read_bytes(),
+    )
+    # B: a model with two small versions, and a second model.
+    editor = b.keys["editor"]
+    for i in (1, 2):
+        w.ok(CREATE_VERSION, upload("b-model", b"b-model v%d" % i, create_model=True), editor)
+    w.ok(REG + "CreateModel", registry_pb2.CreateModelRequest(name="b-other"), editor)
+    # Revoked keys of B, each used once before (so that it sits in the server's key cache).
+    for role in ("owner", "agent"):
+        new = w.ok(KEYS + "CreateKey", admin_pb2.CreateKeyRequest(role=ROLE_VALUES[role]), b.keys["owner"])
+        w.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), new.secret)
+        w.ok(KEYS + "RevokeKey", admin_pb2.RevokeKeyRequest(key_id=new.key.key_id), b.keys["owner"])
+        w.revoked[role] = new.secret
+    # Page tokens of a list sorted by name and of one sorted by number.
+    page = common_pb2.PageRequest(page_size=1)
+    w.str_token = w.ok(
+        KEYS + "ListKeys", admin_pb2.ListKeysRequest(page=page), b.keys["owner"]
+    ).next_page_token
+    w.int_token = w.ok(
+        ADMIN + "ListAuditEntries", admin_pb2.ListAuditEntriesRequest(page=page), b.keys["owner"]
+    ).next_page_token
+    assert w.str_token
+    assert w.int_token
+    try:
+        yield w
+    finally:
+        channel.close()
+
+
+def expect(code: grpc.StatusCode, fn: Callable[[], Any]) -> grpc.RpcError:
+    """Runs `fn`, which must fail with `code`; returns the error."""
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    err: Any = info.value
+    assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
+    return err
+
+
+def request_text(request: Any) -> str:
+    return "\n".join(str(m) for m in request) if isinstance(request, list) else str(request)
+
+
+def assert_no_leak(world: World, text: str, request: Any = None) -> None:
+    """`text` (an answer to tenant B) contains nothing of A that B did not send itself."""
+    sent = request_text(request) if request is not None else ""
+    leaked = [s for s in world.a_secrets if s in text and s not in sent]
+    assert not leaked, f"answer reveals tenant A's data {leaked}: {text}"
+
+
+def normalize(text: str, names: Names) -> str:
+    """The message with the names the request gave replaced by placeholders."""
+    for value, placeholder in ((names.tenant, "<tenant>"), (names.model, "<model>"), (names.key_id, "<key>")):
+        text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", placeholder, text)
+    return text
+
+
+# --- 0. coverage guard -----------------------------------------------------------------------------
+def test_every_rpc_is_covered() -> None:
+    """A new RPC fails here until it has a probe request, an isolation rule and validation cases."""
+    assert set(REQUESTS) == set(ALL_RPCS)
+    assert set(ISOLATION) == set(ALL_RPCS)
+    assert all(kind in ("names", "admin", "scoped", "platform") for kind in ISOLATION.values())
+    assert {r for r, kind in ISOLATION.items() if kind == "scoped"} <= set(SCOPED_CHECKS)
+    for rpc in ALL_RPCS:
+        assert declared_roles(rpc), f"{rpc} declares no roles in its (foedus.v1.access) option"
+        if ISOLATION[rpc] in ("admin", "platform"):
+            assert allowed_roles(rpc) == {"admin"}, f"{rpc} is classified admin-only but is not"
+        if ISOLATION[rpc] == "names":
+            assert allowed_roles(rpc) & set(TENANT_ROLES), f"{rpc}: no tenant role may call it"
+    with_page = {r for r in ALL_RPCS if "page" in METHODS[r][1].input_type.fields_by_name}
+    assert with_page == set(LIST_RPCS)
+    with_fields = {r for r in ALL_RPCS if METHODS[r][1].input_type.fields}
+    validated = {p.values[0] for p in INVALID_CASES} | {CREATE_VERSION}
+    assert with_fields <= validated, f"no INVALID_ARGUMENT cases for {sorted(with_fields - validated)}"
+
+
+# --- 1. authentication -----------------------------------------------------------------------------
+def _bearer(value: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", value),)
+
+
+def _revoked_role(rpc: str) -> str:
+    """A revoked key of a role the RPC allows, where there is one (agent-only RPCs get the agent's)."""
+    allowed = allowed_roles(rpc)
+    return "agent" if "agent" in allowed and "owner" not in allowed else "owner"
+
+
+BAD_CREDENTIALS: dict[str, Callable[[World, str], Any]] = {
+    "missing": lambda w, rpc: (),
+    "empty-bearer": lambda w, rpc: _bearer("Bearer "),
+    "no-scheme": lambda w, rpc: _bearer(w.admin_key),
+    "basic-scheme": lambda w, rpc: _bearer(f"Basic {w.admin_key}"),
+    "other-header": lambda w, rpc: (("x-api-key", w.admin_key),),
+    "malformed": lambda w, rpc: _bearer("Bearer not-a-foedus-key"),
+    "malformed-short-id": lambda w, rpc: _bearer("Bearer fds_abc_" + "s" * 43),
+    "malformed-no-separator": lambda w, rpc: _bearer(f"Bearer fds_{w.b.key_ids['owner']}x{'s' * 43}"),
+    "unknown": lambda w, rpc: _bearer(f"Bearer fds_{'q' * 12}_{secrets.token_urlsafe(32)}"),
+    "wrong-secret": lambda w, rpc: _bearer(f"Bearer fds_{w.b.key_ids['owner']}_{secrets.token_urlsafe(32)}"),
+    "revoked": lambda w, rpc: _bearer(f"Bearer {w.revoked[_revoked_role(rpc)]}"),
+}
+
+
+@pytest.mark.parametrize("credential", list(BAD_CREDENTIALS))
+@pytest.mark.parametrize("rpc", ALL_RPCS, ids=short)
+def test_bad_credentials_are_unauthenticated(world: World, rpc: str, credential: str) -> None:
+    metadata = BAD_CREDENTIALS[credential](world, rpc)
+    request = REQUESTS[rpc](world.a_names)
+    err = expect(UNAUTHENTICATED, lambda: world.call(rpc, request, metadata=metadata))
+    assert_no_leak(world, err.details())
+
+
+def test_live_keys_still_authenticate(world: World) -> None:
+    """B's live keys authenticate (the revoked ones did too, in the fixture, before their revocation)."""
+    for role in ("viewer", "editor", "owner", "agent"):
+        me = world.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), world.b.keys[role])
+        assert (me.tenant, me.role, me.key_id) == (world.b.name, ROLE_VALUES[role], world.b.key_ids[role])
+    listed = world.ok(
+        KEYS + "ListKeys", admin_pb2.ListKeysRequest(include_revoked=True), world.b.keys["owner"]
+    ).keys
+    assert sum(k.HasField("revoked_at") for k in listed) == len(world.revoked)
+
+
+# --- 2. authorization ------------------------------------------------------------------------------
+DENIED = [(rpc, role) for rpc in ALL_RPCS for role in ALL_ROLES if role not in allowed_roles(rpc)]
+
+
+@pytest.mark.parametrize(
+    ("rpc", "role"), [pytest.param(r, role, id=f"{short(r)}-{role}") for r, role in DENIED]
+)
+def test_roles_outside_the_policy_are_denied(world: World, rpc: str, role: str) -> None:
+    request = REQUESTS[rpc](world.a_names if role != "admin" else GHOST)
+    err = expect(PERMISSION_DENIED, lambda: world.call(rpc, request, world.key(role)))
+    assert_no_leak(world, err.details())
+    if role in ("viewer", "editor", "owner", "agent"):
+        world.assert_a_intact()
+
+
+def test_policy_matrix_matches_the_proto() -> None:
+    """The hierarchy is applied as documented: a few anchors of the matrix."""
+    assert allowed_roles(ADMIN + "WhoAmI") == set(ALL_ROLES)
+    assert allowed_roles(REG + "GetModel") == {"viewer", "editor", "owner", "agent"}
+    assert allowed_roles(REG + "SetAlias") == {"editor", "owner"}
+    assert allowed_roles(KEYS + "CreateKey") == {"owner", "admin"}
+    assert allowed_roles(ADMIN + "CreateTenant") == {"admin"}
+
+
+# --- 3. tenant isolation ---------------------------------------------------------------------------
+CROSS_TENANT = [
+    pytest.param(rpc, role, id=f"{short(rpc)}-{role}")
+    for rpc in ALL_RPCS
+    if ISOLATION[rpc] == "names"
+    for role in TENANT_ROLES
+    if role in allowed_roles(rpc)
+]
+
+
+@pytest.mark.parametrize(("rpc", "role"), CROSS_TENANT)
+def test_other_tenants_resources_are_not_found(world: World, rpc: str, role: str) -> None:
+    key = world.b.keys[role]
+    request = REQUESTS[rpc](world.a_names)
+    err = expect(NOT_FOUND, lambda: world.call(rpc, request, key))
+    assert_no_leak(world, err.details(), request)
+    ghost = expect(NOT_FOUND, lambda: world.call(rpc, REQUESTS[rpc](GHOST), key))
+    # Indistinguishable from a resource that does not exist: A's existence is not revealed.
+    assert normalize(err.details(), world.a_names) == normalize(ghost.details(), GHOST)
+    world.assert_a_intact()
+
+
+SELECTORS = [
+    pytest.param(rpc, role, id=f"{short(rpc)}-alias-{role}")
+    for rpc in (REG + "GetModelVersion", REG + "DownloadArtifact")
+    for role in TENANT_ROLES
+    if role in allowed_roles(rpc)
+]
+
+
+@pytest.mark.parametrize(("rpc", "role"), SELECTORS)
+def test_other_tenants_aliases_are_not_found(world: World, rpc: str, role: str) -> None:
+    request_type = type(REQUESTS[rpc](world.a_names))
+    err = expect(
+        NOT_FOUND, lambda: world.call(rpc, request_type(model="m", alias="production"), world.b.keys[role])
+    )
+    ghost = expect(
+        NOT_FOUND,
+        lambda: world.call(rpc, request_type(model="ghost", alias="production"), world.b.keys[role]),
+    )
+    assert_no_leak(world, err.details())
+    assert normalize(err.details(), world.a_names) == normalize(ghost.details(), GHOST)
+
+
+ADMIN_GHOSTS = [
+    pytest.param(rpc, id=short(rpc))
+    for rpc in ALL_RPCS
+    if ISOLATION[rpc] in ("names", "admin") and "admin" in allowed_roles(rpc)
+]
+
+
+@pytest.mark.parametrize("rpc", ADMIN_GHOSTS)
+def test_admin_naming_a_nonexistent_tenant_is_not_found(world: World, rpc: str) -> None:
+    expect(NOT_FOUND, lambda: world.call(rpc, REQUESTS[rpc](GHOST), world.admin_key))
+
+
+def test_owner_cannot_revoke_another_tenants_key(world: World) -> None:
+    owner_b = world.b.keys["owner"]
+    for key_id in world.a.key_ids.values():
+        err = expect(
+            NOT_FOUND,
+            lambda key_id=key_id: world.call(
+                KEYS + "RevokeKey", admin_pb2.RevokeKeyRequest(key_id=key_id), owner_b
+            ),
+        )
+        ghost = expect(
+            NOT_FOUND,
+            lambda: world.call(KEYS + "RevokeKey", admin_pb2.RevokeKeyRequest(key_id=GHOST.key_id), owner_b),
+        )
+        assert err.details().replace(key_id, "<key>") == ghost.details().replace(GHOST.key_id, "<key>")
+    # Nor can the admin, naming tenant B for a key of A.
+    expect(
+        NOT_FOUND,
+        lambda: world.call(
+            KEYS + "RevokeKey",
+            admin_pb2.RevokeKeyRequest(tenant=world.b.name, key_id=world.a.key_ids["owner"]),
+            world.admin_key,
+        ),
+    )
+    for role, key in world.a.keys.items():
+        me = world.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), key)
+        assert (me.tenant, me.key_id) == (world.a.name, world.a.key_ids[role])
+    world.assert_a_intact()
+
+
+def _check_whoami(world: World) -> None:
+    for role in ALL_ROLES:
+        me = world.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), world.key(role))
+        assert me.role == ROLE_VALUES[role]
+        assert me.tenant == ("" if role == "admin" else world.b.name)
+        assert me.key_id
+        if role != "admin":
+            assert me.key_id == world.b.key_ids[role]
+        assert_no_leak(world, str(me))
+
+
+def _check_list_models(world: World) -> None:
+    for role in ("viewer", "editor", "owner"):
+        for prefix in ("", "m", "b"):
+            resp = world.ok(
+                REG + "ListModels", registry_pb2.ListModelsRequest(name_prefix=prefix), world.b.keys[role]
+            )
+            names = {m.name for m in resp.models}
+            assert "m" not in names
+            assert names >= ({"b-model", "b-other"} if prefix in ("", "b") else set())
+            assert_no_leak(world, str(resp))
+
+
+def _check_list_keys(world: World) -> None:
+    b_ids = set(world.b.key_ids.values())
+    for key, tenant in (
+        (world.b.keys["owner"], ""),
+        (world.b.keys["owner"], world.b.name),
+        (world.admin_key, world.b.name),
+    ):
+        req = admin_pb2.ListKeysRequest(tenant=tenant, include_revoked=True)
+        resp = world.ok(KEYS + "ListKeys", req, key)
+        assert {k.tenant for k in resp.keys} == {world.b.name}
+        assert {k.key_id for k in resp.keys} >= b_ids
+        assert_no_leak(world, str(resp))
+
+
+def _check_list_audit(world: World) -> None:
+    for key, tenant in (
+        (world.b.keys["owner"], ""),
+        (world.b.keys["owner"], world.b.name),
+        (world.admin_key, world.b.name),
+    ):
+        req = admin_pb2.ListAuditEntriesRequest(tenant=tenant, page=common_pb2.PageRequest(page_size=1000))
+        resp = world.ok(ADMIN + "ListAuditEntries", req, key)
+        assert resp.entries
+        assert {e.tenant for e in resp.entries} == {world.b.name}
+        assert not {e.key_id for e in resp.entries} & set(world.a.key_ids.values())
+        # B's own failed calls name A's key ids (RevokeKey probes); those B sent itself.
+        named_by_b = " ".join(world.a.key_ids.values())
+        text = "\n".join(f"{e.tenant} {e.key_id} {e.resource} {e.detail}" for e in resp.entries)
+        assert_no_leak(world, text, named_by_b)
+
+
+def _check_get_own_tenant(world: World) -> None:
+    for role in ("viewer", "editor", "owner"):
+        tenant = world.ok(ADMIN + "GetTenant", admin_pb2.GetTenantRequest(), world.b.keys[role]).tenant
+        assert tenant.name == world.b.name
+        assert_no_leak(world, str(tenant))
+
+
+def _check_create_in_another_tenant(world: World) -> None:
+    """A third tenant creates "m" as its own: no ALREADY_EXISTS, no version 2, nothing of A's."""
+    with world.server.client() as admin:
+        created = admin.tenants.create("tenant-c")
+    with Client.connect(world.server.target, api_key=created.owner_key_secret) as owner:
+        editor = owner.keys.create("editor").secret
+    model = world.ok(REG + "CreateModel", registry_pb2.CreateModelRequest(name="m"), editor).model
+    assert (model.latest_version, dict(model.aliases), dict(model.tags)) == (0, {}, {})
+    assert_no_leak(world, str(model))
+    version = world.ok(CREATE_VERSION, upload("m", aliases=["production"]), editor).version
+    assert version.version == 1
+    assert_no_leak(world, str(version))
+    other = world.ok(CREATE_VERSION, upload("other", create_model=True), created.owner_key_secret).version
+    assert (other.model, other.version) == ("other", 1)
+    world.assert_a_intact()
+
+
+SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
+    ADMIN + "WhoAmI": _check_whoami,
+    ADMIN + "GetTenant": _check_get_own_tenant,
+    ADMIN + "ListAuditEntries": _check_list_audit,
+    KEYS + "ListKeys": _check_list_keys,
+    REG + "ListModels": _check_list_models,
+    REG + "CreateModel": _check_create_in_another_tenant,
+}
+
+
+@pytest.mark.parametrize("rpc", list(SCOPED_CHECKS), ids=short)
+def test_results_stay_inside_the_callers_tenant(world: World, rpc: str) -> None:
+    SCOPED_CHECKS[rpc](world)
+
+
+# --- 4. malformed input ----------------------------------------------------------------------------
+def _enc(value: object) -> str:
+    """A page token as the server encodes one, around any value."""
+    return base64.urlsafe_b64encode(json.dumps([value]).encode()).decode().rstrip("=")
+
+
+# List RPCs: the role that lists, the request around a PageRequest, and the kind of their tokens.
+LIST_RPCS: dict[str, tuple[str, Callable[[common_pb2.PageRequest], Any], str]] = {
+    ADMIN + "ListTenants": ("admin", lambda p: admin_pb2.ListTenantsRequest(page=p), "str"),
+    ADMIN + "ListAuditEntries": ("owner", lambda p: admin_pb2.ListAuditEntriesRequest(page=p), "int"),
+    KEYS + "ListKeys": ("owner", lambda p: admin_pb2.ListKeysRequest(page=p), "str"),
+    REG + "ListModels": ("viewer", lambda p: registry_pb2.ListModelsRequest(page=p), "str"),
+    REG + "ListModelVersions": (
+        "viewer",
+        lambda p: registry_pb2.ListModelVersionsRequest(model="b-model", page=p),
+        "int",
+    ),
+}
+
+
+def _paging_cases() -> Iterator[tuple[str, str, str, Callable[[World], Any]]]:
+    for rpc, (role, make, kind) in LIST_RPCS.items():
+        yield rpc, "page-size-negative", role, lambda w, m=make: m(common_pb2.PageRequest(page_size=-1))
+        yield rpc, "page-token-garbage", role, lambda w, m=make: m(common_pb2.PageRequest(page_token="!!!"))
+        yield (
+            rpc,
+            "page-token-not-json",
+            role,
+            lambda w, m=make: m(common_pb2.PageRequest(page_token="bm90IGpzb24")),
+        )
+        yield (
+            rpc,
+            "page-token-not-a-list",
+            role,
+            lambda w, m=make: m(common_pb2.PageRequest(page_token="e30")),
+        )
+        foreign: Callable[[World], str] = (
+            (lambda w: w.int_token) if kind == "str" else (lambda w: w.str_token)
+        )
+        yield (
+            rpc,
+            "page-token-of-another-list",
+            role,
+            lambda w, m=make, f=foreign: m(common_pb2.PageRequest(page_token=f(w))),
+        )
+        if kind == "int":
+            yield (
+                rpc,
+                "page-token-beyond-int64",
+                role,
+                lambda w, m=make: m(common_pb2.PageRequest(page_token=_enc(2**63))),
+            )
+
+
+A_ = admin_pb2
+R_ = registry_pb2
+BAD_NAME = "Bad Name!"
+TOO_MANY_TAGS = {f"k{i}": "v" for i in range(65)}
+
+_CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
+    # AdminService (the admin is the one who names tenants)
+    (ADMIN + "CreateTenant", "name-bad-chars", "admin", lambda w: A_.CreateTenantRequest(name=BAD_NAME)),
+    (ADMIN + "CreateTenant", "name-empty", "admin", lambda w: A_.CreateTenantRequest(name="")),
+    (ADMIN + "CreateTenant", "name-too-short", "admin", lambda w: A_.CreateTenantRequest(name="a")),
+    (ADMIN + "CreateTenant", "name-leading-digit", "admin", lambda w: A_.CreateTenantRequest(name="9lives")),
+    (ADMIN + "CreateTenant", "name-too-long", "admin", lambda w: A_.CreateTenantRequest(name="a" * 64)),
+    (ADMIN + "CreateTenant", "name-uppercase", "admin", lambda w: A_.CreateTenantRequest(name="Upper")),
+    (
+        ADMIN + "CreateTenant",
+        "name-trailing-newline",
+        "admin",
+        lambda w: A_.CreateTenantRequest(name="newline-tenant\n"),
+    ),
+    (
+        ADMIN + "CreateTenant",
+        "display-name-too-long",
+        "admin",
+        lambda w: A_.CreateTenantRequest(name="long-display", display_name="x" * 201),
+    ),
+    (ADMIN + "GetTenant", "name-bad-chars", "admin", lambda w: A_.GetTenantRequest(name=BAD_NAME)),
+    (ADMIN + "GetTenant", "name-empty", "admin", lambda w: A_.GetTenantRequest(name="")),
+    (
+        ADMIN + "GetTenant",
+        "name-trailing-newline",
+        "admin",
+        lambda w: A_.GetTenantRequest(name=w.b.name + "\n"),
+    ),
+    (ADMIN + "DisableTenant", "name-bad-chars", "admin", lambda w: A_.DisableTenantRequest(name=BAD_NAME)),
+    (ADMIN + "DisableTenant", "name-empty", "admin", lambda w: A_.DisableTenantRequest(name="")),
+    (ADMIN + "EnableTenant", "name-bad-chars", "admin", lambda w: A_.EnableTenantRequest(name=BAD_NAME)),
+    (ADMIN + "EnableTenant", "name-empty", "admin", lambda w: A_.EnableTenantRequest(name="")),
+    (
+        ADMIN + "ListAuditEntries",
+        "tenant-bad-chars",
+        "admin",
+        lambda w: A_.ListAuditEntriesRequest(tenant=BAD_NAME),
+    ),
+    # KeyService
+    (KEYS + "CreateKey", "role-unknown", "owner", lambda w: A_.CreateKeyRequest(role=99)),  # type: ignore[arg-type]
+    (KEYS + "CreateKey", "role-unspecified", "owner", lambda w: A_.CreateKeyRequest(role=0)),  # type: ignore[arg-type]
+    (KEYS + "CreateKey", "role-admin", "owner", lambda w: A_.CreateKeyRequest(role=common_pb2.ROLE_ADMIN)),
+    (
+        KEYS + "CreateKey",
+        "role-admin-by-admin",
+        "admin",
+        lambda w: A_.CreateKeyRequest(tenant=w.b.name, role=common_pb2.ROLE_ADMIN),
+    ),
+    (
+        KEYS + "CreateKey",
+        "description-too-long",
+        "owner",
+        lambda w: A_.CreateKeyRequest(role=common_pb2.ROLE_VIEWER, description="x" * 10_001),
+    ),
+    (
+        KEYS + "CreateKey",
+        "admin-without-tenant",
+        "admin",
+        lambda w: A_.CreateKeyRequest(role=common_pb2.ROLE_VIEWER),
+    ),
+    (
+        KEYS + "CreateKey",
+        "tenant-bad-chars",
+        "admin",
+        lambda w: A_.CreateKeyRequest(tenant=BAD_NAME, role=common_pb2.ROLE_VIEWER),
+    ),
+    (KEYS + "ListKeys", "admin-without-tenant", "admin", lambda w: A_.ListKeysRequest()),
+    (KEYS + "ListKeys", "tenant-bad-chars", "admin", lambda w: A_.ListKeysRequest(tenant=BAD_NAME)),
+    (KEYS + "RevokeKey", "key-id-empty", "owner", lambda w: A_.RevokeKeyRequest()),
+    (
+        KEYS + "RevokeKey",
+        "admin-without-tenant",
+        "admin",
+        lambda w: A_.RevokeKeyRequest(key_id=w.b.key_ids["viewer"]),
+    ),
+    # RegistryService
+    (REG + "CreateModel", "name-bad-chars", "editor", lambda w: R_.CreateModelRequest(name=BAD_NAME)),
+    (REG + "CreateModel", "name-empty", "editor", lambda w: R_.CreateModelRequest(name="")),
+    (REG + "CreateModel", "name-too-long", "editor", lambda w: R_.CreateModelRequest(name="x" * 129)),
+    (REG + "CreateModel", "name-leading-dot", "editor", lambda w: R_.CreateModelRequest(name=".hidden")),
+    (REG + "CreateModel", "name-with-slash", "editor", lambda w: R_.CreateModelRequest(name="a/b")),
+    (
+        REG + "CreateModel",
+        "name-trailing-newline",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="newline-model\n"),
+    ),
+    (
+        REG + "CreateModel",
+        "tag-key-bad-chars",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged1", tags={"bad key!": "v"}),
+    ),
+    (
+        REG + "CreateModel",
+        "tag-key-empty",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged2", tags={"": "v"}),
+    ),
+    (
+        REG + "CreateModel",
+        "tag-key-too-long",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged3", tags={"k" * 129: "v"}),
+    ),
+    (
+        REG + "CreateModel",
+        "tag-key-trailing-newline",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged4", tags={"key\n": "v"}),
+    ),
+    (
+        REG + "CreateModel",
+        "tag-value-too-long",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged5", tags={"k": "v" * 1025}),
+    ),
+    (
+        REG + "CreateModel",
+        "too-many-tags",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="tagged6", tags=TOO_MANY_TAGS),
+    ),
+    (
+        REG + "CreateModel",
+        "description-too-long",
+        "editor",
+        lambda w: R_.CreateModelRequest(name="described", description="x" * 10_001),
+    ),
+    (REG + "GetModel", "name-bad-chars", "viewer", lambda w: R_.GetModelRequest(name=BAD_NAME)),
+    (REG + "GetModel", "name-empty", "viewer", lambda w: R_.GetModelRequest(name="")),
+    (
+        REG + "ListModels",
+        "name-prefix-too-long",
+        "viewer",
+        lambda w: R_.ListModelsRequest(name_prefix="x" * 129),
+    ),
+    (
+        REG + "GetModelVersion",
+        "version-zero",
+        "viewer",
+        lambda w: R_.GetModelVersionRequest(model="b-model", version=0),
+    ),
+    (
+        REG + "GetModelVersion",
+        "version-negative",
+        "viewer",
+        lambda w: R_.GetModelVersionRequest(model="b-model", version=-1),
+    ),
+    (REG + "GetModelVersion", "no-selector", "viewer", lambda w: R_.GetModelVersionRequest(model="b-model")),
+    (
+        REG + "GetModelVersion",
+        "alias-bad-chars",
+        "viewer",
+        lambda w: R_.GetModelVersionRequest(model="b-model", alias="Bad Alias!"),
+    ),
+    (
+        REG + "GetModelVersion",
+        "alias-empty",
+        "viewer",
+        lambda w: R_.GetModelVersionRequest(model="b-model", alias=""),
+    ),
+    (
+        REG + "GetModelVersion",
+        "model-bad-chars",
+        "viewer",
+        lambda w: R_.GetModelVersionRequest(model=BAD_NAME, version=1),
+    ),
+    (
+        REG + "ListModelVersions",
+        "model-bad-chars",
+        "viewer",
+        lambda w: R_.ListModelVersionsRequest(model=BAD_NAME),
+    ),
+    (REG + "ListModelVersions", "model-empty", "viewer", lambda w: R_.ListModelVersionsRequest(model="")),
+    (
+        REG + "SetAlias",
+        "version-zero",
+        "editor",
+        lambda w: R_.SetAliasRequest(model="b-model", alias="staging", version=0),
+    ),
+    (
+        REG + "SetAlias",
+        "version-negative",
+        "editor",
+        lambda w: R_.SetAliasRequest(model="b-model", alias="staging", version=-1),
+    ),
+    (
+        REG + "SetAlias",
+        "alias-bad-chars",
+        "editor",
+        lambda w: R_.SetAliasRequest(model="b-model", alias="Bad Alias!", version=1),
+    ),
+    (
+        REG + "SetAlias",
+        "alias-empty",
+        "editor",
+        lambda w: R_.SetAliasRequest(model="b-model", alias="", version=1),
+    ),
+    (
+        REG + "SetAlias",
+        "alias-trailing-newline",
+        "editor",
+        lambda w: R_.SetAliasRequest(model="b-model", alias="staging\n", version=1),
+    ),
+    (
+        REG + "SetAlias",
+        "model-bad-chars",
+        "editor",
+        lambda w: R_.SetAliasRequest(model=BAD_NAME, alias="staging", version=1),
+    ),
+    (
+        REG + "DeleteAlias",
+        "alias-bad-chars",
+        "editor",
+        lambda w: R_.DeleteAliasRequest(model="b-model", alias="Bad Alias!"),
+    ),
+    (
+        REG + "DeleteAlias",
+        "alias-empty",
+        "editor",
+        lambda w: R_.DeleteAliasRequest(model="b-model", alias=""),
+    ),
+    (
+        REG + "DeleteAlias",
+        "model-bad-chars",
+        "editor",
+        lambda w: R_.DeleteAliasRequest(model=BAD_NAME, alias="staging"),
+    ),
+    (
+        REG + "ArchiveModelVersion",
+        "version-zero",
+        "editor",
+        lambda w: R_.ArchiveModelVersionRequest(model="b-model", version=0),
+    ),
+    (
+        REG + "ArchiveModelVersion",
+        "version-negative",
+        "editor",
+        lambda w: R_.ArchiveModelVersionRequest(model="b-model", version=-1),
+    ),
+    (
+        REG + "ArchiveModelVersion",
+        "model-bad-chars",
+        "editor",
+        lambda w: R_.ArchiveModelVersionRequest(model=BAD_NAME, version=1),
+    ),
+    (
+        REG + "DownloadArtifact",
+        "version-zero",
+        "viewer",
+        lambda w: R_.DownloadArtifactRequest(model="b-model", version=0),
+    ),
+    (
+        REG + "DownloadArtifact",
+        "version-negative",
+        "viewer",
+        lambda w: R_.DownloadArtifactRequest(model="b-model", version=-1),
+    ),
+    (
+        REG + "DownloadArtifact",
+        "no-selector",
+        "viewer",
+        lambda w: R_.DownloadArtifactRequest(model="b-model"),
+    ),
+    (
+        REG + "DownloadArtifact",
+        "alias-bad-chars",
+        "viewer",
+        lambda w: R_.DownloadArtifactRequest(model="b-model", alias="Bad Alias!"),
+    ),
+    (
+        REG + "DownloadArtifact",
+        "model-bad-chars",
+        "viewer",
+        lambda w: R_.DownloadArtifactRequest(model=BAD_NAME, version=1),
+    ),
+    *_paging_cases(),
+]
+INVALID_CASES = [pytest.param(rpc, role, make, id=f"{short(rpc)}-{case}") for rpc, case, role, make in _CASES]
+
+
+@pytest.mark.parametrize(("rpc", "role", "make"), INVALID_CASES)
+def test_malformed_input_is_invalid_argument(
+    world: World, rpc: str, role: str, make: Callable[[World], Any]
+) -> None:
+    assert role in allowed_roles(rpc)
+    request = make(world)
+    err = expect(INVALID_ARGUMENT, lambda: world.call(rpc, request, world.key(role)))
+    assert err.details(), "an INVALID_ARGUMENT must say what is wrong"
+
+
+def _profile(*feature_edges: list[float]) -> common_pb2.ReferenceProfile:
+    profile = common_pb2.ReferenceProfile(row_count=10)
+    for i, edges in enumerate(feature_edges):
+        feature = profile.features.add(name=f"f{i}")
+        feature.numeric.edges.extend(edges)
+        feature.numeric.counts.extend([1] * (len(edges) - 1))
+    return profile
+
+
+NOT_ONNX = b"this is not an ONNX model, whatever the framework says"
+Req = registry_pb2.CreateModelVersionRequest
+
+
+# CreateModelVersion streams that must be refused; each gets its own model name (`m`).
+UPLOADS: dict[str, Callable[[World, str], list[registry_pb2.CreateModelVersionRequest]]] = {
+    "empty-stream": lambda w, m: [],
+    "spec-not-first": lambda w, m: [upload(m, create_model=True)[i] for i in (1, 0, 2)],
+    "only-sha256": lambda w, m: [Req(sha256=hashlib.sha256(PAYLOAD).hexdigest())],
+    "spec-twice": lambda w, m: [upload(m, create_model=True)[i] for i in (0, 0, 1, 2)],
+    "chunk-after-sha256": lambda w, m: [upload(m, create_model=True)[i] for i in (0, 1, 2, 1)],
+    "sha256-twice": lambda w, m: [upload(m, create_model=True)[i] for i in (0, 1, 2, 2)],
+    "size-bytes-zero": lambda w, m: upload(m, create_model=True, size_bytes=0),
+    "size-bytes-negative": lambda w, m: upload(m, create_model=True, size_bytes=-1),
+    "size-bytes-over-limit": lambda w, m: upload(m, create_model=True, size_bytes=2**62),
+    "sha256-mismatch": lambda w, m: upload(m, create_model=True, sha256="0" * 64),
+    "sha256-malformed": lambda w, m: upload(m, create_model=True, sha256="not-a-digest"),
+    "sha256-empty": lambda w, m: upload(m, create_model=True, sha256=""),
+    "sha256-of-other-bytes": lambda w, m: upload(
+        m, create_model=True, sha256=hashlib.sha256(b"other").hexdigest()
+    ),
+    "chunks-larger-than-declared": lambda w, m: upload(m, create_model=True, size_bytes=4),
+    "chunks-smaller-than-declared": lambda w, m: upload(m, create_model=True, size_bytes=len(PAYLOAD) + 10),
+    "no-sha256": lambda w, m: upload(m, create_model=True)[:2],
+    "no-chunks-no-sha256": lambda w, m: upload(m, create_model=True)[:1],
+    "model-bad-chars": lambda w, m: upload(BAD_NAME, create_model=True),
+    "model-empty": lambda w, m: upload("", create_model=True),
+    "framework-bad-chars": lambda w, m: upload(m, create_model=True, framework="ONNX!"),
+    "framework-empty": lambda w, m: upload(m, create_model=True, framework=""),
+    # "onnx\n" is not a framework name; were it accepted, the ONNX gates would be skipped.
+    "framework-trailing-newline": lambda w, m: upload(m, NOT_ONNX, create_model=True, framework="onnx\n"),
+    "alias-bad-chars": lambda w, m: upload(m, create_model=True, aliases=["Bad Alias!"]),
+    "aliases-repeated": lambda w, m: upload(m, create_model=True, aliases=["prod", "prod"]),
+    "tag-key-bad-chars": lambda w, m: upload(m, create_model=True, tags={"bad key!": "v"}),
+    "tag-value-too-long": lambda w, m: upload(m, create_model=True, tags={"k": "v" * 1025}),
+    "too-many-tags": lambda w, m: upload(m, create_model=True, tags=TOO_MANY_TAGS),
+    "lineage-parent-negative": lambda w, m: upload(
+        m, create_model=True, lineage=registry_pb2.Lineage(parent_version=-1)
+    ),
+    "lineage-property-bad-key": lambda w, m: upload(
+        m, create_model=True, lineage=registry_pb2.Lineage(properties={"bad key!": "v"})
+    ),
+    "reference-profile-inconsistent": lambda w, m: upload(
+        m, create_model=True, reference_profile=_profile([1.0, 0.0])
+    ),
+    "invalid-onnx": lambda w, m: upload(m, NOT_ONNX, create_model=True, framework="onnx"),
+    "invalid-onnx-existing-model": lambda w, m: upload("b-model", NOT_ONNX, framework="onnx"),
+    # A valid model, but its profile describes 2 features where the input has 4 columns.
+    "onnx-profile-mismatch": lambda w, m: upload(
+        m, w.onnx_bytes, create_model=True, framework="onnx", reference_profile=_profile([0, 1], [0, 1])
+    ),
+}
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", list(UPLOADS))
+def test_malformed_upload_is_invalid_argument_and_leaves_nothing(world: World, case: str) -> None:
+    artifacts = world.server.data_dir / "artifacts"
+    before_files = _files(artifacts)
+    before_models = world.b_models()
+    messages = UPLOADS[case](world, f"upload-{case}")
+    err = expect(INVALID_ARGUMENT, lambda: world.call(CREATE_VERSION, messages, world.b.keys["editor"]))
+    assert err.details(), "an INVALID_ARGUMENT must say what is wrong"
+    # No model was created, no version added, and no file (blob or partial upload) remains.
+    assert world.b_models() == before_models
+    assert _files(artifacts) == before_files
+
+
+def test_platform_calls_of_the_admin(world: World) -> None:
+    """The admin-only platform calls work for the admin (the other side of their PERMISSION_DENIED)."""
+    tenants = world.ok(ADMIN + "ListTenants", admin_pb2.ListTenantsRequest(), world.admin_key).tenants
+    assert {world.a.name, world.b.name} <= {t.name for t in tenants}
+    expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda: world.call(
+            ADMIN + "CreateTenant", admin_pb2.CreateTenantRequest(name=world.a.name), world.admin_key
+        ),
+    )
+
+
+def test_keys_of_a_disabled_tenant_are_refused(world: World) -> None:
+    """Every RPC refuses the keys of a disabled tenant, also when they were used (cached) just before."""
+    with world.server.client() as admin:
+        created = admin.tenants.create("tenant-d")
+    with Client.connect(world.server.target, api_key=created.owner_key_secret) as owner:
+        agent = owner.keys.create("agent").secret
+    keys = {"owner": created.owner_key_secret, "agent": agent}
+    for key in keys.values():
+        world.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), key)
+    disable = admin_pb2.DisableTenantRequest(name="tenant-d")
+    assert (
+        world.ok(ADMIN + "DisableTenant", disable, world.admin_key).tenant.state
+        == admin_pb2.TENANT_STATE_DISABLED
+    )
+    try:
+        for rpc in ALL_RPCS:
+            for key in keys.values():
+                expect(
+                    PERMISSION_DENIED,
+                    lambda rpc=rpc, key=key: world.call(rpc, REQUESTS[rpc](world.a_names), key),
+                )
+    finally:
+        world.ok(ADMIN + "EnableTenant", admin_pb2.EnableTenantRequest(name="tenant-d"), world.admin_key)
+    for key in keys.values():
+        assert world.ok(ADMIN + "WhoAmI", admin_pb2.WhoAmIRequest(), key).tenant == "tenant-d"
+    world.assert_a_intact()
+
+
+def test_a_is_intact_after_all(world: World) -> None:
+    world.assert_a_intact()
+    versions = world.ok(
+        REG + "ListModelVersions",
+        registry_pb2.ListModelVersionsRequest(model="b-model", include_archived=True),
+        world.b.keys["viewer"],
+    ).versions
+    assert [v.version for v in versions] == [2, 1]
