@@ -99,7 +99,7 @@ def build_server(config: ServerConfig) -> FoedusServer:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(config.database_url(), pool_size=config.store_threads)
     blobs = LocalBlobStore(config.data_dir / "artifacts")
-    blobs.remove_stale_uploads(older_than_s=config.gc_grace_s)
+    blobs.remove_stale_uploads()
     tenancy = TenancyService(store)
     registry = RegistryService(
         store,

@@ -8,6 +8,7 @@ a temporary file while hashing, and becomes a blob only by an atomic rename afte
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -28,6 +29,8 @@ class BlobWriter:
         self._store = store
         self.path = path
         self._file: BinaryIO = open(path, "xb")  # noqa: SIM115 - closed by commit/abort
+        # Held while the upload is alive; a file nobody holds a lock on was left by a dead process.
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -88,7 +91,7 @@ class LocalBlobStore:
         return self._blobs / digest[:2] / digest
 
     def writer(self) -> BlobWriter:
-        name = f"{os.getpid()}-{time.time_ns()}-{os.urandom(4).hex()}.part"
+        name = f"{time.time_ns()}-{os.urandom(6).hex()}.part"
         return BlobWriter(self, self._tmp / name)
 
     def exists(self, digest: str) -> bool:
@@ -111,32 +114,27 @@ class LocalBlobStore:
     def delete(self, digest: str) -> None:
         self.path_of(digest).unlink(missing_ok=True)
 
-    def remove_stale_uploads(self, older_than_s: float) -> int:
-        """Deletes uploads left by a crashed process (its pid is gone) or older than the limit."""
+    def remove_stale_uploads(self) -> int:
+        """Deletes uploads that no live writer holds (left by a crashed or killed process).
+
+        Each writer holds an exclusive flock on its file, so this is right whatever the pid of the
+        process that left it, also when a restarted server gets the same pid (PID 1 in a container).
+        """
         removed = 0
-        now = time.time()
         for part in self._tmp.glob("*.part"):
-            pid = int(part.name.split("-", 1)[0]) if part.name.split("-", 1)[0].isdigit() else -1
             try:
-                stale = now - part.stat().st_mtime > older_than_s or (pid != os.getpid() and not _alive(pid))
+                fd = os.open(part, os.O_RDONLY)
             except FileNotFoundError:
                 continue
-            if stale:
-                part.unlink(missing_ok=True)
-                removed += 1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # an upload in progress
+            finally:
+                os.close(fd)
+            part.unlink(missing_ok=True)
+            removed += 1
         return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:

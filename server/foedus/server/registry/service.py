@@ -243,7 +243,7 @@ class RegistryService:
         """
         import time
 
-        removed = self.blobs.remove_stale_uploads(older_than_s=grace_s)
+        removed = self.blobs.remove_stale_uploads()
         referenced = self.store.referenced_digests()
         cutoff = time.time() - grace_s
         for digest, mtime in list(self.blobs.digests()):

@@ -1,0 +1,136 @@
+"""A 200 MB artifact streams through a real server process without the server holding it in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import ServerPool, ServerProcess
+
+from foedus.client_sdk import Client
+
+MiB = 1024 * 1024
+LARGE_BYTES = 200 * MiB
+MAX_PEAK_GROWTH_KB = 100_000_000 // 1024  # 100 MB, in the kB (KiB) of /proc/PID/status
+
+pytestmark = pytest.mark.slow
+
+
+def write_random(path: Path, size: int) -> Path:
+    """Random bytes written in 1 MiB pieces: the file is never held in memory."""
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            piece = os.urandom(min(MiB, remaining))
+            f.write(piece)
+            remaining -= len(piece)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def blob_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "artifacts" / "sha256").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[ServerPool]:
+    """Servers that are stopped (or killed) after the test; then the bulky files go, the logs stay."""
+    servers = ServerPool()
+    try:
+        yield servers
+    finally:
+        servers.close()
+        for bulky in [*tmp_path.rglob("*.bin"), *tmp_path.glob("*/artifacts")]:
+            if bulky.is_dir():
+                shutil.rmtree(bulky, ignore_errors=True)
+            else:
+                bulky.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def server(pool: ServerPool, tmp_path: Path) -> ServerProcess:
+    return pool.start(tmp_path / "data")
+
+
+@pytest.fixture
+def owner(server: ServerProcess) -> Iterator[Client]:
+    key = server.create_tenant(f"big-{uuid.uuid4().hex[:8]}")
+    with server.client(key) as client:
+        yield client
+
+
+def start_peak(server: ServerProcess) -> int:
+    """Starts a peak-RSS measurement; returns the baseline (kB) to subtract from VmHWM later.
+
+    Where the kernel allows it VmHWM is reset to the current RSS, so that the measurement does not
+    hide growth below an earlier peak (start-up, warm-up); elsewhere the baseline is the peak so far.
+    """
+    if server.reset_peak_rss():
+        return server.rss()["VmRSS"]
+    return server.rss()["VmHWM"]
+
+
+def test_200mb_artifact_streams_with_bounded_server_memory_and_is_stored_once(
+    server: ServerProcess, owner: Client, tmp_path: Path
+) -> None:
+    # Warm-up: a small round trip loads every code path (and its allocations) once.
+    warm = write_random(tmp_path / "warm.bin", 3 * MiB + 17)
+    owner.models.register("warm", warm, framework="custom")
+    owner.models.download("warm", tmp_path, 1)
+
+    large = write_random(tmp_path / "large.bin", LARGE_BYTES)
+    large_sha = sha256_file(large)
+    growth: dict[str, int] = {}  # peak RSS growth (kB) since the warm-up, after each step
+
+    baseline = start_peak(server)
+    v1 = owner.models.register("large", large, framework="custom")
+    growth["upload"] = server.rss()["VmHWM"] - baseline
+    assert v1.version == 1
+    assert v1.artifact.sha256 == large_sha
+    assert v1.artifact.size_bytes == LARGE_BYTES
+    assert v1.artifact.framework == "custom"
+
+    out = tmp_path / "out"
+    out.mkdir()
+    got = owner.models.download("large", out, 1)
+    growth["download"] = server.rss()["VmHWM"] - baseline
+    assert got.stat().st_size == LARGE_BYTES
+    assert sha256_file(got) == large_sha
+    got.unlink()
+
+    # Stored once, under its digest, complete.
+    data_dir = server.data_dir
+    blob = data_dir / "artifacts" / "sha256" / large_sha[:2] / large_sha
+    assert blob.is_file()
+    assert blob.stat().st_size == LARGE_BYTES
+    assert [p for p in blob_files(data_dir) if p.name == large_sha] == [blob]
+
+    # The same content as a second version: a new version, the same single blob.
+    v2 = owner.models.register("large", large, framework="custom")
+    growth["second upload"] = server.rss()["VmHWM"] - baseline
+    assert v2.version == 2
+    assert v2.artifact.sha256 == large_sha
+    assert [p for p in blob_files(data_dir) if p.name == large_sha] == [blob]
+    assert len(blob_files(data_dir)) == 2  # warm-up + large, nothing else
+    assert list((data_dir / "artifacts" / "tmp").iterdir()) == []  # no upload left behind
+    assert [v.version for v in owner.models.versions("large")] == [2, 1]
+    assert sha256_file(owner.models.download("large", out, 2)) == large_sha
+
+    print(f"server peak RSS growth since the warm-up (kB, cumulative after each step): {growth}")
+    for step, kb in growth.items():
+        assert kb < MAX_PEAK_GROWTH_KB, (
+            f"server peak RSS grew by {kb / 1024:.1f} MiB by the end of the {step} of a "
+            f"{LARGE_BYTES // MiB} MiB artifact (limit 100 MB): artifacts must stream, not be buffered"
+        )
