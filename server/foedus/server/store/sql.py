@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, and_, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -189,13 +189,8 @@ class SqlStore(Store):
             )
 
     def find_key(self, key_id: str) -> tuple[KeyRecord, TenantState | None] | None:
-        query = (
-            select(api_keys, tenants.c.state.label("tenant_state"))
-            .select_from(api_keys.outerjoin(tenants, api_keys.c.tenant == tenants.c.name))
-            .where(api_keys.c.key_id == key_id)
-        )
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_FIND_KEY, {"key_id": key_id}).first()
         if row is None:
             return None
         state = None if row.tenant_state is None else TenantState(row.tenant_state)
@@ -456,34 +451,8 @@ class SqlStore(Store):
         )
         return int(previous or 0)
 
-    _VERSION_COLUMNS = (
-        model_versions.c.id,
-        model_versions.c.model_id,
-        model_versions.c.version,
-        model_versions.c.state,
-        model_versions.c.description,
-        model_versions.c.tags,
-        model_versions.c.artifact_sha256,
-        model_versions.c.artifact_size,
-        model_versions.c.framework,
-        model_versions.c.onnx_opset,
-        model_versions.c.signature,
-        model_versions.c.latency,
-        model_versions.c.lineage,
-        model_versions.c.created_at_us,
-        model_versions.c.created_by,
-        model_versions.c.updated_at_us,
-    )
-
     def _version_query(self, tenant: str, model: str, *, with_profile: bool) -> Any:
-        columns: tuple[Any, ...] = self._VERSION_COLUMNS
-        if with_profile:
-            columns = (*columns, model_versions.c.reference_profile)
-        return (
-            select(*columns)
-            .select_from(model_versions.join(models, model_versions.c.model_id == models.c.id))
-            .where(models.c.tenant == tenant, models.c.name == model)
-        )
+        return _version_select(with_profile).where(models.c.tenant == tenant, models.c.name == model)
 
     @staticmethod
     def _version(tenant: str, model: str, row: Row[Any], aliases: tuple[str, ...]) -> VersionRecord:
@@ -511,38 +480,22 @@ class SqlStore(Store):
 
     @staticmethod
     def _version_aliases(conn: Connection, model_id: int, version: int) -> tuple[str, ...]:
-        rows = conn.execute(
-            select(model_aliases.c.alias)
-            .where(model_aliases.c.model_id == model_id, model_aliases.c.version == version)
-            .order_by(model_aliases.c.alias)
-        )
+        rows = conn.execute(_VERSION_ALIASES, {"model_id": model_id, "version": version})
         return tuple(r.alias for r in rows)
 
     def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
-        query = self._version_query(tenant, model, with_profile=True).where(
-            model_versions.c.version == version
-        )
+        params = {"tenant": tenant, "model": model, "version": version}
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_GET_VERSION, params).first()
             if row is None:
                 raise NotFound(f"version {version} of model {model!r} not found")
             aliases = self._version_aliases(conn, row.model_id, row.version)
         return self._version(tenant, model, row, aliases)
 
     def get_version_by_alias(self, tenant: str, model: str, alias: str) -> VersionRecord:
-        query = (
-            self._version_query(tenant, model, with_profile=True)
-            .join(
-                model_aliases,
-                and_(
-                    model_aliases.c.model_id == model_versions.c.model_id,
-                    model_aliases.c.version == model_versions.c.version,
-                ),
-            )
-            .where(model_aliases.c.alias == alias)
-        )
+        params = {"tenant": tenant, "model": model, "alias": alias}
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_GET_VERSION_BY_ALIAS, params).first()
             if row is None:
                 raise NotFound(f"alias {alias!r} of model {model!r} not found")
             aliases = self._version_aliases(conn, row.model_id, row.version)
@@ -640,3 +593,55 @@ def _page(items: list[T], size: int, key: Callable[[T], str | int]) -> Page[T]:
     if len(items) > size:
         return Page(items[:size], paging.encode(key(items[size - 1])))
     return Page(items)
+
+
+# Statements of the hot read paths, built once: building a statement costs more than running it.
+_VERSION_COLUMNS = (
+    model_versions.c.model_id,
+    model_versions.c.version,
+    model_versions.c.state,
+    model_versions.c.description,
+    model_versions.c.tags,
+    model_versions.c.artifact_sha256,
+    model_versions.c.artifact_size,
+    model_versions.c.framework,
+    model_versions.c.onnx_opset,
+    model_versions.c.signature,
+    model_versions.c.latency,
+    model_versions.c.lineage,
+    model_versions.c.created_at_us,
+    model_versions.c.created_by,
+    model_versions.c.updated_at_us,
+)
+
+
+def _version_select(with_profile: bool) -> Any:
+    columns: tuple[Any, ...] = _VERSION_COLUMNS
+    if with_profile:
+        columns = (*columns, model_versions.c.reference_profile)
+    return select(*columns).select_from(model_versions.join(models, model_versions.c.model_id == models.c.id))
+
+
+_IN_MODEL = and_(models.c.tenant == bindparam("tenant"), models.c.name == bindparam("model"))
+_GET_VERSION = _version_select(True).where(_IN_MODEL, model_versions.c.version == bindparam("version"))
+_GET_VERSION_BY_ALIAS = (
+    _version_select(True)
+    .join(
+        model_aliases,
+        and_(
+            model_aliases.c.model_id == model_versions.c.model_id,
+            model_aliases.c.version == model_versions.c.version,
+        ),
+    )
+    .where(_IN_MODEL, model_aliases.c.alias == bindparam("alias"))
+)
+_VERSION_ALIASES = (
+    select(model_aliases.c.alias)
+    .where(model_aliases.c.model_id == bindparam("model_id"), model_aliases.c.version == bindparam("version"))
+    .order_by(model_aliases.c.alias)
+)
+_FIND_KEY = (
+    select(api_keys, tenants.c.state.label("tenant_state"))
+    .select_from(api_keys.outerjoin(tenants, api_keys.c.tenant == tenants.c.name))
+    .where(api_keys.c.key_id == bindparam("key_id"))
+)
