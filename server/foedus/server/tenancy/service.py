@@ -68,9 +68,9 @@ class TenancyService:
         Hits are cached for a few seconds; revoking a key or disabling a tenant on this replica
         clears the cache at once, other replicas see it within the cache's TTL.
         """
-        hit = self._cache.get(token)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
         key_id, secret = parse_key(token)
         found = self._store.find_key(key_id)
         if found is None or not hmac.compare_digest(found[0].secret_hash, hash_secret(secret)):
@@ -86,6 +86,13 @@ class TenancyService:
                 self._cache.clear()
             self._cache[token] = (principal, time.monotonic() + self._cache_ttl_s)
         return principal
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a recently authenticated key, without touching the store."""
+        hit = self._cache.get(token)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return None
 
     def _forget_cached(self) -> None:
         with self._lock:
