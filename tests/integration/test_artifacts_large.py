@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,21 +41,6 @@ def sha256_file(path: Path) -> str:
 
 def blob_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "artifacts" / "sha256").rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[ServerPool]:
-    """Servers that are stopped (or killed) after the test; then the bulky files go, the logs stay."""
-    servers = ServerPool()
-    try:
-        yield servers
-    finally:
-        servers.close()
-        for bulky in [*tmp_path.rglob("*.bin"), *tmp_path.glob("*/artifacts")]:
-            if bulky.is_dir():
-                shutil.rmtree(bulky, ignore_errors=True)
-            else:
-                bulky.unlink(missing_ok=True)
 
 
 @pytest.fixture

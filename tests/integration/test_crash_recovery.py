@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,21 +145,6 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_S
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.002)
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[ServerPool]:
-    """Servers that are stopped (or killed) after the test; then the bulky files go, the logs stay."""
-    servers = ServerPool()
-    try:
-        yield servers
-    finally:
-        servers.close()
-        for bulky in [*tmp_path.rglob("*.bin"), *tmp_path.glob("*/artifacts")]:
-            if bulky.is_dir():
-                shutil.rmtree(bulky, ignore_errors=True)
-            else:
-                bulky.unlink(missing_ok=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
