@@ -991,6 +991,30 @@ def work_directory(given: str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def git_revision() -> str:
+    """The checkout's commit, with "+changes" when the working tree differs from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}+changes" if dirty else rev
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `finally`s that stop the servers
 
@@ -1036,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print()
+    print(f"Foedus commit: {git_revision()}")
     print(
         f"Registry benchmark: {args.duration:g} s per phase, {n} concurrent clients in "
         f"{min(args.client_procs, n)} client processes, {os.cpu_count()} CPUs shared by server and clients"
