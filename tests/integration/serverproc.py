@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -55,6 +56,15 @@ asyncio.run(serve(load_config(env={}, data_dir=Path(sys.argv[1]), listen="127.0.
 _UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 _LISTENING = re.compile(r"^foedus server listening on (?P<host>\S+):(?P<port>\d+)\s*$", re.MULTILINE)
 _LIVE: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ServerError(RuntimeError):

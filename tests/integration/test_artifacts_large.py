@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import ServerPool, ServerProcess
+from serverproc import ServerPool, ServerProcess, sha256_file
 
 from foedus.client_sdk import Client
 
@@ -29,14 +28,6 @@ def write_random(path: Path, size: int) -> Path:
             f.write(piece)
             remaining -= len(piece)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def blob_files(data_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from serverproc import ServerPool, pid_namespaces_available
+from serverproc import ServerPool, pid_namespaces_available, sha256_file
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.errors import FoedusError, NotFound
@@ -55,14 +55,6 @@ class Journal:
     def count(self) -> int:
         with self.lock:
             return len(self.acks)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_random(path: Path, size: int) -> str:
