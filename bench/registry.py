@@ -71,9 +71,9 @@ FOEDUS_SERVER_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
 from foedus.server.config import load_config
-from foedus.server.app import serve
-asyncio.run(serve(load_config(env={{}}, data_dir=Path({data_dir!r}), listen={listen!r},
-                              latency_runs={latency_runs})))
+from foedus.server.app import main
+main(load_config(env={{}}, data_dir=Path({data_dir!r}), listen={listen!r},
+                 latency_runs={latency_runs}, workers={workers}))
 """
 
 
@@ -448,10 +448,12 @@ class ServerProcess:
             return ""
 
 
-def start_foedus(data_dir: Path, latency_runs: int, timeout: float = 90.0) -> ServerProcess:
+def start_foedus(data_dir: Path, latency_runs: int, workers: int, timeout: float = 90.0) -> ServerProcess:
     port = free_port()
     listen = f"127.0.0.1:{port}"
-    script = FOEDUS_SERVER_SCRIPT.format(data_dir=str(data_dir), listen=listen, latency_runs=latency_runs)
+    script = FOEDUS_SERVER_SCRIPT.format(
+        data_dir=str(data_dir), listen=listen, latency_runs=latency_runs, workers=workers
+    )
     log_path = data_dir.parent / "foedus-server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOEDUS_")}
     with open(log_path, "w") as stderr:
@@ -703,8 +705,10 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
     from foedus.client_sdk import Client
 
     data_dir = workdir / "foedus"
-    log(f"foedus: starting the server (data dir {data_dir}, latency_runs={args.latency_runs})")
-    server = start_foedus(data_dir, args.latency_runs)
+    log(
+        f"foedus: starting the server (data dir {data_dir}, latency_runs={args.latency_runs}, workers={args.workers})"
+    )
+    server = start_foedus(data_dir, args.latency_runs, args.workers)
     try:
         log(f"foedus: server up; settled after {wait_until_quiet(server):.1f} s more")
         admin_key = (data_dir / "admin.key").read_text().strip()
@@ -732,7 +736,8 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
         one = read_phase(target, args, server, 1)
         many = read_phase(target, args, server, args.clients)
         notes = [
-            f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}"
+            f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}, "
+            f"workers={args.workers}"
         ]
         return SideResult(reg, one, many, response_bytes, notes=notes)
     finally:
@@ -952,6 +957,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Foedus server's latency_runs, timed runs of the ONNX latency gate (%(default)s)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the Foedus server's worker processes, one per core by default (%(default)s); "
+        "mlflow server keeps its own default (4)",
+    )
+    p.add_argument(
         "--no-reference-data",
         dest="reference_data",
         action="store_false",
@@ -1055,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "clients": n,
             "client_procs": min(args.client_procs, n),
+            "workers": args.workers,
             "cpu_count": os.cpu_count() or 0,
         }
     )

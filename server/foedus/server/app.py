@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,7 @@ from foedus.server.interceptors import SERVICE_MODULES, CallGuard
 from foedus.server.registry.gates import GateConfig
 from foedus.server.registry.service import RegistryLimits, RegistryService
 from foedus.server.servicers.admin import AdminServicer, KeyServicer
+from foedus.server.servicers.base import BlockingRunner
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.store.sql import SqlStore
 from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
@@ -42,6 +48,8 @@ class FoedusServer:
     health: health_aio.HealthServicer
     port: int
     admin_key_id: str | None
+    background: bool = True
+    """Run background work (garbage collection); with several workers only the first one does."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -58,7 +66,8 @@ class FoedusServer:
         for service in _service_names():
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(asyncio.create_task(self._collect_garbage()))
+        if self.background:
+            self._tasks.append(asyncio.create_task(self._collect_garbage()))
         log.info("foedus control plane serving on %s (store: %s)", self.target, self.store.dialect)
 
     async def stop(self, grace: float | None = 5.0) -> None:
@@ -91,10 +100,11 @@ def _service_names() -> list[str]:
     return [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
 
 
-def build_server(config: ServerConfig) -> FoedusServer:
+def build_server(config: ServerConfig, *, reuse_port: bool = False, background: bool = True) -> FoedusServer:
     """Opens the store (running migrations), bootstraps the admin key and binds the port.
 
-    Call it inside the event loop that will run the server.
+    Call it inside the event loop that will run the server. `reuse_port` lets several worker
+    processes bind the same port; `background` runs garbage collection in this process.
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(config.database_url(), pool_size=config.store_threads)
@@ -109,17 +119,18 @@ def build_server(config: ServerConfig) -> FoedusServer:
     )
     admin_key_id = tenancy.bootstrap_admin(config.data_dir)
     executor = ThreadPoolExecutor(max_workers=config.store_threads, thread_name_prefix="foedus-store")
+    runner = BlockingRunner(executor, inline_reads=store.dialect == "sqlite")
     server = grpc.aio.server(
-        interceptors=[CallGuard(tenancy, executor)],
+        interceptors=[CallGuard(tenancy, runner)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, executor), server)
-    admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, executor), server)
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, executor), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, runner), server)
+    admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(_service_names(), server)
@@ -143,12 +154,18 @@ def build_server(config: ServerConfig) -> FoedusServer:
         health=health_servicer,
         port=port,
         admin_key_id=admin_key_id,
+        background=background,
     )
 
 
-async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Runs the server until SIGINT or SIGTERM, then stops it gracefully."""
-    server = build_server(config)
+async def serve(
+    config: ServerConfig, *, ready: asyncio.Event | None = None, worker: int | None = None
+) -> None:
+    """Runs the server until SIGINT or SIGTERM, then stops it gracefully.
+
+    `worker` is set in the processes of a multi-process server (see `run_workers`).
+    """
+    server = build_server(config, reuse_port=worker is not None, background=not worker)
     if server.admin_key_id is not None:
         log.warning(
             "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
@@ -169,8 +186,79 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
     await server.stop()
 
 
-def main(config: ServerConfig) -> None:
+def _configure_logging(config: ServerConfig) -> None:
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _worker_main(config: ServerConfig, index: int) -> None:
+    _configure_logging(config)
+    asyncio.run(serve(config, worker=index))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host.strip("[]"), 0))
+        return int(sock.getsockname()[1])
+
+
+def run_workers(config: ServerConfig) -> int:
+    """Runs `config.workers` server processes on one port (SO_REUSEPORT) and waits for them.
+
+    The parent migrates the database and creates the admin key once, so the workers never race
+    for it; then it supervises: SIGINT/SIGTERM stop all workers gracefully, and when one worker
+    dies the others are stopped too and the exit code says so (systemd or Kubernetes restart it).
+    """
+    host, _, port = config.listen.rpartition(":")
+    if int(port) == 0:
+        config = dataclasses.replace(config, listen=f"{host}:{_free_port(host)}")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(config.database_url(), pool_size=1)
+    try:
+        key_id = TenancyService(store).bootstrap_admin(config.data_dir)
+    finally:
+        store.close()
+    if key_id is not None:
+        log.warning(
+            "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
+            key_id,
+            config.data_dir / ADMIN_KEY_FILE,
+        )
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(config, i), name=f"foedus-worker-{i}")
+        for i in range(config.workers)
+    ]
+    for process in workers:
+        process.start()
+    log.info("started %d worker processes on %s", len(workers), config.listen)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    while any(p.is_alive() for p in workers):
+        for process in workers:
+            process.join(timeout=0.5)
+            if not process.is_alive() and process.exitcode not in (0, None) and not stopping:
+                log.error("worker %s exited with %s; stopping the others", process.name, process.exitcode)
+                exit_code = 1
+                stop(signal.SIGTERM, None)
+    return exit_code
+
+
+def main(config: ServerConfig) -> None:
+    """Runs the server in this process, or in `config.workers` processes; blocks until stopped."""
+    _configure_logging(config)
+    if config.workers > 1:
+        sys.exit(run_workers(config))
     asyncio.run(serve(config))

@@ -39,6 +39,9 @@ class ServerConfig:
     """Largest single gRPC message accepted (artifact chunks are sent well below it)."""
     store_threads: int = 8
     """Threads for blocking store and artifact work."""
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT), one event loop each; up to one per core.
+    Revoking a key reaches the other processes within the 5 s authentication cache."""
     gc_interval_s: float = 600.0
     """How often unreferenced artifacts and stale uploads are collected."""
     gc_grace_s: float = 3600.0
@@ -61,7 +64,9 @@ class ServerConfig:
                 f"refusing plaintext on non-loopback address {host}: give tls_cert and tls_key, "
                 "or allow_insecure (--insecure) when a proxy terminates TLS"
             )
-        for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs"):
+        if self.workers > 1 and int(port) == 0 and not host:
+            raise ConfigError("workers > 1 needs a listen address")
+        for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         return self

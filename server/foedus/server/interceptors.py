@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from foedus.server.errors import DomainError, PermissionDenied, Unauthenticated
+from foedus.server.servicers.base import BlockingRunner
 from foedus.server.store.records import AuditRecord, Role
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import TenancyService, now_us
@@ -80,9 +80,9 @@ def current_principal() -> Principal:
 
 
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tenancy: TenancyService, executor: Executor) -> None:
+    def __init__(self, tenancy: TenancyService, runner: BlockingRunner) -> None:
         self._tenancy = tenancy
-        self._executor = executor
+        self._runner = runner
         self._policies = access_policies()
 
     async def intercept_service(
@@ -107,7 +107,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if not token:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
         # A cache hit needs no thread hop; a miss reads the store off the event loop.
-        principal = self._tenancy.cached(token) or await self._run(self._tenancy.authenticate, token)
+        principal = self._tenancy.cached(token)
+        if principal is None:
+            principal = await self._runner.read(self._tenancy.authenticate, token)
         info = CallInfo(principal=principal, method=method)
         _CALL.set(info)
         return info
@@ -143,7 +145,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             detail=info.detail if error is None else str(error)[:500],
         )
         try:
-            await self._run(self._tenancy.record, entry)
+            await self._runner.run(self._tenancy.record, entry)
         except Exception:
             log.exception("could not write the audit entry of %s", info.method)
 
@@ -152,9 +154,6 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             await context.abort(grpc.StatusCode[error.code.value], error.message)
         log.error("internal error", exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- wrapping of the four call shapes --------------------------------------------------------
     def _wrap(

@@ -29,6 +29,9 @@ def start(
     ),
     tls_cert: str | None = typer.Option(None, "--tls-cert", help="PEM certificate chain; serve TLS only"),
     tls_key: str | None = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="server processes sharing the port, up to one per core [default 1]"
+    ),
     insecure: bool | None = typer.Option(
         None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
     ),
@@ -51,6 +54,7 @@ def start(
             tls_cert=tls_cert,
             tls_key=tls_key,
             allow_insecure=insecure,
+            workers=workers,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

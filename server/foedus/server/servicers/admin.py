@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from typing import Any
 
 import grpc
@@ -10,7 +9,7 @@ import grpc
 from foedus.server.errors import InvalidArgument
 from foedus.server.interceptors import current_call, current_principal
 from foedus.server.servicers import convert
-from foedus.server.servicers.base import ServicerBase
+from foedus.server.servicers.base import BlockingRunner, ServicerBase
 from foedus.server.store.records import TenantState
 from foedus.server.tenancy.service import TenancyService
 from foedus.v1 import admin_pb2, admin_pb2_grpc
@@ -19,8 +18,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, tenancy: TenancyService, executor: Executor) -> None:
-        super().__init__(executor)
+    def __init__(self, tenancy: TenancyService, runner: BlockingRunner) -> None:
+        super().__init__(runner)
         self._tenancy = tenancy
 
     async def CreateTenant(
@@ -43,13 +42,13 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
     async def GetTenant(
         self, request: admin_pb2.GetTenantRequest, context: Ctx
     ) -> admin_pb2.GetTenantResponse:
-        tenant = await self.run(self._tenancy.get_tenant, current_principal(), request.name)
+        tenant = await self.read(self._tenancy.get_tenant, current_principal(), request.name)
         return admin_pb2.GetTenantResponse(tenant=convert.tenant(tenant))
 
     async def ListTenants(
         self, request: admin_pb2.ListTenantsRequest, context: Ctx
     ) -> admin_pb2.ListTenantsResponse:
-        page = await self.run(self._tenancy.list_tenants, request.page.page_token, request.page.page_size)
+        page = await self.read(self._tenancy.list_tenants, request.page.page_token, request.page.page_size)
         return admin_pb2.ListTenantsResponse(
             tenants=[convert.tenant(t) for t in page.items], next_page_token=page.next_token
         )
@@ -77,7 +76,7 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEntries(
         self, request: admin_pb2.ListAuditEntriesRequest, context: Ctx
     ) -> admin_pb2.ListAuditEntriesResponse:
-        page = await self.run(
+        page = await self.read(
             self._tenancy.list_audit,
             current_principal(),
             request.tenant,
@@ -90,8 +89,8 @@ class AdminServicer(ServicerBase, admin_pb2_grpc.AdminServiceServicer):
 
 
 class KeyServicer(ServicerBase, admin_pb2_grpc.KeyServiceServicer):
-    def __init__(self, tenancy: TenancyService, executor: Executor) -> None:
-        super().__init__(executor)
+    def __init__(self, tenancy: TenancyService, runner: BlockingRunner) -> None:
+        super().__init__(runner)
         self._tenancy = tenancy
 
     async def CreateKey(
@@ -107,7 +106,7 @@ class KeyServicer(ServicerBase, admin_pb2_grpc.KeyServiceServicer):
         return admin_pb2.CreateKeyResponse(key=convert.api_key(new.record), secret=new.secret)
 
     async def ListKeys(self, request: admin_pb2.ListKeysRequest, context: Ctx) -> admin_pb2.ListKeysResponse:
-        page = await self.run(
+        page = await self.read(
             self._tenancy.list_keys,
             current_principal(),
             request.tenant,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from typing import Any
 
 import grpc
@@ -12,7 +11,7 @@ from foedus.server.errors import InvalidArgument
 from foedus.server.interceptors import current_call, current_principal
 from foedus.server.registry.service import RegistryService, VersionSpec
 from foedus.server.servicers import convert
-from foedus.server.servicers.base import ServicerBase
+from foedus.server.servicers.base import BlockingRunner, ServicerBase
 from foedus.v1 import registry_pb2, registry_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -31,8 +30,8 @@ def _selector(
 
 
 class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: RegistryService, executor: Executor) -> None:
-        super().__init__(executor)
+    def __init__(self, registry: RegistryService, runner: BlockingRunner) -> None:
+        super().__init__(runner)
         self._registry = registry
 
     async def CreateModel(
@@ -51,13 +50,13 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
     async def GetModel(
         self, request: registry_pb2.GetModelRequest, context: Ctx
     ) -> registry_pb2.GetModelResponse:
-        record = await self.run(self._registry.get_model, current_principal(), request.name)
+        record = await self.read(self._registry.get_model, current_principal(), request.name)
         return registry_pb2.GetModelResponse(model=convert.model(record))
 
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: Ctx
     ) -> registry_pb2.ListModelsResponse:
-        page = await self.run(
+        page = await self.read(
             self._registry.list_models,
             current_principal(),
             request.name_prefix,
@@ -122,7 +121,7 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetModelVersionRequest, context: Ctx
     ) -> registry_pb2.GetModelVersionResponse:
         version, alias = _selector(request)
-        record = await self.run(
+        record = await self.read(
             self._registry.get_version, current_principal(), request.model, version, alias
         )
         return registry_pb2.GetModelVersionResponse(version=convert.version(record))
@@ -130,7 +129,7 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
     async def ListModelVersions(
         self, request: registry_pb2.ListModelVersionsRequest, context: Ctx
     ) -> registry_pb2.ListModelVersionsResponse:
-        page = await self.run(
+        page = await self.read(
             self._registry.list_versions,
             current_principal(),
             request.model,
