@@ -26,7 +26,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check server client_sdk federation tests bench demo scripts
 
 typecheck: venv
-	$(VENV)/bin/mypy -p foedus.server -p foedus.client_sdk -p foedus.federation -p foedus.v1
+	$(VENV)/bin/mypy -p foedus.server -p foedus.client_sdk -p foedus.federation -p foedus.v1 -p foedus.oip.v2
 
 pytest: venv
 	$(PY) -m pytest -q
