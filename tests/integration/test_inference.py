@@ -234,6 +234,55 @@ def test_shadow_version_is_run_and_discarded(
     assert counts.ok.get(("2", False), 0) == 0
 
 
+TRITON_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+
+client = triton.InferenceServerClient(url=sys.argv[1])
+x = np.array(json.loads(sys.argv[2]), dtype=np.float32)
+inp = triton.InferInput("input", list(x.shape), "FP32")
+inp.set_data_from_numpy(x)
+result = client.infer("iris", [inp], outputs=[triton.InferRequestedOutput("label")])
+meta = client.get_model_metadata("iris")
+print(json.dumps({
+    "live": client.is_server_live(),
+    "ready": client.is_model_ready("iris"),
+    "inputs": [i.name for i in meta.inputs],
+    "labels": result.as_numpy("label").tolist(),
+}))
+"""
+
+
+def test_a_standard_triton_client_can_call_the_agent(
+    table: ModelTable, counts: Counts, versions: dict[str, LoadedModel]
+) -> None:
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tritonclient") is None:
+        pytest.skip("tritonclient is not installed (it comes with the dev extra)")
+
+    x, _ = iris_data()
+    agent = Agent(table, counts, InputLimits())
+    try:
+        # A separate process: tritonclient registers the same protocol messages under its own file name.
+        out = subprocess.run(
+            [sys.executable, "-c", TRITON_CLIENT, agent.target, json.dumps(x[:20].tolist())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        agent.stop()
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    expected = versions["1"].session.run(["label"], {"input": x[:20]})[0]
+    assert got == {"live": True, "ready": True, "inputs": ["input"], "labels": expected.tolist()}
+
+
 def test_routes_reject_unknown_versions(versions: dict[str, LoadedModel]) -> None:
     with pytest.raises(ValueError, match="not loaded"):
         Route.build(versions, {"3": 1.0})
