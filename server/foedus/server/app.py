@@ -22,15 +22,27 @@ from grpc_reflection.v1alpha import reflection
 
 from foedus.server.artifacts.local import LocalBlobStore
 from foedus.server.config import ServerConfig
+from foedus.server.deployments.feed import ChangeFeed
+from foedus.server.deployments.service import DeploymentService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
+from foedus.server.monitoring.service import MonitoringService
 from foedus.server.registry.gates import GateConfig
 from foedus.server.registry.service import RegistryLimits, RegistryService
 from foedus.server.servicers.admin import AdminServicer, KeyServicer
+from foedus.server.servicers.agent import AgentServicer
 from foedus.server.servicers.base import BlockingRunner
+from foedus.server.servicers.deployment import DeploymentServicer
+from foedus.server.servicers.monitoring import MonitoringServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.store.sql import SqlStore
 from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
-from foedus.v1 import admin_pb2_grpc, registry_pb2_grpc
+from foedus.v1 import (
+    admin_pb2_grpc,
+    agent_pb2_grpc,
+    deployment_pb2_grpc,
+    monitoring_pb2_grpc,
+    registry_pb2_grpc,
+)
 
 log = logging.getLogger("foedus.server")
 
@@ -131,6 +143,18 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, runner), server)
     admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
+    feed = ChangeFeed(asyncio.get_running_loop())
+    deployments = DeploymentService(store, on_change=feed.notify)
+    monitoring = MonitoringService(store)
+    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments, runner), server
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(deployments, monitoring, feed, runner), server
+    )
+    monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
+        MonitoringServicer(monitoring, runner), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(_service_names(), server)

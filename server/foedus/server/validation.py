@@ -13,6 +13,8 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 FRAMEWORK = re.compile(r"^[a-z0-9_-]{1,32}$")
+DEPLOYMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 MAX_TAGS = 64
 MAX_TAG_VALUE = 1024
@@ -43,6 +45,22 @@ def alias(name: str) -> str:
     if not ALIAS.fullmatch(name):
         raise InvalidArgument(
             f"invalid alias {name!r}: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+        )
+    return name
+
+
+def deployment_name(name: str) -> str:
+    if not DEPLOYMENT_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid deployment name {name!r}: use 1-63 lowercase letters, digits or '-', starting with a letter"
+        )
+    return name
+
+
+def agent_name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid agent name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 

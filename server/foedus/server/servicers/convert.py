@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foedus.server.store.records import (
+    AgentRecord,
+    AlertRecord,
     AuditRecord,
+    DeploymentRecord,
     FeatureProfile,
+    IntervalRecord,
     KeyRecord,
     Lineage,
+    MetricPointRecord,
     ModelRecord,
     ReferenceProfile,
     Role,
     TenantRecord,
     VersionRecord,
 )
-from foedus.v1 import admin_pb2, common_pb2, registry_pb2
+from foedus.v1 import admin_pb2, agent_pb2, common_pb2, deployment_pb2, monitoring_pb2, registry_pb2
 
 
 def ts(us: int | None) -> Timestamp | None:
@@ -180,3 +188,125 @@ def version(rec: VersionRecord) -> registry_pb2.ModelVersion:
     if rec.reference_profile is not None:
         msg.reference_profile.CopyFrom(profile_to_proto(rec.reference_profile))
     return msg
+
+
+def deployment(rec: DeploymentRecord) -> deployment_pb2.Deployment:
+    return deployment_pb2.Deployment(
+        name=rec.name,
+        model=rec.model,
+        description=rec.description,
+        traffic=[deployment_pb2.TrafficSplit(version=v, weight=w) for v, w in rec.traffic],
+        shadow_version=rec.shadow_version,
+        generation=rec.generation,
+        meta=meta(rec.created_at_us, rec.created_by, rec.updated_at_us),
+    )
+
+
+def traffic_from_proto(splits: Iterable[deployment_pb2.TrafficSplit]) -> list[tuple[int, float]]:
+    return [(s.version, s.weight) for s in splits]
+
+
+def assigned_version(rec: VersionRecord) -> agent_pb2.AssignedVersion:
+    full = version(rec)
+    return agent_pb2.AssignedVersion(
+        version=rec.version,
+        artifact=full.artifact,
+        signature=full.signature,
+        reference_profile=full.reference_profile if rec.reference_profile is not None else None,
+    )
+
+
+def agent_info_to_dict(info: agent_pb2.AgentInfo) -> dict[str, object]:
+    return MessageToDict(info, preserving_proto_field_name=True)
+
+
+def agent_status(rec: AgentRecord) -> monitoring_pb2.AgentStatus:
+    info = agent_pb2.AgentInfo()
+    ParseDict(rec.info, info, ignore_unknown_fields=True)
+    return monitoring_pb2.AgentStatus(
+        info=info, registered_unix_ms=rec.registered_at_us // 1000, last_seen_unix_ms=rec.last_seen_us // 1000
+    )
+
+
+def _bins(b: agent_pb2.BinCounts) -> dict[str, object]:
+    return {
+        "name": b.name,
+        "counts": list(b.counts),
+        "underflow": b.underflow,
+        "overflow": b.overflow,
+        "other": b.other,
+        "missing": b.missing,
+    }
+
+
+def interval_from_proto(agent: str, i: agent_pb2.IntervalReport) -> IntervalRecord:
+    r = i.resources
+    return IntervalRecord(
+        agent=agent,
+        version=i.version,
+        start_ms=i.start_unix_ms,
+        duration_ms=i.duration_ms,
+        shadow=i.shadow,
+        requests=i.requests,
+        errors=i.errors,
+        invalid=i.invalid,
+        latency={
+            "buckets": list(i.latency_ms.buckets),
+            "counts": list(i.latency_ms.counts),
+            "sum": i.latency_ms.sum,
+        },
+        predictions=_bins(i.predictions) if i.HasField("predictions") else None,
+        features=[_bins(f) for f in i.features],
+        resources={
+            "process_cpu_percent": r.process_cpu_percent,
+            "host_cpu_percent": r.host_cpu_percent,
+            "process_memory_bytes": float(r.process_memory_bytes),
+            "host_memory_used_bytes": float(r.host_memory_used_bytes),
+            "gpu_utilization_percent": r.gpu_utilization_percent,
+            "gpu_memory_used_bytes": float(r.gpu_memory_used_bytes),
+        },
+        scores=dict(i.scores),
+    )
+
+
+def alert_from_proto(agent: str, a: agent_pb2.AgentAlert) -> AlertRecord:
+    return AlertRecord(
+        agent=agent,
+        alert_id=a.alert_id,
+        time_ms=a.time_unix_ms,
+        version=a.version,
+        kind=a.kind,
+        score=a.score,
+        threshold=a.threshold,
+        detector=a.detector,
+        top=[{"metric": c.metric, "value": c.value, "attribution": c.attribution} for c in a.top],
+    )
+
+
+def metric_from_proto(p: agent_pb2.MetricPoint) -> MetricPointRecord:
+    return MetricPointRecord(name=p.name, value=p.value, time_ms=p.time_unix_ms, step=p.step)
+
+
+def alert(rec: AlertRecord) -> monitoring_pb2.Alert:
+    return monitoring_pb2.Alert(
+        id=rec.id,
+        deployment=rec.deployment,
+        agent=rec.agent,
+        alert=agent_pb2.AgentAlert(
+            alert_id=rec.alert_id,
+            time_unix_ms=rec.time_ms,
+            version=rec.version,
+            kind=rec.kind,
+            score=rec.score,
+            threshold=rec.threshold,
+            detector=rec.detector,
+            top=[
+                agent_pb2.Contribution(
+                    metric=str(c["metric"]),
+                    value=float(c["value"]),  # type: ignore[arg-type]
+                    attribution=float(c["attribution"]),  # type: ignore[arg-type]
+                )
+                for c in rec.top
+            ],
+        ),
+    )

@@ -2,11 +2,16 @@
 
 from foedus.server.store.base import Store
 from foedus.server.store.records import (
+    AgentRecord,
+    AlertRecord,
     AuditRecord,
+    DeploymentRecord,
     FeatureProfile,
+    IntervalRecord,
     KeyRecord,
     LatencyProfile,
     Lineage,
+    MetricPointRecord,
     ModelRecord,
     NewVersion,
     Page,
@@ -21,11 +26,16 @@ from foedus.server.store.records import (
 )
 
 __all__ = [
+    "AgentRecord",
+    "AlertRecord",
     "AuditRecord",
+    "DeploymentRecord",
     "FeatureProfile",
+    "IntervalRecord",
     "KeyRecord",
     "LatencyProfile",
     "Lineage",
+    "MetricPointRecord",
     "ModelRecord",
     "NewVersion",
     "Page",

@@ -11,8 +11,13 @@ from __future__ import annotations
 import abc
 
 from foedus.server.store.records import (
+    AgentRecord,
+    AlertRecord,
     AuditRecord,
+    DeploymentRecord,
+    IntervalRecord,
     KeyRecord,
+    MetricPointRecord,
     ModelRecord,
     NewVersion,
     Page,
@@ -149,6 +154,85 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def referenced_digests(self) -> set[str]:
         """Every artifact digest any version references, in any tenant and state."""
+
+    # --- deployments -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_deployment(
+        self,
+        tenant: str,
+        name: str,
+        model: str,
+        description: str,
+        traffic: tuple[tuple[int, float], ...],
+        shadow_version: int,
+        created_by: str,
+        now_us: int,
+    ) -> DeploymentRecord:
+        """Creates a deployment at generation 1. MUST raise AlreadyExists when the name is taken.
+
+        The caller has checked that the model and versions exist.
+        """
+
+    @abc.abstractmethod
+    def get_deployment(self, tenant: str, name: str) -> DeploymentRecord:
+        """MUST raise NotFound when the tenant has no such deployment."""
+
+    @abc.abstractmethod
+    def list_deployments(self, tenant: str, page_token: str, page_size: int) -> Page[DeploymentRecord]:
+        """The tenant's deployments ordered by name."""
+
+    @abc.abstractmethod
+    def set_traffic(
+        self, tenant: str, name: str, traffic: tuple[tuple[int, float], ...], shadow_version: int, now_us: int
+    ) -> DeploymentRecord:
+        """Replaces traffic and shadow version and increments the generation, atomically."""
+
+    # --- agents and telemetry --------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_agent(
+        self, tenant: str, deployment: str, name: str, info: dict[str, object], now_us: int
+    ) -> None:
+        """Creates or updates the agent of a deployment; NotFound for an unknown deployment."""
+
+    @abc.abstractmethod
+    def list_agents(self, tenant: str, deployment: str) -> list[AgentRecord]:
+        """The deployment's agents ordered by name."""
+
+    @abc.abstractmethod
+    def ingest_telemetry(
+        self,
+        tenant: str,
+        deployment: str,
+        agent: str,
+        batch_id: str,
+        intervals_: list[IntervalRecord],
+        alerts_: list[AlertRecord],
+        metrics: list[MetricPointRecord],
+        now_us: int,
+    ) -> bool:
+        """Stores one batch in one transaction; returns True when its id was committed before.
+
+        A batch id is stored with the batch, so a retried batch is never counted twice, and an
+        acknowledged batch (this method returned) is durable. The agent's last-seen time moves on.
+        """
+
+    @abc.abstractmethod
+    def query_intervals(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> list[IntervalRecord]:
+        """Intervals starting in [start_ms, end_ms), oldest first."""
+
+    @abc.abstractmethod
+    def query_metric_points(
+        self, tenant: str, deployment: str, name: str, start_ms: int, end_ms: int
+    ) -> list[MetricPointRecord]:
+        """Logged points of one series in [start_ms, end_ms), oldest first."""
+
+    @abc.abstractmethod
+    def list_alerts(
+        self, tenant: str, deployment: str | None, page_token: str, page_size: int
+    ) -> Page[AlertRecord]:
+        """Alerts newest first, of one deployment or of all the tenant's."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -172,3 +172,72 @@ class Page(Generic[T]):
 
     items: list[T]
     next_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    tenant: str
+    name: str
+    model: str
+    description: str
+    traffic: tuple[tuple[int, float], ...]
+    """(version, weight) pairs."""
+    shadow_version: int
+    generation: int
+    created_at_us: int
+    created_by: str
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    tenant: str
+    deployment: str
+    name: str
+    info: dict[str, object]
+    """The agent's self-description (host, cores, memory, execution providers, GPUs)."""
+    registered_at_us: int
+    last_seen_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRecord:
+    """What one agent measured for one version over one interval."""
+
+    agent: str
+    version: int
+    start_ms: int
+    duration_ms: int
+    shadow: bool
+    requests: int
+    errors: int
+    invalid: int
+    latency: dict[str, object]
+    """Sparse log-scale histogram: {"buckets": [...], "counts": [...], "sum": float}."""
+    predictions: dict[str, object] | None
+    features: list[dict[str, object]]
+    resources: dict[str, float]
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    agent: str
+    alert_id: str
+    time_ms: int
+    version: int
+    kind: str
+    score: float
+    threshold: float
+    detector: str
+    top: list[dict[str, object]]
+    deployment: str = ""
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPointRecord:
+    name: str
+    value: float
+    time_ms: int
+    step: int

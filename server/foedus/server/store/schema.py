@@ -6,6 +6,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -108,4 +109,90 @@ model_aliases = Table(
     Column("alias", String(64), primary_key=True),
     Column("version", BigInteger, nullable=False),
     Index("ix_model_aliases_version", "model_id", "version"),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("traffic", JSON, nullable=False),
+    Column("shadow_version", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_deployments_tenant_name"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("info", JSON, nullable=False),
+    Column("registered_at_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+)
+
+telemetry_batches = Table(
+    "telemetry_batches",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("batch_id", String(128), primary_key=True),
+    Column("received_at_us", BigInteger, nullable=False),
+)
+
+intervals = Table(
+    "intervals",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("agent", String(128), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("start_ms", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("shadow", SmallInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("invalid", BigInteger, nullable=False),
+    Column("latency", JSON, nullable=False),
+    Column("predictions", JSON, nullable=True),
+    Column("features", JSON, nullable=False),
+    Column("resources", JSON, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Index("ix_intervals_deployment_start", "deployment_id", "start_ms"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("agent", String(128), nullable=False),
+    Column("alert_id", String(128), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("detector", String(128), nullable=False),
+    Column("top", JSON, nullable=False),
+    UniqueConstraint("deployment_id", "agent", "alert_id", name="uq_alerts_agent_alert"),
+    Index("ix_alerts_deployment_id", "deployment_id", "id"),
+)
+
+metric_points = Table(
+    "metric_points",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Index("ix_metric_points_series", "deployment_id", "name", "time_ms"),
 )

@@ -19,8 +19,13 @@ from foedus.server.store import codec, paging
 from foedus.server.store.base import Store
 from foedus.server.store.migrations import migrate
 from foedus.server.store.records import (
+    AgentRecord,
+    AlertRecord,
     AuditRecord,
+    DeploymentRecord,
+    IntervalRecord,
     KeyRecord,
+    MetricPointRecord,
     ModelRecord,
     NewVersion,
     Page,
@@ -30,7 +35,20 @@ from foedus.server.store.records import (
     VersionRecord,
     VersionState,
 )
-from foedus.server.store.schema import api_keys, audit_log, model_aliases, model_versions, models, tenants
+from foedus.server.store.schema import (
+    agents,
+    alerts,
+    api_keys,
+    audit_log,
+    deployments,
+    intervals,
+    metric_points,
+    model_aliases,
+    model_versions,
+    models,
+    telemetry_batches,
+    tenants,
+)
 
 T = TypeVar("T")
 
@@ -583,6 +601,302 @@ class SqlStore(Store):
                     .values(state=VersionState.ARCHIVED, updated_at_us=now_us)
                 )
         return self.get_version(tenant, model, version)
+
+    # --- deployments -----------------------------------------------------------------------------
+    @staticmethod
+    def _deployment(row: Row[Any]) -> DeploymentRecord:
+        return DeploymentRecord(
+            tenant=row.tenant,
+            name=row.name,
+            model=row.model,
+            description=row.description,
+            traffic=tuple((int(v), float(w)) for v, w in row.traffic),
+            shadow_version=row.shadow_version,
+            generation=row.generation,
+            created_at_us=row.created_at_us,
+            created_by=row.created_by,
+            updated_at_us=row.updated_at_us,
+        )
+
+    def create_deployment(
+        self,
+        tenant: str,
+        name: str,
+        model: str,
+        description: str,
+        traffic: tuple[tuple[int, float], ...],
+        shadow_version: int,
+        created_by: str,
+        now_us: int,
+    ) -> DeploymentRecord:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(deployments).values(
+                        tenant=tenant,
+                        name=name,
+                        model=model,
+                        description=description,
+                        traffic=[list(t) for t in traffic],
+                        shadow_version=shadow_version,
+                        generation=1,
+                        created_at_us=now_us,
+                        created_by=created_by,
+                        updated_at_us=now_us,
+                    )
+                )
+        except IntegrityError as exc:
+            raise AlreadyExists(f"deployment {name!r} already exists") from exc
+        return DeploymentRecord(
+            tenant, name, model, description, traffic, shadow_version, 1, now_us, created_by, now_us
+        )
+
+    @staticmethod
+    def _deployment_row(conn: Connection, tenant: str, name: str) -> Row[Any]:
+        row = conn.execute(
+            select(deployments).where(deployments.c.tenant == tenant, deployments.c.name == name)
+        ).first()
+        if row is None:
+            raise NotFound(f"deployment {name!r} not found")
+        return row
+
+    def get_deployment(self, tenant: str, name: str) -> DeploymentRecord:
+        with self._read() as conn:
+            return self._deployment(self._deployment_row(conn, tenant, name))
+
+    def list_deployments(self, tenant: str, page_token: str, page_size: int) -> Page[DeploymentRecord]:
+        after = paging.decode_str(page_token)
+        size = paging.page_size(page_size)
+        query = (
+            select(deployments)
+            .where(deployments.c.tenant == tenant)
+            .order_by(deployments.c.name)
+            .limit(size + 1)
+        )
+        if after is not None:
+            query = query.where(deployments.c.name > after)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return _page([self._deployment(r) for r in rows], size, lambda d: d.name)
+
+    def set_traffic(
+        self, tenant: str, name: str, traffic: tuple[tuple[int, float], ...], shadow_version: int, now_us: int
+    ) -> DeploymentRecord:
+        where = and_(deployments.c.tenant == tenant, deployments.c.name == name)
+        with self._write() as conn:
+            result = conn.execute(
+                update(deployments)
+                .where(where)
+                .values(
+                    traffic=[list(t) for t in traffic],
+                    shadow_version=shadow_version,
+                    generation=deployments.c.generation + 1,
+                    updated_at_us=now_us,
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"deployment {name!r} not found")
+            row = conn.execute(select(deployments).where(where)).one()
+        return self._deployment(row)
+
+    # --- agents and telemetry --------------------------------------------------------------------
+    def register_agent(
+        self, tenant: str, deployment: str, name: str, info: dict[str, object], now_us: int
+    ) -> None:
+        with self._write() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            stmt = self._upsert(agents).values(
+                deployment_id=dep_id, name=name, info=info, registered_at_us=now_us, last_seen_us=now_us
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["deployment_id", "name"],
+                    set_={"info": info, "registered_at_us": now_us, "last_seen_us": now_us},
+                )
+            )
+
+    def list_agents(self, tenant: str, deployment: str) -> list[AgentRecord]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            rows = conn.execute(
+                select(agents).where(agents.c.deployment_id == dep_id).order_by(agents.c.name)
+            ).all()
+        return [
+            AgentRecord(tenant, deployment, r.name, dict(r.info), r.registered_at_us, r.last_seen_us)
+            for r in rows
+        ]
+
+    def ingest_telemetry(
+        self,
+        tenant: str,
+        deployment: str,
+        agent: str,
+        batch_id: str,
+        intervals_: list[IntervalRecord],
+        alerts_: list[AlertRecord],
+        metrics: list[MetricPointRecord],
+        now_us: int,
+    ) -> bool:
+        with self._write() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            inserted = conn.execute(
+                self._upsert(telemetry_batches)
+                .values(tenant=tenant, batch_id=batch_id, received_at_us=now_us)
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount == 0:
+                return True
+            if intervals_:
+                conn.execute(
+                    insert(intervals),
+                    [
+                        {
+                            "deployment_id": dep_id,
+                            "agent": i.agent,
+                            "version": i.version,
+                            "start_ms": i.start_ms,
+                            "duration_ms": i.duration_ms,
+                            "shadow": int(i.shadow),
+                            "requests": i.requests,
+                            "errors": i.errors,
+                            "invalid": i.invalid,
+                            "latency": i.latency,
+                            "predictions": i.predictions,
+                            "features": i.features,
+                            "resources": i.resources,
+                            "scores": i.scores,
+                        }
+                        for i in intervals_
+                    ],
+                )
+            for a in alerts_:
+                conn.execute(
+                    self._upsert(alerts)
+                    .values(
+                        deployment_id=dep_id,
+                        agent=a.agent,
+                        alert_id=a.alert_id,
+                        time_ms=a.time_ms,
+                        version=a.version,
+                        kind=a.kind,
+                        score=a.score,
+                        threshold=a.threshold,
+                        detector=a.detector,
+                        top=a.top,
+                    )
+                    .on_conflict_do_nothing()
+                )
+            if metrics:
+                conn.execute(
+                    insert(metric_points),
+                    [
+                        {
+                            "deployment_id": dep_id,
+                            "name": m.name,
+                            "time_ms": m.time_ms,
+                            "step": m.step,
+                            "value": m.value,
+                        }
+                        for m in metrics
+                    ],
+                )
+            conn.execute(
+                update(agents)
+                .where(agents.c.deployment_id == dep_id, agents.c.name == agent)
+                .values(last_seen_us=now_us)
+            )
+        return False
+
+    def query_intervals(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> list[IntervalRecord]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            query = (
+                select(intervals)
+                .where(
+                    intervals.c.deployment_id == dep_id,
+                    intervals.c.start_ms >= start_ms,
+                    intervals.c.start_ms < end_ms,
+                )
+                .order_by(intervals.c.start_ms, intervals.c.id)
+            )
+            if version is not None:
+                query = query.where(intervals.c.version == version)
+            rows = conn.execute(query).all()
+        return [
+            IntervalRecord(
+                agent=r.agent,
+                version=r.version,
+                start_ms=r.start_ms,
+                duration_ms=r.duration_ms,
+                shadow=bool(r.shadow),
+                requests=r.requests,
+                errors=r.errors,
+                invalid=r.invalid,
+                latency=dict(r.latency),
+                predictions=None if r.predictions is None else dict(r.predictions),
+                features=list(r.features),
+                resources=dict(r.resources),
+                scores=dict(r.scores),
+            )
+            for r in rows
+        ]
+
+    def query_metric_points(
+        self, tenant: str, deployment: str, name: str, start_ms: int, end_ms: int
+    ) -> list[MetricPointRecord]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            rows = conn.execute(
+                select(metric_points)
+                .where(
+                    metric_points.c.deployment_id == dep_id,
+                    metric_points.c.name == name,
+                    metric_points.c.time_ms >= start_ms,
+                    metric_points.c.time_ms < end_ms,
+                )
+                .order_by(metric_points.c.time_ms, metric_points.c.id)
+            ).all()
+        return [MetricPointRecord(r.name, r.value, r.time_ms, r.step) for r in rows]
+
+    def list_alerts(
+        self, tenant: str, deployment: str | None, page_token: str, page_size: int
+    ) -> Page[AlertRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        query = (
+            select(alerts, deployments.c.name.label("deployment_name"))
+            .select_from(alerts.join(deployments, alerts.c.deployment_id == deployments.c.id))
+            .where(deployments.c.tenant == tenant)
+            .order_by(alerts.c.id.desc())
+            .limit(size + 1)
+        )
+        with self._read() as conn:
+            if deployment:
+                query = query.where(
+                    alerts.c.deployment_id == self._deployment_row(conn, tenant, deployment).id
+                )
+            if before is not None:
+                query = query.where(alerts.c.id < before)
+            rows = conn.execute(query).all()
+        items = [
+            AlertRecord(
+                agent=r.agent,
+                alert_id=r.alert_id,
+                time_ms=r.time_ms,
+                version=r.version,
+                kind=r.kind,
+                score=r.score,
+                threshold=r.threshold,
+                detector=r.detector,
+                top=list(r.top),
+                deployment=r.deployment_name,
+                id=r.id,
+            )
+            for r in rows
+        ]
+        return _page(items, size, lambda a: a.id)
 
     def referenced_digests(self) -> set[str]:
         with self._read() as conn:

@@ -1,0 +1,1 @@
+"""Deployments: named serving targets of a tenant and how their traffic splits over versions."""

@@ -1,0 +1,1 @@
+"""Monitoring: agent registration, telemetry ingest, deployment status, metric series and alerts."""

@@ -1,0 +1,230 @@
+"""Monitoring rules: what agents may report, and how reports become status, series and alerts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from foedus.client_sdk.agent.histogram import NUM_BUCKETS, LatencyHistogram
+from foedus.server import validation
+from foedus.server.errors import InvalidArgument
+from foedus.server.store.base import Store
+from foedus.server.store.records import (
+    AgentRecord,
+    AlertRecord,
+    DeploymentRecord,
+    IntervalRecord,
+    MetricPointRecord,
+    Page,
+)
+from foedus.server.tenancy.principal import Principal
+from foedus.server.tenancy.service import now_us
+
+MAX_INTERVALS = 10_000
+MAX_METRICS = 100_000
+MAX_ALERTS = 1_000
+DAY_MS = 86_400_000
+INTERVAL_METRICS = ("requests", "errors", "invalid", "latency_p50_ms", "latency_p99_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryBatch:
+    batch_id: str
+    deployment: str
+    agent: str
+    intervals: list[IntervalRecord]
+    alerts: list[AlertRecord]
+    metrics: list[MetricPointRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStats:
+    version: int
+    shadow: bool
+    requests: int
+    errors: int
+    invalid: int
+    error_rate: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    requests_per_s: float
+    max_anomaly_score: float
+
+
+def _histogram(latency: dict[str, object]) -> LatencyHistogram:
+    return LatencyHistogram.from_sparse(
+        np.asarray(latency.get("buckets", []), dtype=np.int64),
+        np.asarray(latency.get("counts", []), dtype=np.int64),
+        sum_ms=float(latency.get("sum", 0.0)),  # type: ignore[arg-type]
+    )
+
+
+class MonitoringService:
+    def __init__(self, store: Store, *, clock: Callable[[], int] = now_us) -> None:
+        self._store = store
+        self._clock = clock
+
+    # --- agents --------------------------------------------------------------------------------
+    def register_agent(
+        self, caller: Principal, deployment: str, name: str, info: dict[str, object]
+    ) -> DeploymentRecord:
+        tenant = caller.own_tenant()
+        validation.deployment_name(deployment)
+        validation.agent_name(name)
+        self._store.register_agent(tenant, deployment, name, info, self._clock())
+        return self._store.get_deployment(tenant, deployment)
+
+    def agents(self, caller: Principal, deployment: str) -> list[AgentRecord]:
+        return self._store.list_agents(caller.own_tenant(), validation.deployment_name(deployment))
+
+    # --- ingest --------------------------------------------------------------------------------
+    def ingest(self, caller: Principal, batch: TelemetryBatch) -> bool:
+        """Stores a batch once; returns True for a batch committed before (a retry)."""
+        tenant = caller.own_tenant()
+        if not 0 < len(batch.batch_id) <= 128:
+            raise InvalidArgument("batch_id is required (1-128 characters): it makes retries safe")
+        validation.deployment_name(batch.deployment)
+        validation.agent_name(batch.agent)
+        if (
+            len(batch.intervals) > MAX_INTERVALS
+            or len(batch.metrics) > MAX_METRICS
+            or len(batch.alerts) > MAX_ALERTS
+        ):
+            raise InvalidArgument(
+                f"a batch holds at most {MAX_INTERVALS} intervals, {MAX_ALERTS} alerts and {MAX_METRICS} metric points"
+            )
+        for interval in batch.intervals:
+            self._check_interval(interval)
+        for point in batch.metrics:
+            if not point.name or len(point.name) > 128 or not math.isfinite(point.value):
+                raise InvalidArgument(
+                    f"metric point {point.name!r}: needs a name (<= 128 characters) and a finite value"
+                )
+        for alert in batch.alerts:
+            if not 0 < len(alert.alert_id) <= 128 or not math.isfinite(alert.score):
+                raise InvalidArgument("an alert needs an alert_id (1-128 characters) and a finite score")
+        return self._store.ingest_telemetry(
+            tenant, batch.deployment, batch.agent, batch.batch_id, batch.intervals, batch.alerts, batch.metrics,
+            self._clock(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _check_interval(interval: IntervalRecord) -> None:
+        where = f"interval of version {interval.version} at {interval.start_ms}"
+        if interval.version <= 0:
+            raise InvalidArgument(f"{where}: version numbers start at 1")
+        if not 0 < interval.duration_ms <= DAY_MS or interval.start_ms < 0:
+            raise InvalidArgument(f"{where}: duration must be between 1 ms and a day, start not negative")
+        if (
+            min(interval.requests, interval.errors, interval.invalid) < 0
+            or interval.errors > interval.requests
+        ):
+            raise InvalidArgument(f"{where}: counts must not be negative and errors cannot exceed requests")
+        buckets = interval.latency.get("buckets", [])
+        counts = interval.latency.get("counts", [])
+        if not isinstance(buckets, list) or not isinstance(counts, list) or len(buckets) != len(counts):
+            raise InvalidArgument(f"{where}: latency histogram needs one count per bucket")
+        if any(not 0 <= b < NUM_BUCKETS for b in buckets) or any(c < 0 for c in counts):
+            raise InvalidArgument(
+                f"{where}: latency buckets must be in [0, {NUM_BUCKETS}) with non-negative counts"
+            )
+        if any(not math.isfinite(v) for v in (*interval.scores.values(), *interval.resources.values())):
+            raise InvalidArgument(f"{where}: scores and resources must be finite numbers")
+
+    # --- reading -------------------------------------------------------------------------------
+    def status(
+        self, caller: Principal, name: str, window_s: int
+    ) -> tuple[DeploymentRecord, list[AgentRecord], list[VersionStats]]:
+        tenant = caller.own_tenant()
+        validation.deployment_name(name)
+        if window_s < 0 or window_s > 31 * 86_400:
+            raise InvalidArgument("window_s must be between 0 and 31 days")
+        window_ms = (window_s or 300) * 1000
+        deployment = self._store.get_deployment(tenant, name)
+        end_ms = self._clock() // 1000 + 1
+        rows = self._store.query_intervals(tenant, name, None, end_ms - window_ms, end_ms)
+        groups: dict[tuple[int, bool], list[IntervalRecord]] = {}
+        for row in rows:
+            groups.setdefault((row.version, row.shadow), []).append(row)
+        stats = []
+        for (version, shadow), items in sorted(groups.items()):
+            hist = LatencyHistogram()
+            for item in items:
+                hist.merge(_histogram(item.latency))
+            requests = sum(i.requests for i in items)
+            errors = sum(i.errors for i in items)
+            stats.append(
+                VersionStats(
+                    version=version,
+                    shadow=shadow,
+                    requests=requests,
+                    errors=errors,
+                    invalid=sum(i.invalid for i in items),
+                    error_rate=errors / requests if requests else 0.0,
+                    latency_p50_ms=hist.quantile(0.5) if hist.count else 0.0,
+                    latency_p99_ms=hist.quantile(0.99) if hist.count else 0.0,
+                    requests_per_s=requests / (window_ms / 1000.0),
+                    max_anomaly_score=max((i.scores.get("anomaly", 0.0) for i in items), default=0.0),
+                )
+            )
+        return deployment, self._store.list_agents(tenant, name), stats
+
+    def query(
+        self,
+        caller: Principal,
+        deployment: str,
+        metric: str,
+        version: int,
+        start_ms: int,
+        end_ms: int,
+        step_s: int,
+    ) -> list[tuple[int, float]]:
+        """A series of (step start, value): sums for counts, merged quantiles for latency,
+        means for resources and scores, and the mean of logged points for other names."""
+        tenant = caller.own_tenant()
+        validation.deployment_name(deployment)
+        if not metric or len(metric) > 128:
+            raise InvalidArgument("metric is required (at most 128 characters)")
+        if version < 0 or step_s < 0 or start_ms < 0 or end_ms < 0:
+            raise InvalidArgument("version, times and step must not be negative")
+        end_ms = end_ms or self._clock() // 1000 + 1
+        step_ms = (step_s or 60) * 1000
+        if end_ms <= start_ms or (end_ms - start_ms) // step_ms > 100_000:
+            raise InvalidArgument("the range must be non-empty and hold at most 100000 steps")
+        buckets: dict[int, list[object]] = {}
+        logged = self._store.query_metric_points(tenant, deployment, metric, start_ms, end_ms)
+        if logged:
+            for p in logged:
+                buckets.setdefault(start_ms + (p.time_ms - start_ms) // step_ms * step_ms, []).append(p.value)
+            return [(t, float(np.mean(v))) for t, v in sorted(buckets.items())]  # type: ignore[arg-type]
+        rows = self._store.query_intervals(tenant, deployment, version or None, start_ms, end_ms)
+        for row in rows:
+            buckets.setdefault(start_ms + (row.start_ms - start_ms) // step_ms * step_ms, []).append(row)
+        return [(t, _aggregate(metric, items)) for t, items in sorted(buckets.items())]  # type: ignore[arg-type]
+
+    def alerts(
+        self, caller: Principal, deployment: str, page_token: str, page_size: int
+    ) -> Page[AlertRecord]:
+        tenant = caller.own_tenant()
+        if deployment:
+            validation.deployment_name(deployment)
+        return self._store.list_alerts(tenant, deployment or None, page_token, page_size)
+
+
+def _aggregate(metric: str, rows: list[IntervalRecord]) -> float:
+    served = [r for r in rows if not r.shadow]
+    if metric in ("requests", "errors", "invalid"):
+        return float(sum(getattr(r, metric) for r in served))
+    if metric in ("latency_p50_ms", "latency_p99_ms"):
+        hist = LatencyHistogram()
+        for r in served:
+            hist.merge(_histogram(r.latency))
+        return hist.quantile(0.5 if metric == "latency_p50_ms" else 0.99) if hist.count else 0.0
+    values = [r.resources[metric] for r in rows if metric in r.resources]
+    values += [r.scores[metric] for r in rows if metric in r.scores]
+    if not values:
+        return 0.0
+    return float(np.mean(values))

@@ -1,0 +1,82 @@
+"""AgentService: registration, the assignment stream, and telemetry ingest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from foedus.server.deployments.feed import ChangeFeed
+from foedus.server.deployments.service import DeploymentService
+from foedus.server.interceptors import current_call, current_principal
+from foedus.server.monitoring.service import MonitoringService, TelemetryBatch
+from foedus.server.servicers import convert
+from foedus.server.servicers.base import BlockingRunner, ServicerBase
+from foedus.v1 import agent_pb2, agent_pb2_grpc
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        deployments: DeploymentService,
+        monitoring: MonitoringService,
+        feed: ChangeFeed,
+        runner: BlockingRunner,
+    ) -> None:
+        super().__init__(runner)
+        self._deployments = deployments
+        self._monitoring = monitoring
+        self._feed = feed
+
+    async def RegisterAgent(
+        self, request: agent_pb2.RegisterAgentRequest, context: Ctx
+    ) -> agent_pb2.RegisterAgentResponse:
+        current_call().resource = f"deployments/{request.deployment}/agents/{request.agent.name}"
+        record = await self.run(
+            self._monitoring.register_agent,
+            current_principal(),
+            request.deployment,
+            request.agent.name,
+            convert.agent_info_to_dict(request.agent),
+        )
+        return agent_pb2.RegisterAgentResponse(deployment=convert.deployment(record))
+
+    async def WatchAssignments(
+        self, request: agent_pb2.WatchAssignmentsRequest, context: Ctx
+    ) -> AsyncIterator[agent_pb2.WatchAssignmentsResponse]:
+        principal = current_principal()
+        tenant = principal.own_tenant()
+        generation = -1
+        while True:
+            deployment, versions = await self.read(
+                self._deployments.assignment, principal, request.deployment
+            )
+            if deployment.generation != generation:
+                generation = deployment.generation
+                yield agent_pb2.WatchAssignmentsResponse(
+                    assignment=agent_pb2.Assignment(
+                        deployment=convert.deployment(deployment),
+                        versions=[convert.assigned_version(v) for v in versions],
+                    )
+                )
+            await self._feed.wait(tenant, request.deployment)
+
+    async def ReportTelemetry(
+        self, request_iterator: AsyncIterator[agent_pb2.ReportTelemetryRequest], context: Ctx
+    ) -> AsyncIterator[agent_pb2.ReportTelemetryResponse]:
+        principal = current_principal()
+        async for request in request_iterator:
+            b = request.batch
+            batch = TelemetryBatch(
+                batch_id=b.batch_id,
+                deployment=b.deployment,
+                agent=b.agent,
+                intervals=[convert.interval_from_proto(b.agent, i) for i in b.intervals],
+                alerts=[convert.alert_from_proto(b.agent, a) for a in b.alerts],
+                metrics=[convert.metric_from_proto(p) for p in b.metrics],
+            )
+            duplicate = await self.run(self._monitoring.ingest, principal, batch)
+            yield agent_pb2.ReportTelemetryResponse(batch_id=b.batch_id, duplicate=duplicate)
