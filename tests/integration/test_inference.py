@@ -44,7 +44,7 @@ class Counts:
             else:
                 self.errors += 1
 
-    def invalid(self, model: str) -> None:
+    def invalid(self, model: LoadedModel) -> None:
         with self.lock:
             self.invalid_requests += 1
 

@@ -45,8 +45,13 @@ class LocalServer:
         from foedus.server.app import build_server
         from foedus.server.config import load_config
 
-        config = load_config(env={}, data_dir=self.data_dir, listen="127.0.0.1:0", **self._settings)
-        self._thread.start()
+        settings = {"listen": "127.0.0.1:0", **self._settings}
+        config = load_config(env={}, data_dir=self.data_dir, **settings)
+        if not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="foedus-local-server", daemon=True
+            )
+            self._thread.start()
 
         async def start() -> Any:
             server = build_server(config)
@@ -59,15 +64,20 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(grace=1.0), self._loop).result(timeout=30)
-            self._server = None
+        self.halt()
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def halt(self) -> None:
+        """Stops serving but keeps the data directory, so `start()` brings the same server back
+        (on the same port when `listen` was given: to test clients riding out an outage)."""
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace=1.0), self._loop).result(timeout=30)
+            self._server = None
 
     def client(self, api_key: str | None = None) -> Client:
         """A client with the given key (default: the platform admin key)."""

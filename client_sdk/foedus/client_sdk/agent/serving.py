@@ -171,7 +171,7 @@ class RequestObserver(Protocol):
         shadow: bool,
     ) -> None: ...
 
-    def invalid(self, model: str) -> None: ...
+    def invalid(self, model: LoadedModel) -> None: ...
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -246,7 +246,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 raise InvalidInput(f"unknown output(s) {', '.join(unknown)}")
         except InvalidInput as exc:
             if self._observer is not None:
-                self._observer.invalid(model.name)
+                self._observer.invalid(model)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         loop = asyncio.get_running_loop()
         start = time.perf_counter()

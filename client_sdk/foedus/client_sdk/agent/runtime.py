@@ -1,0 +1,379 @@
+"""The agent process: `foedus agent run`.
+
+It registers with the control plane, keeps a WatchAssignments stream open (reconnecting with
+backoff), downloads and loads assigned versions (cached on disk by digest, execution provider chosen
+by measurement), serves them over the Open Inference Protocol, and every interval turns what it
+measured into telemetry. Telemetry goes to a durable local queue first and is dropped only after the
+control plane acknowledged the commit of its batch, so an outage of the control plane loses nothing
+and a retried batch is never counted twice. None of this stands in the way of serving: requests are
+answered from the loaded versions whether the control plane is reachable or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from foedus.client_sdk.agent.detector import DETECTOR_NAME, AnomalyDetector, DetectorConfig
+from foedus.client_sdk.agent.history import HISTORY_METRICS, LocalHistory
+from foedus.client_sdk.agent.queue import TelemetryQueue, TelemetryQueueFull
+from foedus.client_sdk.agent.serving import InferenceServicer, LoadedModel, ModelTable, Route
+from foedus.client_sdk.agent.telemetry import (
+    IntervalAggregator,
+    ResourceSampler,
+    VersionWindow,
+    interval_reports,
+)
+from foedus.oip.v2 import inference_pb2_grpc
+from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger("foedus.agent")
+PERMANENT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    deployment: str
+    """The deployment this agent serves."""
+    server: str
+    """Control plane HOST:PORT."""
+    api_key: str
+    """An agent-role key of the deployment's tenant."""
+    listen: str = "127.0.0.1:8001"
+    """Where the Open Inference Protocol service listens; port 0 picks a free one."""
+    data_dir: Path = Path("foedus-agent")
+    """Model cache, telemetry queue and local history."""
+    name: str = field(default_factory=socket.gethostname)
+    """Unique within the deployment."""
+    interval_s: float = 10.0
+    """Telemetry interval."""
+    history_retention_s: float = 7 * 86_400
+    providers: tuple[str, ...] | None = None
+    """Execution providers to consider; None: every one this host offers."""
+    anomaly_threshold: float = 4.0
+    """Robust z-score over which an interval raises an alert."""
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """TLS to the control plane; None is plaintext."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.table = ModelTable()
+        self.aggregator = IntervalAggregator()
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="foedus-agent")
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.queue = TelemetryQueue(config.data_dir / "telemetry.db")
+        self.history = LocalHistory(config.data_dir / "history.db", retention_s=config.history_retention_s)
+        self.detector = AnomalyDetector(
+            len(HISTORY_METRICS),
+            metric_names=list(HISTORY_METRICS),
+            config=DetectorConfig(threshold=config.anomaly_threshold),
+        )
+        self.resources = ResourceSampler()
+        self._loaded: dict[str, LoadedModel] = {}  # by sha256
+        self._feature_names: dict[str, list[str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._metadata = (("authorization", f"Bearer {config.api_key}"),)
+        self._queued = asyncio.Event()
+        self.port = 0
+        self.generation = 0
+        self.connected = asyncio.Event()
+
+    # --- life cycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(
+                self.table, self.executor, observer=self.aggregator, server_name="foedus-agent"
+            ),
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(self.config.listen)
+        await self._server.start()
+        if self.config.channel_credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.config.server, self.config.channel_credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.config.server)
+        self._tasks = [
+            asyncio.create_task(self._watch_assignments(), name="assignments"),
+            asyncio.create_task(self._intervals(), name="intervals"),
+            asyncio.create_task(self._send_telemetry(), name="telemetry"),
+        ]
+        log.info(
+            "agent %s serving deployment %s on port %d", self.config.name, self.config.deployment, self.port
+        )
+
+    async def stop(self, *, flush: bool = True) -> None:
+        """Stops serving; with `flush`, the last interval is queued first (sent on the next start)."""
+        if flush:
+            self._cut_interval()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.stop(2.0)
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+        self.executor.shutdown(wait=True)
+        self.queue.close()
+        self.history.close()
+
+    # --- assignments -----------------------------------------------------------------------------
+    async def _watch_assignments(self) -> None:
+        assert self._channel is not None
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        backoff = 0.2
+        while True:
+            try:
+                info = agent_pb2.AgentInfo(
+                    name=self.config.name,
+                    host=socket.gethostname(),
+                    cpu_count=os.cpu_count() or 0,
+                    memory_bytes=_memory_bytes(),
+                    execution_providers=_available_providers(),
+                    agent_version="0.1.0",
+                )
+                await stub.RegisterAgent(
+                    agent_pb2.RegisterAgentRequest(deployment=self.config.deployment, agent=info),
+                    metadata=self._metadata,
+                    timeout=30,
+                )
+                call = stub.WatchAssignments(
+                    agent_pb2.WatchAssignmentsRequest(
+                        deployment=self.config.deployment, agent=self.config.name
+                    ),
+                    metadata=self._metadata,
+                )
+                async for response in call:
+                    await self._apply(response.assignment)
+                    self.connected.set()
+                    backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() in PERMANENT else logging.INFO
+                log.log(level, "assignment stream: %s: %s; retrying", exc.code().name, exc.details())
+            except Exception:
+                log.exception("applying an assignment failed; retrying")
+            self.connected.clear()
+            await asyncio.sleep(backoff * (1 + random.random() / 2))
+            backoff = min(backoff * 2, 15.0)
+
+    async def _apply(self, assignment: agent_pb2.Assignment) -> None:
+        deployment = assignment.deployment
+        if deployment.generation < self.generation:
+            return
+        loaded: dict[str, LoadedModel] = {}
+        for assigned in assignment.versions:
+            model = await self._load(deployment.model, assigned)
+            loaded[str(assigned.version)] = model
+            self.aggregator.set_profile(model.version, assigned.reference_profile)
+            self._feature_names[model.version] = [f.name for f in assigned.reference_profile.features]
+        weights = {str(t.version): t.weight for t in deployment.traffic}
+        shadow = str(deployment.shadow_version) if deployment.shadow_version else None
+        if weights:
+            self.table.set_route(deployment.name, Route.build(loaded, weights, shadow))
+        else:
+            self.table.remove(deployment.name)
+        self.generation = deployment.generation
+        log.info("generation %d: serving %s", self.generation, weights or "nothing")
+
+    async def _load(self, model_name: str, assigned: agent_pb2.AssignedVersion) -> LoadedModel:
+        digest = assigned.artifact.sha256
+        cached = self._loaded.get(digest)
+        if cached is not None and cached.version == str(assigned.version):
+            return cached
+        path = self.config.data_dir / "models" / f"{digest}.onnx"
+        if not path.exists() or _sha256(path) != digest:
+            await self._download(model_name, assigned.version, path, digest)
+        loop = asyncio.get_running_loop()
+        session, choice = await loop.run_in_executor(self.executor, self._select, path)
+        log.info(
+            "loaded %s v%d on %s (p50 %.3f ms)", model_name, assigned.version, choice.provider, choice.p50_ms
+        )
+        model = LoadedModel.from_session(self.config.deployment, str(assigned.version), session)
+        self._loaded[digest] = model
+        return model
+
+    def _select(self, path: Path) -> tuple[Any, Any]:
+        from foedus.client_sdk.agent.providers import select_session
+
+        return select_session(path, candidates=self.config.providers)
+
+    async def _download(self, model: str, version: int, path: Path, digest: str) -> None:
+        assert self._channel is not None
+        stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        hasher = hashlib.sha256()
+        stream: Any = stub.DownloadArtifact(
+            registry_pb2.DownloadArtifactRequest(model=model, version=version),
+            metadata=self._metadata,
+            timeout=3600,
+        )
+        # Chunks of 1 MiB go to the page cache: a write takes microseconds, not worth a thread hop.
+        with open(tmp, "wb") as f:  # noqa: ASYNC230
+            async for message in stream:
+                if message.WhichOneof("part") == "chunk":
+                    hasher.update(message.chunk)
+                    f.write(message.chunk)
+        if hasher.hexdigest() != digest:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"downloaded {model} v{version} does not match its sha256 {digest}")
+        os.replace(tmp, path)
+
+    # --- telemetry -------------------------------------------------------------------------------
+    async def _intervals(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            try:
+                self._cut_interval()
+            except TelemetryQueueFull:
+                log.error("the telemetry queue is full; this interval is not recorded")
+            except Exception:
+                log.exception("recording an interval failed")
+
+    def _cut_interval(self) -> None:
+        start, end, windows = self.aggregator.cut()
+        served = {k: w for k, w in windows.items() if not k[1]}
+        if not windows:
+            return
+        resources = self.resources.sample()
+        vector = _metric_vector(served, end - start, resources)
+        result = self.detector.update(np.asarray([vector[m] for m in HISTORY_METRICS]))
+        scores = {"anomaly": float(result.score) if np.isfinite(result.score) else 0.0}
+        for (version, _), _w in served.items():
+            self.history.append(int(start * 1000), version, vector, scores)
+        batch = agent_pb2.TelemetryBatch(
+            deployment=self.config.deployment,
+            agent=self.config.name,
+            intervals=interval_reports(start, end, windows, self._feature_names, resources, scores),
+        )
+        if result.is_anomaly and served:
+            version = max(served, key=lambda k: served[k].requests)[0]
+            batch.alerts.append(
+                agent_pb2.AgentAlert(
+                    alert_id=uuid.uuid4().hex,
+                    time_unix_ms=int(end * 1000),
+                    version=int(version),
+                    kind="anomaly",
+                    score=scores["anomaly"],
+                    threshold=self.config.anomaly_threshold,
+                    detector=DETECTOR_NAME,
+                    top=[
+                        agent_pb2.Contribution(
+                            metric=str(name), value=float(vector[str(name)]), attribution=float(z)
+                        )
+                        for name, z in result.top[:3]
+                    ],
+                )
+            )
+        self.queue.put(batch.SerializeToString())
+        self._queued.set()
+
+    async def _send_telemetry(self) -> None:
+        assert self._channel is not None
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        backoff = 0.2
+        while True:
+            batches = await asyncio.get_running_loop().run_in_executor(self.executor, self.queue.peek, 50)
+            if not batches:
+                self._queued.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued.wait(), 1.0)
+                continue
+            try:
+                requests = []
+                for item in batches:
+                    batch = agent_pb2.TelemetryBatch.FromString(item.payload)
+                    batch.batch_id = item.batch_id
+                    requests.append(agent_pb2.ReportTelemetryRequest(batch=batch))
+                call = stub.ReportTelemetry(iter(requests), metadata=self._metadata, timeout=60)
+                async for ack in call:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.queue.ack, [ack.batch_id]
+                    )
+                backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() in PERMANENT else logging.INFO
+                log.log(
+                    level,
+                    "telemetry: %s: %s; %d batch(es) wait",
+                    exc.code().name,
+                    exc.details(),
+                    len(batches),
+                )
+                await asyncio.sleep(backoff * (1 + random.random() / 2))
+                backoff = min(backoff * 2, 15.0)
+
+
+def _metric_vector(
+    windows: dict[tuple[str, bool], VersionWindow], seconds: float, resources: agent_pb2.Resources
+) -> dict[str, float]:
+    from foedus.client_sdk.agent.histogram import LatencyHistogram
+
+    hist = LatencyHistogram()
+    requests = errors = 0
+    for w in windows.values():
+        hist.merge(w.latency)
+        requests += w.requests
+        errors += w.errors
+    return {
+        "requests": requests / max(seconds, 1e-3),
+        "error_rate": errors / requests if requests else 0.0,
+        "latency_p50_ms": hist.quantile(0.5) if hist.count else 0.0,
+        "latency_p99_ms": hist.quantile(0.99) if hist.count else 0.0,
+        "process_cpu_percent": resources.process_cpu_percent,
+        "process_memory_bytes": float(resources.process_memory_bytes),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def _available_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+
+        return list(ort.get_available_providers())
+    except ImportError:
+        return []
+
+
+async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Runs an agent until `stop` is set (or forever)."""
+    agent = Agent(config)
+    await agent.start()
+    print(f"foedus agent {config.name} serving {config.deployment} on port {agent.port}", flush=True)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await agent.stop()

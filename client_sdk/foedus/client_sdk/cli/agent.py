@@ -1,0 +1,67 @@
+"""`foedus agent run`: serve a deployment beside production."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import typer
+
+from foedus.client_sdk.cli.common import globals_of
+
+app = typer.Typer(help="Run an agent beside production models (agent-role key).", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    deployment: str = typer.Option(..., "--deployment", help="the deployment to serve"),
+    listen: str = typer.Option(
+        "127.0.0.1:8001", "--listen", help="HOST:PORT of the Open Inference Protocol service"
+    ),
+    data_dir: Path = typer.Option(
+        Path("foedus-agent"), "--data-dir", help="model cache, telemetry queue, history"
+    ),
+    name: str = typer.Option(socket.gethostname(), "--name", help="agent name, unique within the deployment"),
+    interval: float = typer.Option(10.0, "--interval", min=0.1, help="telemetry interval in seconds"),
+    provider: list[str] = typer.Option(
+        [], "--provider", help="execution provider to consider (repeatable); default: all the host offers"
+    ),
+) -> None:
+    """Register with the control plane, serve the deployment's versions and report telemetry."""
+    try:
+        from foedus.client_sdk.agent.runtime import AgentConfig, run_agent
+    except ImportError as exc:
+        typer.echo(
+            f"error: the agent is not installed ({exc.name} missing): pip install 'foedus[agent]'", err=True
+        )
+        raise typer.Exit(1) from None
+    g = globals_of(ctx)
+    if not g.api_key:
+        typer.echo("error: no API key: pass --api-key or set FOEDUS_API_KEY (an agent-role key)", err=True)
+        raise typer.Exit(4)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = AgentConfig(
+        deployment=deployment,
+        server=g.server,
+        api_key=g.api_key,
+        listen=listen,
+        data_dir=data_dir,
+        name=name,
+        interval_s=interval,
+        providers=tuple(provider) or None,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run_agent(config, stop=stop)
+
+    asyncio.run(main())

@@ -1,0 +1,260 @@
+"""A real control plane, two real agents on port 0, and Open Inference Protocol clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from foedus_testdata import iris_data, iris_onnx
+
+pytest.importorskip("onnxruntime")
+
+from foedus.client_sdk import Client
+from foedus.client_sdk.agent.runtime import Agent, AgentConfig
+from foedus.client_sdk.testing import LocalServer
+from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
+from foedus.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    deployment_pb2,
+    deployment_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
+)
+
+OUTAGE_S = float(os.environ.get("FOEDUS_TEST_OUTAGE_S", "60"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AgentLoop:
+    """Agents on one event loop in a background thread, as `foedus agent run` runs them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_agent(self, config: AgentConfig) -> Agent:
+        async def start() -> Agent:
+            agent = Agent(config)
+            await agent.start()
+            return agent
+
+        return self.call(start())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def request(x: np.ndarray) -> inference_pb2.ModelInferRequest:
+    req = inference_pb2.ModelInferRequest(model_name="iris-prod")
+    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.astype("<f4").tobytes())
+    return req
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.server = LocalServer(tmp / "server", listen=f"127.0.0.1:{self.port}", latency_runs=3).start()
+        owner = self.server.create_tenant("acme")
+        self.owner = Client.connect(self.server.target, api_key=owner)
+        d = tmp / "models"
+        d.mkdir()
+        x, _ = iris_data()
+        self.owner.models.register("iris", iris_onnx(d, c=1.0, name="a.onnx"), reference_data=x)
+        self.owner.models.register("iris", iris_onnx(d, c=0.01, name="b.onnx"), reference_data=x)
+        self.agent_key = self.owner.keys.create("agent", description="agents").secret
+        self.owner_key = owner
+        self.channel = grpc.insecure_channel(self.server.target)
+        self.meta = (("authorization", f"Bearer {owner}"),)
+        self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
+        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self.channel)
+        self.deployments.CreateDeployment(
+            deployment_pb2.CreateDeploymentRequest(
+                name="iris-prod", model="iris", traffic=[deployment_pb2.TrafficSplit(version=1, weight=1)]
+            ),
+            metadata=self.meta,
+        )
+        self.loop = AgentLoop()
+        self.agents = [
+            self.loop.start_agent(
+                AgentConfig(
+                    deployment="iris-prod",
+                    server=self.server.target,
+                    api_key=self.agent_key,
+                    listen="127.0.0.1:0",
+                    data_dir=tmp / f"agent-{i}",
+                    name=f"agent-{i}",
+                    interval_s=0.3,
+                )
+            )
+            for i in range(2)
+        ]
+        self.agent_channels = [grpc.insecure_channel(f"127.0.0.1:{a.port}") for a in self.agents]
+        self.stubs = [inference_pb2_grpc.GRPCInferenceServiceStub(c) for c in self.agent_channels]
+        wait_for(lambda: all(a.generation >= 1 for a in self.agents), 60, "agents to load generation 1")
+
+    def set_traffic(self, weights: dict[int, float]) -> int:
+        resp = self.deployments.SetTraffic(
+            deployment_pb2.SetTrafficRequest(
+                name="iris-prod",
+                traffic=[deployment_pb2.TrafficSplit(version=v, weight=w) for v, w in weights.items()],
+            ),
+            metadata=self.meta,
+        )
+        return resp.deployment.generation
+
+    def served_requests(self) -> int:
+        status = self.monitoring.GetDeploymentStatus(
+            monitoring_pb2.GetDeploymentStatusRequest(name="iris-prod", window_s=3600), metadata=self.meta
+        )
+        return sum(v.requests for v in status.versions if not v.shadow)
+
+    def close(self) -> None:
+        for c in self.agent_channels:
+            c.close()
+        for agent in self.agents:
+            self.loop.call(agent.stop())
+        self.loop.close()
+        self.channel.close()
+        self.owner.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_version_switches_under_load_fail_no_request(setup: Setup) -> None:
+    x, _ = iris_data()
+    failures: list[BaseException] = []
+    served: set[str] = set()
+    sent = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(stub: Any) -> None:
+        while not stop.is_set():
+            try:
+                version = stub.ModelInfer(request(x[:5]), timeout=10).model_version
+                with lock:
+                    served.add(version)
+                    sent[0] += 1
+            except grpc.RpcError as exc:  # pragma: no cover - reported by the assertion
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(stub,)) for stub in setup.stubs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(8):
+        generation = setup.set_traffic({2: 1.0} if i % 2 == 0 else {1: 1.0})
+        wait_for(lambda g=generation: all(a.generation >= g for a in setup.agents), 30, "agents to switch")
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert served == {"1", "2"}
+    # every request sent shows up once in the control plane's telemetry
+    wait_for(lambda: setup.served_requests() == sent[0], 30, f"{sent[0]} requests in telemetry")
+
+
+def test_control_plane_outage_loses_and_duplicates_nothing(setup: Setup) -> None:
+    x, _ = iris_data()
+    sent = 0
+    for stub in setup.stubs:
+        for _ in range(25):
+            stub.ModelInfer(request(x[:3]))
+            sent += 1
+    wait_for(lambda: setup.served_requests() == sent, 30, "telemetry before the outage")
+    setup.server.halt()
+    deadline = time.monotonic() + OUTAGE_S
+    while time.monotonic() < deadline:  # serving goes on while the control plane is away
+        for stub in setup.stubs:
+            stub.ModelInfer(request(x[:3]), timeout=10)
+            sent += 1
+        time.sleep(0.05)
+    assert all(a.queue.depth() > 0 for a in setup.agents), "telemetry should wait in the local queues"
+    setup.server.start()
+    wait_for(lambda: all(a.queue.depth() == 0 for a in setup.agents), 60, "queues to drain")
+    assert setup.served_requests() == sent
+
+
+def test_agent_key_of_another_tenant_cannot_watch_or_report(setup: Setup) -> None:
+    other = setup.server.create_tenant("beta")
+    with Client.connect(setup.server.target, api_key=other) as beta:
+        beta_agent = beta.keys.create("agent").secret
+    meta = (("authorization", f"Bearer {beta_agent}"),)
+    stub = agent_pb2_grpc.AgentServiceStub(setup.channel)
+    with pytest.raises(grpc.RpcError) as exc:
+        next(
+            iter(
+                stub.WatchAssignments(
+                    agent_pb2.WatchAssignmentsRequest(deployment="iris-prod"), metadata=meta
+                )
+            )
+        )
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    batch = agent_pb2.TelemetryBatch(batch_id="x1", deployment="iris-prod", agent="intruder")
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub.ReportTelemetry(iter([agent_pb2.ReportTelemetryRequest(batch=batch)]), metadata=meta))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert setup.served_requests() == 0
+
+
+def test_status_shows_agents_latency_and_feature_counts(setup: Setup) -> None:
+    x, _ = iris_data()
+    for _ in range(10):
+        setup.stubs[0].ModelInfer(request(x[:15]))
+    wait_for(lambda: setup.served_requests() == 10, 30, "telemetry")
+    status = setup.monitoring.GetDeploymentStatus(
+        monitoring_pb2.GetDeploymentStatusRequest(name="iris-prod"), metadata=setup.meta
+    )
+    assert sorted(a.info.name for a in status.agents) == ["agent-0", "agent-1"]
+    assert all("CPUExecutionProvider" in a.info.execution_providers for a in status.agents)
+    (v1,) = [v for v in status.versions if v.version == 1]
+    assert v1.requests == 10
+    assert v1.errors == 0
+    assert 0 < v1.latency_p50_ms <= v1.latency_p99_ms
+    # inputs were counted on the reference profile's bins: every row of every feature, nothing raw
+    store = setup.server._server.store
+    rows = store.query_intervals("acme", "iris-prod", 1, 0, 2**62)
+    per_feature: dict[str, int] = {}
+    for row in rows:
+        for f in row.features:
+            total = sum(f["counts"]) + f["underflow"] + f["overflow"] + f["missing"]
+            per_feature[str(f["name"])] = per_feature.get(str(f["name"]), 0) + total
+    assert per_feature == {"x0": 150, "x1": 150, "x2": 150, "x3": 150}
+    labels = sum(sum(r.predictions["counts"]) for r in rows if r.predictions)  # type: ignore[arg-type]
+    assert labels == 150
