@@ -1,6 +1,14 @@
-"""Foedus client SDK: the registry, tenancy and (later) rollout and monitoring APIs, and the CLI."""
+"""Foedus client SDK: the registry, tenancy, deployment and monitoring APIs, and the CLI."""
 
-from foedus.client_sdk.client import Client, KeysAPI, ModelsAPI, TenantsAPI, TlsConfig
+from foedus.client_sdk.client import (
+    Client,
+    DeploymentsAPI,
+    KeysAPI,
+    ModelsAPI,
+    MonitoringAPI,
+    TenantsAPI,
+    TlsConfig,
+)
 from foedus.client_sdk.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -21,12 +29,14 @@ __all__ = [
     "AlreadyExists",
     "Client",
     "DeadlineExceeded",
+    "DeploymentsAPI",
     "FailedPrecondition",
     "FoedusError",
     "IntegrityError",
     "InvalidArgument",
     "KeysAPI",
     "ModelsAPI",
+    "MonitoringAPI",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",

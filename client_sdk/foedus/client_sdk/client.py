@@ -6,6 +6,8 @@ import builtins
 import hashlib
 import os
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +15,32 @@ from typing import Any, TypeVar
 
 import grpc
 
-from foedus.client_sdk.errors import FoedusError, IntegrityError, InvalidArgument, from_rpc_error
+from foedus.client_sdk.errors import (
+    FoedusError,
+    IntegrityError,
+    InvalidArgument,
+    Unavailable,
+    from_rpc_error,
+)
 from foedus.client_sdk.profile import compute_reference_profile
-from foedus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, registry_pb2, registry_pb2_grpc
+from foedus.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    deployment_pb2,
+    deployment_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 T = TypeVar("T")
 CHUNK_SIZE = 1024 * 1024
+SDK_AGENT = "sdk"
+"""The agent name under which `MonitoringAPI.log_metrics` / `log_batch` report their batches."""
 
 ROLES = {
     "viewer": common_pb2.ROLE_VIEWER,
@@ -247,6 +269,198 @@ class ModelsAPI:
         return target
 
 
+def _traffic(traffic: Mapping[int, float] | None) -> list[deployment_pb2.TrafficSplit]:
+    return [
+        deployment_pb2.TrafficSplit(version=int(version), weight=float(weight))
+        for version, weight in (traffic or {}).items()
+    ]
+
+
+class DeploymentsAPI:
+    """Deployments of the caller's tenant: which versions of a model serve, with which weights."""
+
+    def __init__(self, rpc: _Rpc) -> None:
+        self._rpc = rpc
+        self._stub = deployment_pb2_grpc.DeploymentServiceStub(rpc.channel)
+
+    def create(
+        self,
+        name: str,
+        model: str,
+        *,
+        traffic: Mapping[int, float] | None = None,
+        shadow_version: int = 0,
+        description: str = "",
+    ) -> deployment_pb2.Deployment:
+        """Creates deployment `name` serving versions of `model`.
+
+        `traffic` maps version -> relative weight (>= 0, adding up to more than 0), e.g.
+        `{3: 0.9, 4: 0.1}`; `shadow_version` receives a copy of every request (0 for none).
+        Unknown models or versions raise NotFound, archived versions FailedPrecondition.
+        """
+        req = deployment_pb2.CreateDeploymentRequest(
+            name=name,
+            model=model,
+            description=description,
+            traffic=_traffic(traffic),
+            shadow_version=shadow_version,
+        )
+        return self._rpc(self._stub.CreateDeployment, req).deployment
+
+    def get(self, name: str) -> deployment_pb2.Deployment:
+        return self._rpc(self._stub.GetDeployment, deployment_pb2.GetDeploymentRequest(name=name)).deployment
+
+    def list(self, *, limit: int | None = None) -> builtins.list[deployment_pb2.Deployment]:
+        """The tenant's deployments, by name."""
+
+        def fetch(token: str) -> tuple[Sequence[deployment_pb2.Deployment], str]:
+            req = deployment_pb2.ListDeploymentsRequest(page=common_pb2.PageRequest(page_token=token))
+            resp = self._rpc(self._stub.ListDeployments, req)
+            return resp.deployments, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def set_traffic(
+        self, name: str, traffic: Mapping[int, float], *, shadow_version: int = 0
+    ) -> deployment_pb2.Deployment:
+        """Replaces the traffic split (and the shadow version) atomically; bumps `generation`.
+
+        Versions left out of `traffic` stop serving; `shadow_version=0` removes the shadow.
+        """
+        req = deployment_pb2.SetTrafficRequest(
+            name=name, traffic=_traffic(traffic), shadow_version=shadow_version
+        )
+        return self._rpc(self._stub.SetTraffic, req).deployment
+
+
+MetricTuple = tuple[str, float, int | None, int]
+"""A logged metric point: (name, value, time in Unix ms or None for now, step)."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MonitoringAPI:
+    """What agents measured (status, series, alerts), and metric series logged by tenant code."""
+
+    def __init__(self, rpc: _Rpc) -> None:
+        self._rpc = rpc
+        self._stub = monitoring_pb2_grpc.MonitoringServiceStub(rpc.channel)
+        self._agent = agent_pb2_grpc.AgentServiceStub(rpc.channel)
+
+    def status(self, deployment: str, *, window_s: int = 300) -> monitoring_pb2.GetDeploymentStatusResponse:
+        """The deployment, its agents, and per-version requests, errors and latency over the last
+        `window_s` seconds."""
+        req = monitoring_pb2.GetDeploymentStatusRequest(name=deployment, window_s=window_s)
+        return self._rpc(self._stub.GetDeploymentStatus, req)
+
+    def query(
+        self,
+        deployment: str,
+        metric: str,
+        *,
+        version: int = 0,
+        start_unix_ms: int = 0,
+        end_unix_ms: int = 0,
+        step_s: int = 60,
+    ) -> builtins.list[tuple[int, float]]:
+        """One metric as (step start in Unix ms, value) pairs, oldest first.
+
+        `metric` is requests, errors, invalid, latency_p50_ms, latency_p99_ms, a resource
+        (process_cpu_percent, ...), a score (anomaly, ...) or a name logged with `log_metrics`.
+        `version=0` means every version together; `end_unix_ms=0` means now. The server accepts
+        at most 100000 steps, so give `start_unix_ms` (0 is the Unix epoch) with a fitting `step_s`.
+        """
+        req = monitoring_pb2.QueryMetricsRequest(
+            deployment=deployment,
+            metric=metric,
+            version=version,
+            start_unix_ms=start_unix_ms,
+            end_unix_ms=end_unix_ms,
+            step_s=step_s,
+        )
+        return [(p.time_unix_ms, p.value) for p in self._rpc(self._stub.QueryMetrics, req).points]
+
+    def alerts(self, deployment: str = "", limit: int | None = 100) -> builtins.list[monitoring_pb2.Alert]:
+        """Alerts agents raised, newest first: of one deployment, or of all with `deployment=""`."""
+
+        def fetch(token: str) -> tuple[Sequence[monitoring_pb2.Alert], str]:
+            req = monitoring_pb2.ListAlertsRequest(
+                deployment=deployment, page=common_pb2.PageRequest(page_token=token)
+            )
+            resp = self._rpc(self._stub.ListAlerts, req)
+            return resp.alerts, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def log_metrics(
+        self,
+        deployment: str,
+        metrics: Mapping[str, float],
+        *,
+        step: int = 0,
+        time_unix_ms: int | None = None,
+        batch_id: str | None = None,
+    ) -> int:
+        """Logs one point of each metric (like MLflow's log_metric) at `time_unix_ms` (default now).
+
+        Returns the number of points stored: 0 when `batch_id` names a batch stored before, so
+        retrying a call with the same `batch_id` never counts its points twice.
+        """
+        at = _now_ms() if time_unix_ms is None else time_unix_ms
+        return self.log_batch(
+            deployment, [(name, value, at, step) for name, value in metrics.items()], batch_id=batch_id
+        )
+
+    def log_batch(
+        self,
+        deployment: str,
+        points: Sequence[MetricTuple],
+        *,
+        batch_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Logs (name, value, time_ms, step) points in one batch and waits for the server's commit.
+
+        A time of None means now. The batch carries `batch_id` (a fresh uuid by default), which the
+        server stores once: pass the same id to retry safely. Returns the number of points stored
+        (0 for a batch stored before, and for no points).
+        """
+        if not points:
+            return 0
+        now = _now_ms()
+        batch = agent_pb2.TelemetryBatch(
+            batch_id=batch_id or uuid.uuid4().hex,
+            deployment=deployment,
+            agent=SDK_AGENT,
+            metrics=[
+                agent_pb2.MetricPoint(
+                    name=name, value=float(value), time_unix_ms=now if at is None else int(at), step=int(step)
+                )
+                for name, value, at, step in points
+            ],
+        )
+        acked: bool | None = None
+        try:
+            responses = self._agent.ReportTelemetry(
+                iter([agent_pb2.ReportTelemetryRequest(batch=batch)]),
+                metadata=self._rpc.metadata,
+                timeout=timeout or self._rpc.timeout,
+            )
+            # One batch in, then the request side closes: the server acknowledges it and ends the stream.
+            for ack in responses:
+                if ack.batch_id == batch.batch_id:
+                    acked = not ack.duplicate
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        if acked is None:
+            raise Unavailable(
+                f"the server closed the telemetry stream without acknowledging batch {batch.batch_id}"
+            )
+        return len(batch.metrics) if acked else 0
+
+
 class TenantsAPI:
     """Platform administration of tenants (admin key)."""
 
@@ -321,6 +535,8 @@ class Client:
         self.models = ModelsAPI(self._rpc, chunk_size)
         self.tenants = TenantsAPI(self._rpc)
         self.keys = KeysAPI(self._rpc)
+        self.deployments = DeploymentsAPI(self._rpc)
+        self.monitoring = MonitoringAPI(self._rpc)
 
     @classmethod
     def connect(
@@ -385,4 +601,14 @@ class Client:
         self.close()
 
 
-__all__ = ["Client", "FoedusError", "KeysAPI", "ModelsAPI", "TenantsAPI", "TlsConfig"]
+__all__ = [
+    "Client",
+    "DeploymentsAPI",
+    "FoedusError",
+    "KeysAPI",
+    "MetricTuple",
+    "ModelsAPI",
+    "MonitoringAPI",
+    "TenantsAPI",
+    "TlsConfig",
+]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 import typer
 
-from foedus.client_sdk.cli import audit, exit_codes, key, model, server, tenant
+from foedus.client_sdk.cli import alerts, audit, deployment, exit_codes, key, metrics, model, server, tenant
 from foedus.client_sdk.cli.common import DEFAULT_SERVER, Globals, emit, globals_of, resolve_key
 from foedus.client_sdk.errors import FoedusError
 
@@ -24,6 +24,9 @@ app.add_typer(server.app, name="server")
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(key.app, name="key")
 app.add_typer(model.app, name="model")
+app.add_typer(deployment.app, name="deployment")
+app.add_typer(metrics.app, name="metrics")
+app.add_typer(alerts.app, name="alerts")
 app.command("audit")(audit.audit)
 
 
