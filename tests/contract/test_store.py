@@ -233,3 +233,14 @@ def test_referenced_digests_cover_archived_versions(store: SqlStore) -> None:
     store.create_version("beta", "m", new_version("d" * 64), create_model=True, aliases=(), now_us=1)
     store.archive_version("acme", "m", 1, 2)
     assert store.referenced_digests() == {"c" * 64, "d" * 64}
+
+
+def test_serving_versions_cannot_be_archived(store: SqlStore) -> None:
+    store.create_version("acme", "m", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_version("acme", "m", new_version(), create_model=False, aliases=(), now_us=1)
+    store.create_deployment("acme", "prod", "m", "", ((1, 1.0),), 2, "k", 1)
+    for version in (1, 2):  # in the traffic, and mirrored as shadow
+        with pytest.raises(FailedPrecondition, match="prod"):
+            store.archive_version("acme", "m", version, 2)
+    store.set_traffic("acme", "prod", ((2, 1.0),), 0, 3)
+    assert store.archive_version("acme", "m", 1, 4).state == VersionState.ARCHIVED

@@ -1,8 +1,8 @@
 """Authentication, authorization, tenant isolation and input validation of every Foedus RPC.
 
-Every RPC of every service in foedus.v1 (walked from the descriptors, so a new RPC fails the coverage
-guard until it is listed here) is called through raw gRPC stubs, so status codes are observed as
-the server sends them:
+Every RPC of every service the server serves (foedus.server.interceptors.SERVICE_MODULES, walked from
+the descriptors, so a new service or RPC fails the coverage guard until it is listed here) is called
+through raw gRPC stubs, so status codes are observed as the server sends them:
 
 1. without a key, with a malformed, unknown, wrongly signed or revoked key -> UNAUTHENTICATED;
 2. with each role its `(foedus.v1.access)` policy does not allow -> PERMISSION_DENIED;
@@ -10,8 +10,14 @@ the server sends them:
    not exist and without A's data; lists and identities of B never contain A's items;
 4. with malformed input -> INVALID_ARGUMENT, and a rejected upload leaves no version and no file.
 
-Tenant A owns model "m" (version 1, a real ONNX model, alias "production"); tenant B owns
-"b-model" (two small "custom" versions) and "b-other"; "ghost" names never exist.
+Tenant A owns model "m" (version 1, a real ONNX model, alias "production") and deployment "dep" of
+"m" (traffic [(1, 1.0)]) with a registered agent, one telemetry batch and one alert; tenant B owns
+"b-model" (two small "custom" versions), "b-other" and deployment "b-dep" of "b-model" (agent,
+telemetry, alert); "ghost" names never exist.
+
+Streams: WatchAssignments never ends by itself, so a call reads its first message (with a short
+deadline) and is cancelled; ReportTelemetry sends the request list and collects the acknowledgements.
+Every streaming call is cancelled once read, and none may be left open at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import importlib
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +39,24 @@ import pytest
 from google.protobuf.descriptor import MethodDescriptor
 
 from foedus.client_sdk import Client
+from foedus.client_sdk.agent.histogram import NUM_BUCKETS
 from foedus.client_sdk.testing import LocalServer
-from foedus.v1 import admin_pb2, common_pb2, registry_pb2
+from foedus.server.interceptors import SERVICE_MODULES
+from foedus.v1 import admin_pb2, agent_pb2, common_pb2, deployment_pb2, monitoring_pb2, registry_pb2
 
-SERVICE_MODULES = (admin_pb2, registry_pb2)
 TIMEOUT_S = 20.0
+WATCH_TIMEOUT_S = 3.0  # WatchAssignments never ends: its first message comes at once, or an error
 
 ADMIN = "/foedus.v1.AdminService/"
 KEYS = "/foedus.v1.KeyService/"
 REG = "/foedus.v1.RegistryService/"
+DEP = "/foedus.v1.DeploymentService/"
+AGENT = "/foedus.v1.AgentService/"
+MON = "/foedus.v1.MonitoringService/"
 CREATE_VERSION = REG + "CreateModelVersion"
+WATCH = AGENT + "WatchAssignments"
+TELEMETRY = AGENT + "ReportTelemetry"
+ENDLESS = frozenset({WATCH})  # server streams that never end by themselves
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -109,10 +124,54 @@ class Names:
     key_id: str
     version: int = 1
     alias: str = "production"
+    deployment: str = "dep"
+    agent: str = "probe-agent"  # not A's agent: B names it itself, so it is no secret of A's
 
 
-GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000")
+GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000", deployment="ghost-dep")
 PAYLOAD = b"a small artifact of the access tests"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def traffic(*splits: tuple[int, float]) -> list[deployment_pb2.TrafficSplit]:
+    return [deployment_pb2.TrafficSplit(version=v, weight=w) for v, w in splits]
+
+
+def interval(**fields: Any) -> agent_pb2.IntervalReport:
+    """A well-formed report of 10 requests (1 failed) of version 1 over the last 10 s, unless told otherwise."""
+    values: dict[str, Any] = {
+        "start_unix_ms": now_ms() - 10_000,
+        "duration_ms": 10_000,
+        "version": 1,
+        "requests": 10,
+        "errors": 1,
+        "latency_ms": agent_pb2.SparseHistogram(buckets=[100, 101], counts=[6, 4], sum=12.5),
+        "scores": {"anomaly": 0.5},
+    }
+    values.update(fields)
+    return agent_pb2.IntervalReport(**values)
+
+
+def telemetry(
+    deployment: str,
+    *,
+    batch_id: str | None = None,
+    agent: str = "probe-agent",
+    intervals: list[agent_pb2.IntervalReport] | None = None,
+    **batch_fields: Any,
+) -> list[agent_pb2.ReportTelemetryRequest]:
+    """The one message of a well-formed ReportTelemetry stream (a fresh batch id), unless told otherwise."""
+    batch = agent_pb2.TelemetryBatch(
+        batch_id=f"batch-{secrets.token_hex(8)}" if batch_id is None else batch_id,
+        deployment=deployment,
+        agent=agent,
+        intervals=[interval()] if intervals is None else intervals,
+        **batch_fields,
+    )
+    return [agent_pb2.ReportTelemetryRequest(batch=batch)]
 
 
 def upload(
@@ -169,6 +228,25 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
     REG + "DownloadArtifact": lambda n: registry_pb2.DownloadArtifactRequest(
         model=n.model, version=n.version
     ),
+    # B creating a deployment of A's model: the model is what it names of A.
+    DEP + "CreateDeployment": lambda n: deployment_pb2.CreateDeploymentRequest(
+        name=n.deployment, model=n.model, traffic=traffic((n.version, 1.0))
+    ),
+    DEP + "GetDeployment": lambda n: deployment_pb2.GetDeploymentRequest(name=n.deployment),
+    DEP + "ListDeployments": lambda n: deployment_pb2.ListDeploymentsRequest(),
+    DEP + "SetTraffic": lambda n: deployment_pb2.SetTrafficRequest(
+        name=n.deployment, traffic=traffic((n.version, 1.0))
+    ),
+    AGENT + "RegisterAgent": lambda n: agent_pb2.RegisterAgentRequest(
+        deployment=n.deployment, agent=agent_pb2.AgentInfo(name=n.agent, host="probe-host", cpu_count=2)
+    ),
+    WATCH: lambda n: agent_pb2.WatchAssignmentsRequest(deployment=n.deployment, agent=n.agent),
+    TELEMETRY: lambda n: telemetry(n.deployment, agent=n.agent),
+    MON + "GetDeploymentStatus": lambda n: monitoring_pb2.GetDeploymentStatusRequest(name=n.deployment),
+    MON + "QueryMetrics": lambda n: monitoring_pb2.QueryMetricsRequest(
+        deployment=n.deployment, metric="requests", start_unix_ms=now_ms() - 3_600_000
+    ),
+    MON + "ListAlerts": lambda n: monitoring_pb2.ListAlertsRequest(deployment=n.deployment),
 }
 
 # How tenant isolation is checked for each RPC:
@@ -198,6 +276,16 @@ ISOLATION: dict[str, str] = {
     REG + "DeleteAlias": "names",
     REG + "ArchiveModelVersion": "names",
     REG + "DownloadArtifact": "names",
+    DEP + "CreateDeployment": "names",
+    DEP + "GetDeployment": "names",
+    DEP + "ListDeployments": "scoped",
+    DEP + "SetTraffic": "names",
+    AGENT + "RegisterAgent": "names",
+    WATCH: "names",
+    TELEMETRY: "names",
+    MON + "GetDeploymentStatus": "names",
+    MON + "QueryMetrics": "names",
+    MON + "ListAlerts": "names",
 }
 
 
@@ -222,6 +310,7 @@ class World:
     revoked: dict[str, str] = field(default_factory=dict)  # role -> revoked key of tenant B
     str_token: str = ""  # a next_page_token of a list sorted by name (ListKeys)
     int_token: str = ""  # a next_page_token of a list sorted by number (ListAuditEntries)
+    streams: list[Any] = field(default_factory=list)  # every streaming call made, to check they ended
 
     @property
     def a_names(self) -> Names:
@@ -235,6 +324,11 @@ class World:
             A_MODEL_DESCRIPTION,
             A_TAG_VALUE,
             self.a_sha256,
+            A_DEPLOYMENT_DESCRIPTION,
+            A_AGENT,
+            A_HOST,
+            A_ALERT_KIND,
+            A_METRIC,
             *self.a.keys.values(),
             *self.a.key_ids.values(),
         )
@@ -243,16 +337,28 @@ class World:
         return self.admin_key if role == "admin" else (tenant or self.b).keys[role]
 
     def call(self, rpc: str, request: Any, key: str | None = None, *, metadata: Any = None) -> Any:
-        """Calls `rpc` through its generated stub; streams are sent from / collected into lists."""
+        """Calls `rpc` through its generated stub; streams are sent from / collected into lists.
+
+        An endless stream (WatchAssignments) yields a list of its first message only; an error
+        raises from the first read. Every streaming call is cancelled once read.
+        """
         stub_class, method = METHODS[rpc]
         fn = getattr(stub_class(self.channel), method.name)
         md = metadata if metadata is not None else (("authorization", f"Bearer {key}"),)
-        if method.client_streaming:
-            response = fn(iter(request), metadata=md, timeout=TIMEOUT_S)
-            return list(response) if method.server_streaming else response
-        if method.server_streaming:
-            return list(fn(request, metadata=md, timeout=TIMEOUT_S))
-        return fn(request, metadata=md, timeout=TIMEOUT_S)
+        if not method.server_streaming:
+            arg = iter(request) if method.client_streaming else request
+            return fn(arg, metadata=md, timeout=TIMEOUT_S)
+        endless = rpc in ENDLESS
+        arg = iter(request) if method.client_streaming else request
+        stream = fn(arg, metadata=md, timeout=WATCH_TIMEOUT_S if endless else TIMEOUT_S)
+        self.streams.append(stream)
+        try:
+            if endless:
+                first = next(iter(stream), None)
+                return [] if first is None else [first]
+            return list(stream)
+        finally:
+            stream.cancel()
 
     def ok(self, rpc: str, request: Any, key: str) -> Any:
         try:
@@ -283,11 +389,43 @@ class World:
         assert not any(k.HasField("revoked_at") for k in keys)
         tenant = self.ok(ADMIN + "GetTenant", admin_pb2.GetTenantRequest(name=self.a.name), self.admin_key)
         assert tenant.tenant.state == admin_pb2.TENANT_STATE_ACTIVE
+        viewer = self.a.keys["viewer"]
+        dep = self.ok(
+            DEP + "GetDeployment", deployment_pb2.GetDeploymentRequest(name="dep"), viewer
+        ).deployment
+        assert (dep.name, dep.model, dep.description) == ("dep", "m", A_DEPLOYMENT_DESCRIPTION)
+        assert ([(t.version, t.weight) for t in dep.traffic], dep.shadow_version, dep.generation) == (
+            [(1, 1.0)],
+            0,
+            1,
+        )
+        status = self.ok(
+            MON + "GetDeploymentStatus", monitoring_pb2.GetDeploymentStatusRequest(name="dep"), viewer
+        )
+        assert [a.info.name for a in status.agents] == [A_AGENT]
+        alerts = self.ok(MON + "ListAlerts", monitoring_pb2.ListAlertsRequest(), viewer).alerts
+        assert [(a.deployment, a.alert.alert_id, a.alert.kind) for a in alerts] == [
+            ("dep", "a-alert-1", A_ALERT_KIND)
+        ]
+
+    def b_status(self) -> monitoring_pb2.GetDeploymentStatusResponse:
+        return self.ok(
+            MON + "GetDeploymentStatus",
+            monitoring_pb2.GetDeploymentStatusRequest(name=B_DEPLOYMENT),
+            self.b.keys["viewer"],
+        )
 
 
 A_DISPLAY_NAME = "Alpha Industries Confidential"
 A_MODEL_DESCRIPTION = "alpha churn model, trained on q3 secrets"
 A_TAG_VALUE = "alpha-private-tag-value"
+A_DEPLOYMENT_DESCRIPTION = "alpha churn scoring in the eu region, confidential"
+A_AGENT = "alpha-edge-agent-7"
+A_HOST = "alpha-gpu-host.internal"
+A_ALERT_KIND = "alpha-latency-regression"
+A_METRIC = "alpha_private_auc"
+A_BATCH_ID = "batch-of-a-0001"
+B_DEPLOYMENT = "b-dep"
 
 
 def _tenant_with_keys(server: LocalServer, name: str, display_name: str) -> Tenant:
@@ -343,9 +481,51 @@ def world(server: LocalServer, onnx_model: Path) -> Iterator[World]:
     ).next_page_token
     assert w.str_token
     assert w.int_token
+    # A: deployment "dep" of "m", its agent, one telemetry batch with an alert and a logged metric.
+    w.ok(
+        DEP + "CreateDeployment",
+        deployment_pb2.CreateDeploymentRequest(
+            name="dep", model="m", description=A_DEPLOYMENT_DESCRIPTION, traffic=traffic((1, 1.0))
+        ),
+        a.keys["editor"],
+    )
+    a_agent = a.keys["agent"]
+    info = agent_pb2.AgentInfo(name=A_AGENT, host=A_HOST, cpu_count=8)
+    w.ok(AGENT + "RegisterAgent", agent_pb2.RegisterAgentRequest(deployment="dep", agent=info), a_agent)
+    alert = agent_pb2.AgentAlert(
+        alert_id="a-alert-1", time_unix_ms=now_ms(), version=1, kind=A_ALERT_KIND, score=9.0, threshold=3.0
+    )
+    metric = agent_pb2.MetricPoint(name=A_METRIC, value=0.97, time_unix_ms=now_ms())
+    acks = w.ok(
+        TELEMETRY,
+        telemetry("dep", batch_id=A_BATCH_ID, agent=A_AGENT, alerts=[alert], metrics=[metric]),
+        a_agent,
+    )
+    assert [(ack.batch_id, ack.duplicate) for ack in acks] == [(A_BATCH_ID, False)]
+    # B: deployment "b-dep" of both versions of "b-model", its agent, telemetry and an alert. Its
+    # batch reuses A's batch id: batch ids are per tenant, so it is new (and stored) for B.
+    w.ok(
+        DEP + "CreateDeployment",
+        deployment_pb2.CreateDeploymentRequest(
+            name=B_DEPLOYMENT, model="b-model", traffic=traffic((1, 0.5), (2, 0.5))
+        ),
+        editor,
+    )
+    b_agent = b.keys["agent"]
+    info = agent_pb2.AgentInfo(name="b-agent", host="b-host")
+    w.ok(
+        AGENT + "RegisterAgent", agent_pb2.RegisterAgentRequest(deployment=B_DEPLOYMENT, agent=info), b_agent
+    )
+    alert = agent_pb2.AgentAlert(alert_id="b-alert-1", time_unix_ms=now_ms(), version=2, kind="b-kind")
+    acks = w.ok(
+        TELEMETRY, telemetry(B_DEPLOYMENT, batch_id=A_BATCH_ID, agent="b-agent", alerts=[alert]), b_agent
+    )
+    assert [(ack.batch_id, ack.duplicate) for ack in acks] == [(A_BATCH_ID, False)]
     try:
         yield w
     finally:
+        for stream in w.streams:
+            stream.cancel()
         channel.close()
 
 
@@ -371,7 +551,12 @@ def assert_no_leak(world: World, text: str, request: Any = None) -> None:
 
 def normalize(text: str, names: Names) -> str:
     """The message with the names the request gave replaced by placeholders."""
-    for value, placeholder in ((names.tenant, "<tenant>"), (names.model, "<model>"), (names.key_id, "<key>")):
+    for value, placeholder in (
+        (names.deployment, "<deployment>"),
+        (names.tenant, "<tenant>"),
+        (names.model, "<model>"),
+        (names.key_id, "<key>"),
+    ):
         text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", placeholder, text)
     return text
 
@@ -464,6 +649,12 @@ def test_policy_matrix_matches_the_proto() -> None:
     assert allowed_roles(REG + "SetAlias") == {"editor", "owner"}
     assert allowed_roles(KEYS + "CreateKey") == {"owner", "admin"}
     assert allowed_roles(ADMIN + "CreateTenant") == {"admin"}
+    assert allowed_roles(DEP + "GetDeployment") == {"viewer", "editor", "owner", "agent"}
+    assert allowed_roles(DEP + "SetTraffic") == {"editor", "owner"}
+    assert allowed_roles(AGENT + "RegisterAgent") == {"agent"}
+    assert allowed_roles(WATCH) == {"agent"}
+    assert allowed_roles(TELEMETRY) == {"agent", "editor", "owner"}
+    assert allowed_roles(MON + "QueryMetrics") == {"viewer", "editor", "owner"}
 
 
 # --- 3. tenant isolation ---------------------------------------------------------------------------
@@ -629,6 +820,26 @@ def _check_create_in_another_tenant(world: World) -> None:
     world.assert_a_intact()
 
 
+def _check_list_deployments(world: World) -> None:
+    for role in ("viewer", "editor", "owner"):
+        for size in (0, 1):
+            req = deployment_pb2.ListDeploymentsRequest(page=common_pb2.PageRequest(page_size=size))
+            resp = world.ok(DEP + "ListDeployments", req, world.b.keys[role])
+            assert [d.name for d in resp.deployments] == [B_DEPLOYMENT]
+            assert not resp.next_page_token
+            assert_no_leak(world, str(resp))
+    mine = world.ok(DEP + "ListDeployments", deployment_pb2.ListDeploymentsRequest(), world.a.keys["viewer"])
+    assert [d.name for d in mine.deployments] == ["dep"]
+
+
+def _check_list_alerts(world: World) -> None:
+    """Without a deployment, the alerts of every deployment of the caller's tenant, and only those."""
+    for role in ("viewer", "editor", "owner"):
+        resp = world.ok(MON + "ListAlerts", monitoring_pb2.ListAlertsRequest(), world.b.keys[role])
+        assert [(a.deployment, a.alert.alert_id) for a in resp.alerts] == [(B_DEPLOYMENT, "b-alert-1")]
+        assert_no_leak(world, str(resp))
+
+
 SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
     ADMIN + "WhoAmI": _check_whoami,
     ADMIN + "GetTenant": _check_get_own_tenant,
@@ -636,6 +847,8 @@ SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
     KEYS + "ListKeys": _check_list_keys,
     REG + "ListModels": _check_list_models,
     REG + "CreateModel": _check_create_in_another_tenant,
+    DEP + "ListDeployments": _check_list_deployments,
+    MON + "ListAlerts": _check_list_alerts,
 }
 
 
@@ -661,6 +874,8 @@ LIST_RPCS: dict[str, tuple[str, Callable[[common_pb2.PageRequest], Any], str]] =
         lambda p: registry_pb2.ListModelVersionsRequest(model="b-model", page=p),
         "int",
     ),
+    DEP + "ListDeployments": ("viewer", lambda p: deployment_pb2.ListDeploymentsRequest(page=p), "str"),
+    MON + "ListAlerts": ("viewer", lambda p: monitoring_pb2.ListAlertsRequest(page=p), "int"),
 }
 
 
@@ -700,8 +915,230 @@ def _paging_cases() -> Iterator[tuple[str, str, str, Callable[[World], Any]]]:
 
 A_ = admin_pb2
 R_ = registry_pb2
+D_ = deployment_pb2
+G_ = agent_pb2
+M_ = monitoring_pb2
 BAD_NAME = "Bad Name!"
 TOO_MANY_TAGS = {f"k{i}": "v" for i in range(65)}
+NAN = float("nan")
+INF = float("inf")
+Case = tuple[str, str, str, Callable[[World], Any]]
+
+BAD_DEPLOYMENT_NAMES = {
+    "bad-chars": BAD_NAME,
+    "empty": "",
+    "uppercase": "Dep",
+    "leading-digit": "9dep",
+    "leading-dash": "-dep",
+    "underscore": "my_dep",
+    "too-long": "d" * 64,
+    "trailing-newline": "b-dep\n",
+}
+BAD_AGENT_NAMES = {
+    "bad-chars": BAD_NAME,
+    "empty": "",
+    "too-long": "a" * 129,
+    "leading-dot": ".agent",
+    "with-slash": "a/b",
+    "trailing-newline": "b-agent\n",
+}
+# (traffic, shadow_version) that no deployment may have; b-model has versions 1 and 2.
+BAD_TRAFFIC: dict[str, tuple[tuple[tuple[int, float], ...], int]] = {
+    "version-zero": (((0, 1.0),), 0),
+    "version-negative": (((-1, 1.0),), 0),
+    "weight-negative": (((1, -0.5), (2, 1.0)), 0),
+    "weight-nan": (((1, NAN),), 0),
+    "weight-infinite": (((1, INF),), 0),
+    "versions-repeated": (((1, 0.5), (1, 0.5)), 0),
+    "weights-sum-zero": (((1, 0.0), (2, 0.0)), 0),
+    "shadow-version-negative": (((1, 1.0),), -1),
+}
+
+
+def _deployment_cases() -> Iterator[Case]:
+    create, get, set_traffic = DEP + "CreateDeployment", DEP + "GetDeployment", DEP + "SetTraffic"
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield (
+            create,
+            f"name-{case}",
+            "editor",
+            lambda w, d=name: D_.CreateDeploymentRequest(name=d, model="b-model", traffic=traffic((1, 1.0))),
+        )
+        yield get, f"name-{case}", "viewer", lambda w, d=name: D_.GetDeploymentRequest(name=d)
+        yield (
+            set_traffic,
+            f"name-{case}",
+            "editor",
+            lambda w, d=name: D_.SetTrafficRequest(name=d, traffic=traffic((1, 1.0))),
+        )
+    yield (
+        create,
+        "model-bad-chars",
+        "editor",
+        lambda w: D_.CreateDeploymentRequest(name="new-dep", model=BAD_NAME, traffic=traffic((1, 1.0))),
+    )
+    yield (
+        create,
+        "model-empty",
+        "editor",
+        lambda w: D_.CreateDeploymentRequest(name="new-dep", traffic=traffic((1, 1.0))),
+    )
+    yield (
+        create,
+        "description-too-long",
+        "editor",
+        lambda w: D_.CreateDeploymentRequest(
+            name="new-dep", model="b-model", description="x" * 10_001, traffic=traffic((1, 1.0))
+        ),
+    )
+    for case, (splits, shadow) in BAD_TRAFFIC.items():
+        yield (
+            create,
+            case,
+            "editor",
+            lambda w, t=splits, s=shadow, c=case: D_.CreateDeploymentRequest(
+                name=f"new-{c}", model="b-model", traffic=traffic(*t), shadow_version=s
+            ),
+        )
+        yield (
+            set_traffic,
+            case,
+            "editor",
+            lambda w, t=splits, s=shadow: D_.SetTrafficRequest(
+                name=B_DEPLOYMENT, traffic=traffic(*t), shadow_version=s
+            ),
+        )
+
+
+BAD_BATCHES: dict[str, Callable[[], list[agent_pb2.ReportTelemetryRequest]]] = {
+    "batch-id-empty": lambda: telemetry(B_DEPLOYMENT, agent="b-agent", batch_id=""),
+    "batch-id-too-long": lambda: telemetry(B_DEPLOYMENT, agent="b-agent", batch_id="x" * 129),
+    "interval-version-zero": lambda: _bad_interval(version=0),
+    "interval-version-negative": lambda: _bad_interval(version=-1),
+    "interval-duration-zero": lambda: _bad_interval(duration_ms=0),
+    "interval-duration-over-a-day": lambda: _bad_interval(duration_ms=86_400_001),
+    "interval-start-negative": lambda: _bad_interval(start_unix_ms=-1),
+    "requests-negative": lambda: _bad_interval(requests=-1, errors=0),
+    "errors-negative": lambda: _bad_interval(errors=-1),
+    "invalid-negative": lambda: _bad_interval(invalid=-1),
+    "errors-exceed-requests": lambda: _bad_interval(requests=1, errors=2),
+    "histogram-bucket-negative": lambda: _bad_interval(
+        latency_ms=G_.SparseHistogram(buckets=[-1], counts=[1])
+    ),
+    "histogram-bucket-out-of-range": lambda: _bad_interval(
+        latency_ms=G_.SparseHistogram(buckets=[NUM_BUCKETS], counts=[1])
+    ),
+    "histogram-counts-length-mismatch": lambda: _bad_interval(
+        latency_ms=G_.SparseHistogram(buckets=[1, 2], counts=[1])
+    ),
+    "histogram-count-negative": lambda: _bad_interval(
+        latency_ms=G_.SparseHistogram(buckets=[1], counts=[-1])
+    ),
+    "score-nan": lambda: _bad_interval(scores={"anomaly": NAN}),
+    "resource-infinite": lambda: _bad_interval(resources=G_.Resources(process_cpu_percent=INF)),
+    "metric-name-empty": lambda: telemetry(
+        B_DEPLOYMENT, agent="b-agent", metrics=[G_.MetricPoint(name="", value=1.0)]
+    ),
+    "metric-name-too-long": lambda: telemetry(
+        B_DEPLOYMENT, agent="b-agent", metrics=[G_.MetricPoint(name="m" * 129, value=1.0)]
+    ),
+    "metric-value-nan": lambda: telemetry(
+        B_DEPLOYMENT, agent="b-agent", metrics=[G_.MetricPoint(name="auc", value=NAN)]
+    ),
+    "alert-id-empty": lambda: telemetry(
+        B_DEPLOYMENT, agent="b-agent", alerts=[G_.AgentAlert(alert_id="", version=1, score=5.0)]
+    ),
+    "alert-score-nan": lambda: telemetry(
+        B_DEPLOYMENT, agent="b-agent", alerts=[G_.AgentAlert(alert_id="b-alert-x", version=1, score=NAN)]
+    ),
+}
+
+
+def _bad_interval(**fields: Any) -> list[agent_pb2.ReportTelemetryRequest]:
+    return telemetry(B_DEPLOYMENT, agent="b-agent", intervals=[interval(), interval(**fields)])
+
+
+def _agent_cases() -> Iterator[Case]:
+    register = AGENT + "RegisterAgent"
+    info = G_.AgentInfo
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield (
+            register,
+            f"deployment-{case}",
+            "agent",
+            lambda w, d=name: G_.RegisterAgentRequest(deployment=d, agent=info(name="b-agent")),
+        )
+        yield (
+            WATCH,
+            f"deployment-{case}",
+            "agent",
+            lambda w, d=name: G_.WatchAssignmentsRequest(deployment=d, agent="b-agent"),
+        )
+        yield TELEMETRY, f"deployment-{case}", "agent", lambda w, d=name: telemetry(d, agent="b-agent")
+    for case, name in BAD_AGENT_NAMES.items():
+        yield (
+            register,
+            f"agent-{case}",
+            "agent",
+            lambda w, a=name: G_.RegisterAgentRequest(deployment=B_DEPLOYMENT, agent=info(name=a)),
+        )
+        if name:  # a watch need not say who watches; a malformed name is still malformed
+            yield (
+                WATCH,
+                f"agent-{case}",
+                "agent",
+                lambda w, a=name: G_.WatchAssignmentsRequest(deployment=B_DEPLOYMENT, agent=a),
+            )
+        yield TELEMETRY, f"agent-{case}", "agent", lambda w, a=name: telemetry(B_DEPLOYMENT, agent=a)
+    yield register, "no-agent-info", "agent", lambda w: G_.RegisterAgentRequest(deployment=B_DEPLOYMENT)
+    for case, make in BAD_BATCHES.items():
+        yield TELEMETRY, case, "agent", lambda w, m=make: m()
+    yield (
+        TELEMETRY,
+        "batch-id-empty-by-editor",
+        "editor",
+        lambda w: telemetry(B_DEPLOYMENT, agent="b-agent", batch_id=""),
+    )
+
+
+def _query(**fields: Any) -> monitoring_pb2.QueryMetricsRequest:
+    values: dict[str, Any] = {
+        "deployment": B_DEPLOYMENT,
+        "metric": "requests",
+        "start_unix_ms": now_ms() - 3_600_000,
+    }
+    values.update(fields)
+    return M_.QueryMetricsRequest(**values)
+
+
+def _monitoring_cases() -> Iterator[Case]:
+    status, query, alerts = MON + "GetDeploymentStatus", MON + "QueryMetrics", MON + "ListAlerts"
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield status, f"name-{case}", "viewer", lambda w, d=name: M_.GetDeploymentStatusRequest(name=d)
+        yield query, f"deployment-{case}", "viewer", lambda w, d=name: _query(deployment=d)
+        if name:  # empty: the alerts of every deployment
+            yield alerts, f"deployment-{case}", "viewer", lambda w, d=name: M_.ListAlertsRequest(deployment=d)
+    yield (
+        status,
+        "window-negative",
+        "viewer",
+        lambda w: M_.GetDeploymentStatusRequest(name=B_DEPLOYMENT, window_s=-1),
+    )
+    yield (
+        status,
+        "window-over-31-days",
+        "viewer",
+        lambda w: M_.GetDeploymentStatusRequest(name=B_DEPLOYMENT, window_s=31 * 86_400 + 1),
+    )
+    yield query, "metric-empty", "viewer", lambda w: _query(metric="")
+    yield query, "metric-too-long", "viewer", lambda w: _query(metric="m" * 129)
+    yield query, "version-negative", "viewer", lambda w: _query(version=-1)
+    yield query, "step-negative", "viewer", lambda w: _query(step_s=-1)
+    yield query, "start-negative", "viewer", lambda w: _query(start_unix_ms=-1)
+    yield query, "end-negative", "viewer", lambda w: _query(end_unix_ms=-1)
+    yield query, "end-before-start", "viewer", lambda w: _query(end_unix_ms=now_ms() - 7_200_000)
+    yield query, "too-many-steps", "viewer", lambda w: _query(start_unix_ms=1, step_s=1)
+
 
 _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
     # AdminService (the admin is the one who names tenants)
@@ -980,6 +1417,9 @@ _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
         "viewer",
         lambda w: R_.DownloadArtifactRequest(model=BAD_NAME, version=1),
     ),
+    *_deployment_cases(),
+    *_agent_cases(),
+    *_monitoring_cases(),
     *_paging_cases(),
 ]
 INVALID_CASES = [pytest.param(rpc, role, make, id=f"{short(rpc)}-{case}") for rpc, case, role, make in _CASES]
@@ -1115,6 +1555,116 @@ def test_keys_of_a_disabled_tenant_are_refused(world: World) -> None:
     world.assert_a_intact()
 
 
+# --- 5. deployments, agents and telemetry: the allowed side ------------------------------------------
+def _requests_of(status: monitoring_pb2.GetDeploymentStatusResponse) -> dict[tuple[int, bool], int]:
+    return {(v.version, v.shadow): v.requests for v in status.versions}
+
+
+def _a_status(world: World) -> monitoring_pb2.GetDeploymentStatusResponse:
+    req = monitoring_pb2.GetDeploymentStatusRequest(name="dep")
+    return world.ok(MON + "GetDeploymentStatus", req, world.a.keys["viewer"])
+
+
+def _acks(world: World, messages: list[agent_pb2.ReportTelemetryRequest], key: str) -> list[tuple[str, bool]]:
+    return [(ack.batch_id, ack.duplicate) for ack in world.ok(TELEMETRY, messages, key)]
+
+
+def test_an_agent_serves_its_own_tenants_deployment(world: World) -> None:
+    """A's agent key registers, watches and reports for A's deployment; a retried batch is acknowledged
+    as a duplicate and stored once."""
+    key = world.a.keys["agent"]
+    info = agent_pb2.AgentInfo(name=A_AGENT, host=A_HOST, cpu_count=8)
+    registered = world.ok(
+        AGENT + "RegisterAgent", agent_pb2.RegisterAgentRequest(deployment="dep", agent=info), key
+    ).deployment
+    assert (registered.name, registered.model, registered.generation) == ("dep", "m", 1)
+    [first] = world.ok(WATCH, agent_pb2.WatchAssignmentsRequest(deployment="dep", agent=A_AGENT), key)
+    assignment = first.assignment
+    assert (assignment.deployment.name, assignment.deployment.generation) == ("dep", 1)
+    assert [(t.version, t.weight) for t in assignment.deployment.traffic] == [(1, 1.0)]
+    assert [(v.version, v.artifact.sha256) for v in assignment.versions] == [(1, world.a_sha256)]
+    # The agent may also read its deployment.
+    got = world.ok(DEP + "GetDeployment", deployment_pb2.GetDeploymentRequest(name="dep"), key).deployment
+    assert got == assignment.deployment
+
+    before = _requests_of(_a_status(world)).get((1, False), 0)
+    batch = telemetry("dep", agent=A_AGENT)
+    batch_id = batch[0].batch.batch_id
+    assert _acks(world, batch, key) == [(batch_id, False)]
+    assert _acks(world, batch, key) == [(batch_id, True)]
+    # The same batch twice in one stream: one acknowledgement each, the second a duplicate.
+    twice = telemetry("dep", agent=A_AGENT)
+    twice_id = twice[0].batch.batch_id
+    assert _acks(world, twice * 2, key) == [(twice_id, False), (twice_id, True)]
+    # Stored once each: two batches of 10 requests.
+    assert _requests_of(_a_status(world)).get((1, False), 0) == before + 20
+    world.assert_a_intact()
+
+
+def test_a_rejected_batch_stores_nothing_and_leaves_its_id_unused(world: World) -> None:
+    key = world.a.keys["agent"]
+    before = _requests_of(_a_status(world))
+    bad = telemetry("dep", agent=A_AGENT, intervals=[interval(), interval(requests=1, errors=2)])
+    batch_id = bad[0].batch.batch_id
+    expect(INVALID_ARGUMENT, lambda: world.call(TELEMETRY, bad, key))
+    assert _requests_of(_a_status(world)) == before
+    good = telemetry("dep", agent=A_AGENT, batch_id=batch_id)
+    assert _acks(world, good, key) == [(batch_id, False)]
+    after = _requests_of(_a_status(world))
+    assert after[(1, False)] == before[(1, False)] + 10
+
+
+AGENT_CALLS: dict[str, Callable[[str], Any]] = {
+    AGENT + "RegisterAgent": lambda d: agent_pb2.RegisterAgentRequest(
+        deployment=d, agent=agent_pb2.AgentInfo(name=A_AGENT, host=A_HOST)
+    ),
+    WATCH: lambda d: agent_pb2.WatchAssignmentsRequest(deployment=d, agent=A_AGENT),
+    TELEMETRY: lambda d: telemetry(d, agent=A_AGENT),
+}
+
+
+@pytest.mark.parametrize("rpc", list(AGENT_CALLS), ids=short)
+def test_an_agent_cannot_reach_another_tenants_deployment(world: World, rpc: str) -> None:
+    """A's agent naming B's deployment gets NOT_FOUND, the same as for a ghost; B's is untouched."""
+    key = world.a.keys["agent"]
+    before = world.b_status()
+    err = expect(NOT_FOUND, lambda: world.call(rpc, AGENT_CALLS[rpc](B_DEPLOYMENT), key))
+    ghost = expect(NOT_FOUND, lambda: world.call(rpc, AGENT_CALLS[rpc](GHOST.deployment), key))
+    assert err.details().replace(B_DEPLOYMENT, "<d>") == ghost.details().replace(GHOST.deployment, "<d>")
+    after = world.b_status()
+    assert [a.info.name for a in after.agents] == ["b-agent"]
+    assert after.agents == before.agents
+    assert _requests_of(after) == _requests_of(before)
+    assert "b-dep" not in str(_a_status(world))
+
+
+def test_deployment_names_are_per_tenant(world: World) -> None:
+    """Another tenant creates its own "dep" of its own "m": no ALREADY_EXISTS, nothing of A's in it."""
+    with world.server.client() as admin:
+        created = admin.tenants.create("tenant-e")
+    owner = created.owner_key_secret
+    agent = world.ok(KEYS + "CreateKey", admin_pb2.CreateKeyRequest(role=common_pb2.ROLE_AGENT), owner).secret
+    world.ok(CREATE_VERSION, upload("m", create_model=True), owner)
+    dep = world.ok(
+        DEP + "CreateDeployment",
+        deployment_pb2.CreateDeploymentRequest(name="dep", model="m", traffic=traffic((1, 1.0))),
+        owner,
+    ).deployment
+    assert (dep.name, dep.description, dep.generation) == ("dep", "", 1)
+    [first] = world.ok(WATCH, agent_pb2.WatchAssignmentsRequest(deployment="dep", agent="e-agent"), agent)
+    versions = first.assignment.versions
+    assert [(v.version, v.artifact.sha256) for v in versions] == [(1, hashlib.sha256(PAYLOAD).hexdigest())]
+    status = world.ok(
+        MON + "GetDeploymentStatus", monitoring_pb2.GetDeploymentStatusRequest(name="dep"), owner
+    )
+    assert (list(status.agents), list(status.versions)) == ([], [])
+    alerts = world.ok(MON + "ListAlerts", monitoring_pb2.ListAlertsRequest(deployment="dep"), owner)
+    assert list(alerts.alerts) == []
+    for text in (str(dep), str(first), str(status)):
+        assert_no_leak(world, text)
+    world.assert_a_intact()
+
+
 def test_a_is_intact_after_all(world: World) -> None:
     world.assert_a_intact()
     versions = world.ok(
@@ -1123,3 +1673,13 @@ def test_a_is_intact_after_all(world: World) -> None:
         world.b.keys["viewer"],
     ).versions
     assert [v.version for v in versions] == [2, 1]
+    dep = world.ok(
+        DEP + "GetDeployment", deployment_pb2.GetDeploymentRequest(name=B_DEPLOYMENT), world.b.keys["viewer"]
+    ).deployment
+    assert ([(t.version, t.weight) for t in dep.traffic], dep.generation) == ([(1, 0.5), (2, 0.5)], 1)
+
+
+def test_no_stream_is_left_open(world: World) -> None:
+    """Every streaming call of this module ended (read to its end, failed, or cancelled once read)."""
+    assert world.streams
+    assert all(stream.done() for stream in world.streams)

@@ -258,3 +258,55 @@ def test_status_shows_agents_latency_and_feature_counts(setup: Setup) -> None:
     assert per_feature == {"x0": 150, "x1": 150, "x2": 150, "x3": 150}
     labels = sum(sum(r.predictions["counts"]) for r in rows if r.predictions)  # type: ignore[arg-type]
     assert labels == 150
+
+
+def _queued_requests(data_dir: Path) -> int:
+    from foedus.client_sdk.agent.queue import TelemetryQueue
+
+    with TelemetryQueue(data_dir / "telemetry.db") as queue:
+        batches = [agent_pb2.TelemetryBatch.FromString(b.payload) for b in queue.peek(10_000)]
+    return sum(i.requests for b in batches for i in b.intervals if not i.shadow)
+
+
+def test_sigkilled_agent_delivers_what_it_queued_once(setup: Setup, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    data_dir = tmp_path / "killed-agent"
+    cmd = [sys.executable, "-m", "foedus.client_sdk.cli.main", "--server", setup.server.target,
+           "--api-key", setup.agent_key, "agent", "run", "--deployment", "iris-prod",
+           "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--name", "killed", "--interval", "0.3"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOEDUS_")}
+    agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            def ready() -> bool:
+                try:
+                    return bool(
+                        stub.ModelReady(inference_pb2.ModelReadyRequest(name="iris-prod"), timeout=1).ready
+                    )
+                except grpc.RpcError:
+                    return False
+
+            wait_for(ready, 60, "the agent process to serve")
+            setup.server.halt()  # telemetry can only be queued now
+            x, _ = iris_data()
+            for _ in range(40):
+                stub.ModelInfer(request(x[:2]), timeout=10)
+        wait_for(lambda: _queued_requests(data_dir) == 40, 30, "the agent to queue its intervals")
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        setup.server.start()
+        agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_for(lambda: _queued_requests(data_dir) == 0, 60, "the restarted agent to send its queue")
+        assert setup.served_requests() == 40
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(20)
+        except subprocess.TimeoutExpired:
+            agent.kill()

@@ -65,7 +65,9 @@ class Deployment(_message.Message):
     generation: _builtins.int
     """Increases with every change of traffic; agents apply assignments in generation order."""
     @_builtins.property
-    def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSplit]: ...
+    def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSplit]:
+        """Empty: the deployment exists but serves nothing yet (its agents answer NOT_FOUND)."""
+
     @_builtins.property
     def meta(self) -> _common_pb2.Meta: ...
     def __init__(

@@ -212,6 +212,7 @@ class QueryMetricsRequest(_message.Message):
     version: _builtins.int
     """0: every version together."""
     start_unix_ms: _builtins.int
+    """0: an hour before the end."""
     end_unix_ms: _builtins.int
     """0: now."""
     step_s: _builtins.int

@@ -8,7 +8,18 @@ from collections.abc import Sequence
 import click
 import typer
 
-from foedus.client_sdk.cli import alerts, audit, deployment, exit_codes, key, metrics, model, server, tenant
+from foedus.client_sdk.cli import (
+    agent,
+    alerts,
+    audit,
+    deployment,
+    exit_codes,
+    key,
+    metrics,
+    model,
+    server,
+    tenant,
+)
 from foedus.client_sdk.cli.common import DEFAULT_SERVER, Globals, emit, globals_of, resolve_key
 from foedus.client_sdk.errors import FoedusError
 
@@ -27,6 +38,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(deployment.app, name="deployment")
 app.add_typer(metrics.app, name="metrics")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(agent.app, name="agent")
 app.command("audit")(audit.audit)
 
 

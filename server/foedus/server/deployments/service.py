@@ -85,9 +85,16 @@ class DeploymentService:
         self._changed(tenant, name)
         return record
 
-    def assignment(self, caller: Principal, name: str) -> tuple[DeploymentRecord, list[VersionRecord]]:
-        """The deployment and every version it serves or mirrors, with artifacts and profiles."""
+    def assignment(
+        self, caller: Principal, name: str, agent: str = ""
+    ) -> tuple[DeploymentRecord, list[VersionRecord]]:
+        """The deployment and every version it serves or mirrors, with artifacts and profiles.
+
+        `agent`, when given, is the name of the agent asking (checked like every agent name).
+        """
         tenant = caller.own_tenant()
+        if agent:
+            validation.agent_name(agent)
         deployment = self._store.get_deployment(tenant, validation.deployment_name(name))
         numbers = [v for v, _ in deployment.traffic]
         if deployment.shadow_version and deployment.shadow_version not in numbers:

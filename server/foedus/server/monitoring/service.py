@@ -191,6 +191,7 @@ class MonitoringService:
         if version < 0 or step_s < 0 or start_ms < 0 or end_ms < 0:
             raise InvalidArgument("version, times and step must not be negative")
         end_ms = end_ms or self._clock() // 1000 + 1
+        start_ms = start_ms or end_ms - 3_600_000
         step_ms = (step_s or 60) * 1000
         if end_ms <= start_ms or (end_ms - start_ms) // step_ms > 100_000:
             raise InvalidArgument("the range must be non-empty and hold at most 100000 steps")

@@ -52,7 +52,7 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         generation = -1
         while True:
             deployment, versions = await self.read(
-                self._deployments.assignment, principal, request.deployment
+                self._deployments.assignment, principal, request.deployment, request.agent
             )
             if deployment.generation != generation:
                 generation = deployment.generation

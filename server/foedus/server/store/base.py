@@ -149,7 +149,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def archive_version(self, tenant: str, model: str, version: int, now_us: int) -> VersionRecord:
-        """Archives a version (idempotent). MUST raise FailedPrecondition while an alias points at it."""
+        """Archives a version (idempotent). MUST raise FailedPrecondition while an alias points at it
+        or a deployment serves or mirrors it."""
 
     @abc.abstractmethod
     def referenced_digests(self) -> set[str]:

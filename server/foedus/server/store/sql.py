@@ -588,6 +588,20 @@ class SqlStore(Store):
             state = conn.execute(select(model_versions.c.state).where(where)).scalar_one_or_none()
             if state is None:
                 raise NotFound(f"version {version} of model {model!r} not found")
+            serving = sorted(
+                r.name
+                for r in conn.execute(
+                    select(deployments.c.name, deployments.c.traffic, deployments.c.shadow_version).where(
+                        deployments.c.tenant == tenant, deployments.c.model == model
+                    )
+                )
+                if version == r.shadow_version or any(int(v) == version for v, _ in r.traffic)
+            )
+            if serving:
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is serving in deployment(s) {', '.join(serving)}; "
+                    "move their traffic first"
+                )
             aliases = self._version_aliases(conn, mrow.id, version)
             if aliases:
                 raise FailedPrecondition(
