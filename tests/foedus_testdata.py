@@ -31,3 +31,76 @@ def iris_onnx(directory: Path, *, c: float = 1.0, name: str = "iris.onnx") -> Pa
     path = directory / name
     path.write_bytes(onx.SerializeToString())
     return path
+
+
+def slow_iris_onnx(
+    directory: Path, *, width: int = 1024, layers: int = 6, name: str = "slow-iris.onnx"
+) -> Path:
+    """A model with iris's signature that is deliberately slow: a stack of dense layers.
+
+    Stands in for a bad deployment in fault-injection tests: same inputs and outputs, far more work.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, width)) * 0.1).astype(np.float32), "w0")]
+    nodes = [helper.make_node("MatMul", ["input", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["a0"])]
+    for i in range(1, layers + 1):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("MatMul", [f"a{i - 1}", f"w{i}"], [f"h{i}"]),
+            helper.make_node("Relu", [f"h{i}"], [f"a{i}"]),
+        ]
+    inits.append(numpy_helper.from_array((rng.standard_normal((width, 3)) * 0.1).astype(np.float32), "wout"))
+    nodes += [
+        helper.make_node("MatMul", [f"a{layers}", "wout"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_iris",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = directory / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def distance_scorer_onnx(
+    directory: Path, mean: np.ndarray, scale: np.ndarray, name: str = "scorer.onnx"
+) -> Path:
+    """An anomaly scorer: the squared standardized distance of an interval vector from normal."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", ["metrics", "mean"], ["centered"]),
+            helper.make_node("Div", ["centered", "scale"], ["z"]),
+            helper.make_node("Mul", ["z", "z"], ["z2"]),
+            helper.make_node("ReduceSum", ["z2", "axes"], ["score"], keepdims=0),
+        ],
+        "distance_scorer",
+        [helper.make_tensor_value_info("metrics", TensorProto.FLOAT, [None, len(mean)])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None])],
+        [
+            numpy_helper.from_array(mean.astype(np.float32), "mean"),
+            numpy_helper.from_array(scale.astype(np.float32), "scale"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = directory / name
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -310,3 +310,72 @@ def test_sigkilled_agent_delivers_what_it_queued_once(setup: Setup, tmp_path: Pa
             agent.wait(20)
         except subprocess.TimeoutExpired:
             agent.kill()
+
+
+def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tmp_path: Path) -> None:
+    from foedus_testdata import distance_scorer_onnx, slow_iris_onnx
+
+    from foedus.client_sdk.agent.history import HISTORY_METRICS
+
+    x, _ = iris_data()
+
+    def load(stub: Any, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            stub.ModelInfer(request(x[:2]), timeout=10)
+
+    # Normal behaviour, from an agent's own local history.
+    load(setup.stubs[0], 3.0)
+    rows = np.asarray([[m[k] for k in HISTORY_METRICS] for _, _, m, _ in setup.agents[0].history.rows()])
+    assert len(rows) >= 5
+    mean, scale = rows.mean(axis=0), rows.std(axis=0) + 0.05 * np.abs(rows.mean(axis=0)) + 1e-3
+    normal_scores = (((rows - mean) / scale) ** 2).sum(axis=1)
+    threshold = 3 * float(normal_scores.max()) + 25
+    scorer = distance_scorer_onnx(tmp_path, mean, scale)
+    setup.owner.models.register("ops-anomaly", scorer, tags={"threshold": f"{threshold:.3f}"})
+    setup.deployments.CreateDeployment(
+        deployment_pb2.CreateDeploymentRequest(
+            name="ops-anomaly",
+            model="ops-anomaly",
+            traffic=[deployment_pb2.TrafficSplit(version=1, weight=1)],
+        ),
+        metadata=setup.meta,
+    )
+    agent = setup.loop.start_agent(
+        AgentConfig(
+            deployment="iris-prod",
+            server=setup.server.target,
+            api_key=setup.agent_key,
+            listen="127.0.0.1:0",
+            data_dir=tmp_path / "ops-agent",
+            name="ops-agent",
+            interval_s=0.3,
+            anomaly_deployment="ops-anomaly",
+        )
+    )
+    setup.agents.append(agent)
+    wait_for(lambda: agent.anomaly_scorer is not None and agent.generation >= 1, 60, "the scorer to load")
+    channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+    setup.agent_channels.append(channel)
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    load(stub, 2.5)  # a normal background for SHAP
+
+    # The fault: a deliberately slow version goes live.
+    setup.owner.models.register("iris", slow_iris_onnx(tmp_path))
+    generation = setup.set_traffic({3: 1.0})
+    wait_for(lambda: agent.generation >= generation, 60, "the slow version to go live")
+
+    def learned_alerts() -> list[Any]:
+        alerts = setup.monitoring.ListAlerts(
+            monitoring_pb2.ListAlertsRequest(deployment="iris-prod"), metadata=setup.meta
+        ).alerts
+        return [a for a in alerts if a.alert.detector == "ops-anomaly:v1" and a.alert.version == 3]
+
+    deadline = time.monotonic() + 30
+    while not learned_alerts() and time.monotonic() < deadline:
+        load(stub, 0.5)
+    (alert, *_) = learned_alerts()
+    assert alert.agent == "ops-agent"
+    assert alert.alert.score > alert.alert.threshold
+    assert alert.alert.top, "the alert carries its top contributing metrics"
+    assert alert.alert.top[0].metric in ("latency_p50_ms", "latency_p99_ms")

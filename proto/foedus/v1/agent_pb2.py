@@ -27,13 +27,15 @@ from foedus.v1 import deployment_pb2 as foedus_dot_v1_dot_deployment__pb2
 from foedus.v1 import registry_pb2 as foedus_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66oedus/v1/agent.proto\x12\tfoedus.v1\x1a\x16\x66oedus/v1/common.proto\x1a\x1a\x66oedus/v1/deployment.proto\x1a\x18\x66oedus/v1/registry.proto\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xa2\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x1c\n\x04gpus\x18\x06 \x03(\x0b\x32\x0e.foedus.v1.Gpu\x12\x15\n\ragent_version\x18\x07 \x01(\t\"\xaa\x01\n\x0f\x41ssignedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x13.foedus.v1.Artifact\x12\'\n\tsignature\x18\x03 \x01(\x0b\x32\x14.foedus.v1.Signature\x12\x36\n\x11reference_profile\x18\x04 \x01(\x0b\x32\x1b.foedus.v1.ReferenceProfile\"e\n\nAssignment\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.foedus.v1.AssignedVersion\"?\n\x0fSparseHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x0b\n\x03sum\x18\x03 \x01(\x01\"n\n\tBinCounts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x11\n\tunderflow\x18\x03 \x01(\x03\x12\x10\n\x08overflow\x18\x04 \x01(\x03\x12\r\n\x05other\x18\x05 \x01(\x03\x12\x0f\n\x07missing\x18\x06 \x01(\x03\"\xc0\x01\n\tResources\x12\x1b\n\x13process_cpu_percent\x18\x01 \x01(\x01\x12\x18\n\x10host_cpu_percent\x18\x02 \x01(\x01\x12\x1c\n\x14process_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16host_memory_used_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17gpu_utilization_percent\x18\x05 \x01(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x06 \x01(\x03\"\xa2\x03\n\x0eIntervalReport\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x0f\n\x07invalid\x18\x07 \x01(\x03\x12.\n\nlatency_ms\x18\x08 \x01(\x0b\x32\x1a.foedus.v1.SparseHistogram\x12)\n\x0bpredictions\x18\t \x01(\x0b\x32\x14.foedus.v1.BinCounts\x12&\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32\x14.foedus.v1.BinCounts\x12\'\n\tresources\x18\x0b \x01(\x0b\x32\x14.foedus.v1.Resources\x12\x35\n\x06scores\x18\x0c \x03(\x0b\x32%.foedus.v1.IntervalReport.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0c\x43ontribution\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0b\x61ttribution\x18\x03 \x01(\x01\"\xad\x01\n\nAgentAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.foedus.v1.Contribution\"N\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\"\xc3\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12,\n\tintervals\x18\x04 \x03(\x0b\x32\x19.foedus.v1.IntervalReport\x12%\n\x06\x61lerts\x18\x05 \x03(\x0b\x32\x15.foedus.v1.AgentAlert\x12\'\n\x07metrics\x18\x06 \x03(\x0b\x32\x16.foedus.v1.MetricPoint\"O\n\x14RegisterAgentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.foedus.v1.AgentInfo\"B\n\x15RegisterAgentResponse\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\"<\n\x17WatchAssignmentsRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\"E\n\x18WatchAssignmentsResponse\x12)\n\nassignment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Assignment\"B\n\x16ReportTelemetryRequest\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.foedus.v1.TelemetryBatch\">\n\x17ReportTelemetryResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\xbd\x02\n\x0c\x41gentService\x12]\n\rRegisterAgent\x12\x1f.foedus.v1.RegisterAgentRequest\x1a .foedus.v1.RegisterAgentResponse\"\t\xca\xf3\x18\x05\n\x01\x04\x10\x01\x12\x66\n\x10WatchAssignments\x12\".foedus.v1.WatchAssignmentsRequest\x1a#.foedus.v1.WatchAssignmentsResponse\"\x07\xca\xf3\x18\x03\n\x01\x04\x30\x01\x12\x66\n\x0fReportTelemetry\x12!.foedus.v1.ReportTelemetryRequest\x1a\".foedus.v1.ReportTelemetryResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x02(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66oedus/v1/agent.proto\x12\tfoedus.v1\x1a\x16\x66oedus/v1/common.proto\x1a\x1a\x66oedus/v1/deployment.proto\x1a\x18\x66oedus/v1/registry.proto\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xa2\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x1c\n\x04gpus\x18\x06 \x03(\x0b\x32\x0e.foedus.v1.Gpu\x12\x15\n\ragent_version\x18\x07 \x01(\t\"\x8b\x02\n\x0f\x41ssignedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x13.foedus.v1.Artifact\x12\'\n\tsignature\x18\x03 \x01(\x0b\x32\x14.foedus.v1.Signature\x12\x36\n\x11reference_profile\x18\x04 \x01(\x0b\x32\x1b.foedus.v1.ReferenceProfile\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.foedus.v1.AssignedVersion.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\nAssignment\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.foedus.v1.AssignedVersion\"?\n\x0fSparseHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x0b\n\x03sum\x18\x03 \x01(\x01\"n\n\tBinCounts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x11\n\tunderflow\x18\x03 \x01(\x03\x12\x10\n\x08overflow\x18\x04 \x01(\x03\x12\r\n\x05other\x18\x05 \x01(\x03\x12\x0f\n\x07missing\x18\x06 \x01(\x03\"\xc0\x01\n\tResources\x12\x1b\n\x13process_cpu_percent\x18\x01 \x01(\x01\x12\x18\n\x10host_cpu_percent\x18\x02 \x01(\x01\x12\x1c\n\x14process_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16host_memory_used_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17gpu_utilization_percent\x18\x05 \x01(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x06 \x01(\x03\"\xa2\x03\n\x0eIntervalReport\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x0f\n\x07invalid\x18\x07 \x01(\x03\x12.\n\nlatency_ms\x18\x08 \x01(\x0b\x32\x1a.foedus.v1.SparseHistogram\x12)\n\x0bpredictions\x18\t \x01(\x0b\x32\x14.foedus.v1.BinCounts\x12&\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32\x14.foedus.v1.BinCounts\x12\'\n\tresources\x18\x0b \x01(\x0b\x32\x14.foedus.v1.Resources\x12\x35\n\x06scores\x18\x0c \x03(\x0b\x32%.foedus.v1.IntervalReport.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0c\x43ontribution\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0b\x61ttribution\x18\x03 \x01(\x01\"\xad\x01\n\nAgentAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.foedus.v1.Contribution\"N\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\"\xc3\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12,\n\tintervals\x18\x04 \x03(\x0b\x32\x19.foedus.v1.IntervalReport\x12%\n\x06\x61lerts\x18\x05 \x03(\x0b\x32\x15.foedus.v1.AgentAlert\x12\'\n\x07metrics\x18\x06 \x03(\x0b\x32\x16.foedus.v1.MetricPoint\"O\n\x14RegisterAgentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.foedus.v1.AgentInfo\"B\n\x15RegisterAgentResponse\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\"<\n\x17WatchAssignmentsRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\"E\n\x18WatchAssignmentsResponse\x12)\n\nassignment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Assignment\"B\n\x16ReportTelemetryRequest\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.foedus.v1.TelemetryBatch\">\n\x17ReportTelemetryResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\xbd\x02\n\x0c\x41gentService\x12]\n\rRegisterAgent\x12\x1f.foedus.v1.RegisterAgentRequest\x1a .foedus.v1.RegisterAgentResponse\"\t\xca\xf3\x18\x05\n\x01\x04\x10\x01\x12\x66\n\x10WatchAssignments\x12\".foedus.v1.WatchAssignmentsRequest\x1a#.foedus.v1.WatchAssignmentsResponse\"\x07\xca\xf3\x18\x03\n\x01\x04\x30\x01\x12\x66\n\x0fReportTelemetry\x12!.foedus.v1.ReportTelemetryRequest\x1a\".foedus.v1.ReportTelemetryResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x02(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foedus.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ASSIGNEDVERSION_TAGSENTRY']._loaded_options = None
+  _globals['_ASSIGNEDVERSION_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_INTERVALREPORT_SCORESENTRY']._loaded_options = None
   _globals['_INTERVALREPORT_SCORESENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSERVICE'].methods_by_name['RegisterAgent']._loaded_options = None
@@ -47,39 +49,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTINFO']._serialized_start=158
   _globals['_AGENTINFO']._serialized_end=320
   _globals['_ASSIGNEDVERSION']._serialized_start=323
-  _globals['_ASSIGNEDVERSION']._serialized_end=493
-  _globals['_ASSIGNMENT']._serialized_start=495
-  _globals['_ASSIGNMENT']._serialized_end=596
-  _globals['_SPARSEHISTOGRAM']._serialized_start=598
-  _globals['_SPARSEHISTOGRAM']._serialized_end=661
-  _globals['_BINCOUNTS']._serialized_start=663
-  _globals['_BINCOUNTS']._serialized_end=773
-  _globals['_RESOURCES']._serialized_start=776
-  _globals['_RESOURCES']._serialized_end=968
-  _globals['_INTERVALREPORT']._serialized_start=971
-  _globals['_INTERVALREPORT']._serialized_end=1389
-  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_start=1344
-  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_end=1389
-  _globals['_CONTRIBUTION']._serialized_start=1391
-  _globals['_CONTRIBUTION']._serialized_end=1457
-  _globals['_AGENTALERT']._serialized_start=1460
-  _globals['_AGENTALERT']._serialized_end=1633
-  _globals['_METRICPOINT']._serialized_start=1635
-  _globals['_METRICPOINT']._serialized_end=1713
-  _globals['_TELEMETRYBATCH']._serialized_start=1716
-  _globals['_TELEMETRYBATCH']._serialized_end=1911
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=1913
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=1992
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=1994
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=2060
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=2062
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=2122
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=2124
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=2193
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=2195
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=2261
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=2263
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=2325
-  _globals['_AGENTSERVICE']._serialized_start=2328
-  _globals['_AGENTSERVICE']._serialized_end=2645
+  _globals['_ASSIGNEDVERSION']._serialized_end=590
+  _globals['_ASSIGNEDVERSION_TAGSENTRY']._serialized_start=547
+  _globals['_ASSIGNEDVERSION_TAGSENTRY']._serialized_end=590
+  _globals['_ASSIGNMENT']._serialized_start=592
+  _globals['_ASSIGNMENT']._serialized_end=693
+  _globals['_SPARSEHISTOGRAM']._serialized_start=695
+  _globals['_SPARSEHISTOGRAM']._serialized_end=758
+  _globals['_BINCOUNTS']._serialized_start=760
+  _globals['_BINCOUNTS']._serialized_end=870
+  _globals['_RESOURCES']._serialized_start=873
+  _globals['_RESOURCES']._serialized_end=1065
+  _globals['_INTERVALREPORT']._serialized_start=1068
+  _globals['_INTERVALREPORT']._serialized_end=1486
+  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_start=1441
+  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_end=1486
+  _globals['_CONTRIBUTION']._serialized_start=1488
+  _globals['_CONTRIBUTION']._serialized_end=1554
+  _globals['_AGENTALERT']._serialized_start=1557
+  _globals['_AGENTALERT']._serialized_end=1730
+  _globals['_METRICPOINT']._serialized_start=1732
+  _globals['_METRICPOINT']._serialized_end=1810
+  _globals['_TELEMETRYBATCH']._serialized_start=1813
+  _globals['_TELEMETRYBATCH']._serialized_end=2008
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=2010
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=2089
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=2091
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=2157
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=2159
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=2219
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=2221
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=2290
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=2292
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=2358
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=2360
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=2422
+  _globals['_AGENTSERVICE']._serialized_start=2425
+  _globals['_AGENTSERVICE']._serialized_end=2742
 # @@protoc_insertion_point(module_scope)

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+import math
 import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ import numpy as np
 
 from foedus.client_sdk.agent.detector import DETECTOR_NAME, AnomalyDetector, DetectorConfig
 from foedus.client_sdk.agent.history import HISTORY_METRICS, LocalHistory
+from foedus.client_sdk.agent.ops_models import AnomalyScorer, OpsModelError, ResourcePredictor
 from foedus.client_sdk.agent.queue import TelemetryQueue, TelemetryQueueFull
 from foedus.client_sdk.agent.serving import InferenceServicer, LoadedModel, ModelTable, Route
 from foedus.client_sdk.agent.telemetry import (
@@ -64,7 +68,11 @@ class AgentConfig:
     providers: tuple[str, ...] | None = None
     """Execution providers to consider; None: every one this host offers."""
     anomaly_threshold: float = 4.0
-    """Robust z-score over which an interval raises an alert."""
+    """Robust z-score over which an interval raises an alert (statistical detector)."""
+    anomaly_deployment: str | None = None
+    """Deployment of the tenant that serves the learned anomaly scorer; None: statistical detector only."""
+    resource_deployment: str | None = None
+    """Deployment that serves the resource predictor; None: no resource predictions."""
     channel_credentials: grpc.ChannelCredentials | None = None
     """TLS to the control plane; None is plaintext."""
 
@@ -85,12 +93,16 @@ class Agent:
         )
         self.resources = ResourceSampler()
         self._loaded: dict[str, LoadedModel] = {}  # by sha256
+        self._download_locks: dict[str, asyncio.Lock] = {}
         self._feature_names: dict[str, list[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._metadata = (("authorization", f"Bearer {config.api_key}"),)
         self._queued = asyncio.Event()
+        self.anomaly_scorer: AnomalyScorer | None = None
+        self.resource_predictor: ResourcePredictor | None = None
+        self._stopping = False
         self.port = 0
         self.generation = 0
         self.connected = asyncio.Event()
@@ -111,7 +123,20 @@ class Agent:
         else:
             self._channel = grpc.aio.insecure_channel(self.config.server)
         self._tasks = [
-            asyncio.create_task(self._watch_assignments(), name="assignments"),
+            asyncio.create_task(
+                self._watch_assignments(self.config.deployment, self._apply), name="assignments"
+            ),
+            *(
+                asyncio.create_task(
+                    self._watch_assignments(dep, functools.partial(self._apply_ops, kind)),
+                    name=f"ops-{kind}",
+                )
+                for kind, dep in (
+                    ("anomaly", self.config.anomaly_deployment),
+                    ("resource", self.config.resource_deployment),
+                )
+                if dep
+            ),
             asyncio.create_task(self._intervals(), name="intervals"),
             asyncio.create_task(self._send_telemetry(), name="telemetry"),
         ]
@@ -122,12 +147,13 @@ class Agent:
     async def stop(self, *, flush: bool = True) -> None:
         """Stops serving; with `flush`, the last interval is queued first (sent on the next start)."""
         if flush:
-            self._cut_interval()
+            self._record_interval(*self.aggregator.cut())
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # A cancellation can be lost inside asyncio.wait_for (Python 3.11); the loops also check
+        # `_stopping`, and nothing here waits for them for long.
+        await asyncio.wait(self._tasks, timeout=5)
         if self._server is not None:
             await self._server.stop(2.0)
         if self._channel is not None:
@@ -137,11 +163,13 @@ class Agent:
         self.history.close()
 
     # --- assignments -----------------------------------------------------------------------------
-    async def _watch_assignments(self) -> None:
+    async def _watch_assignments(
+        self, deployment: str, apply: Callable[[agent_pb2.Assignment], Awaitable[None]]
+    ) -> None:
         assert self._channel is not None
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         backoff = 0.2
-        while True:
+        while not self._stopping:
             try:
                 info = agent_pb2.AgentInfo(
                     name=self.config.name,
@@ -152,23 +180,24 @@ class Agent:
                     agent_version="0.1.0",
                 )
                 await stub.RegisterAgent(
-                    agent_pb2.RegisterAgentRequest(deployment=self.config.deployment, agent=info),
+                    agent_pb2.RegisterAgentRequest(deployment=deployment, agent=info),
                     metadata=self._metadata,
                     timeout=30,
                 )
                 call = stub.WatchAssignments(
-                    agent_pb2.WatchAssignmentsRequest(
-                        deployment=self.config.deployment, agent=self.config.name
-                    ),
+                    agent_pb2.WatchAssignmentsRequest(deployment=deployment, agent=self.config.name),
                     metadata=self._metadata,
                 )
                 async for response in call:
-                    await self._apply(response.assignment)
-                    self.connected.set()
+                    await apply(response.assignment)
+                    if deployment == self.config.deployment:
+                        self.connected.set()
                     backoff = 0.2
             except grpc.aio.AioRpcError as exc:
                 level = logging.ERROR if exc.code() in PERMANENT else logging.INFO
-                log.log(level, "assignment stream: %s: %s; retrying", exc.code().name, exc.details())
+                log.log(
+                    level, "assignments of %s: %s: %s; retrying", deployment, exc.code().name, exc.details()
+                )
             except Exception:
                 log.exception("applying an assignment failed; retrying")
             self.connected.clear()
@@ -194,21 +223,45 @@ class Agent:
         self.generation = deployment.generation
         log.info("generation %d: serving %s", self.generation, weights or "nothing")
 
-    async def _load(self, model_name: str, assigned: agent_pb2.AssignedVersion) -> LoadedModel:
+    async def _apply_ops(self, kind: str, assignment: agent_pb2.Assignment) -> None:
+        """Loads the ops model a deployment assigns: its highest-weight version."""
+        deployment = assignment.deployment
+        if not deployment.traffic:
+            return
+        chosen = max(deployment.traffic, key=lambda t: (t.weight, t.version)).version
+        (assigned,) = [v for v in assignment.versions if v.version == chosen]
+        model = await self._load(deployment.model, assigned, serve_as=deployment.name)
+        try:
+            if kind == "anomaly":
+                scorer = AnomalyScorer(model, deployment.model, dict(assigned.tags))
+                _ = scorer.threshold
+                self.anomaly_scorer = scorer
+            else:
+                self.resource_predictor = ResourcePredictor(model, deployment.model, dict(assigned.tags))
+        except OpsModelError as exc:
+            log.error("cannot use %s v%d as %s model: %s", deployment.model, chosen, kind, exc)
+            return
+        log.info("%s model: %s v%d", kind, deployment.model, chosen)
+
+    async def _load(
+        self, model_name: str, assigned: agent_pb2.AssignedVersion, *, serve_as: str | None = None
+    ) -> LoadedModel:
         digest = assigned.artifact.sha256
         cached = self._loaded.get(digest)
-        if cached is not None and cached.version == str(assigned.version):
+        if serve_as is None and cached is not None and cached.version == str(assigned.version):
             return cached
         path = self.config.data_dir / "models" / f"{digest}.onnx"
-        if not path.exists() or _sha256(path) != digest:
-            await self._download(model_name, assigned.version, path, digest)
+        async with self._download_locks.setdefault(digest, asyncio.Lock()):
+            if not path.exists() or _sha256(path) != digest:
+                await self._download(model_name, assigned.version, path, digest)
         loop = asyncio.get_running_loop()
         session, choice = await loop.run_in_executor(self.executor, self._select, path)
         log.info(
             "loaded %s v%d on %s (p50 %.3f ms)", model_name, assigned.version, choice.provider, choice.p50_ms
         )
-        model = LoadedModel.from_session(self.config.deployment, str(assigned.version), session)
-        self._loaded[digest] = model
+        model = LoadedModel.from_session(serve_as or self.config.deployment, str(assigned.version), session)
+        if serve_as is None:
+            self._loaded[digest] = model
         return model
 
     def _select(self, path: Path) -> tuple[Any, Any]:
@@ -220,7 +273,7 @@ class Agent:
         assert self._channel is not None
         stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
         hasher = hashlib.sha256()
         stream: Any = stub.DownloadArtifact(
             registry_pb2.DownloadArtifactRequest(model=model, version=version),
@@ -240,32 +293,51 @@ class Agent:
 
     # --- telemetry -------------------------------------------------------------------------------
     async def _intervals(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.interval_s)
+            start, end, windows = self.aggregator.cut()  # on the loop, where requests are recorded
             try:
-                self._cut_interval()
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._record_interval, start, end, windows
+                )
             except TelemetryQueueFull:
                 log.error("the telemetry queue is full; this interval is not recorded")
             except Exception:
                 log.exception("recording an interval failed")
 
-    def _cut_interval(self) -> None:
-        start, end, windows = self.aggregator.cut()
+    def _record_interval(
+        self, start: float, end: float, windows: dict[tuple[str, bool], VersionWindow]
+    ) -> None:
+        """Scores a finished interval, keeps it in the local history and queues its telemetry."""
         served = {k: w for k, w in windows.items() if not k[1]}
         if not windows:
             return
         resources = self.resources.sample()
         vector = _metric_vector(served, end - start, resources)
-        result = self.detector.update(np.asarray([vector[m] for m in HISTORY_METRICS]))
-        scores = {"anomaly": float(result.score) if np.isfinite(result.score) else 0.0}
-        for (version, _), _w in served.items():
+        row = np.asarray([vector[m] for m in HISTORY_METRICS], dtype=np.float64)
+        statistical = self.detector.update(row)
+        scorer = self.anomaly_scorer
+        top: list[tuple[str, float]]
+        if scorer is not None:
+            score, threshold, detector = scorer.score(row), scorer.threshold, scorer.label
+            anomalous = score > threshold
+            top = self._explain(scorer, row) if anomalous else []
+        else:
+            score = float(statistical.score) if np.isfinite(statistical.score) else 0.0
+            threshold, detector = self.config.anomaly_threshold, DETECTOR_NAME
+            anomalous = statistical.is_anomaly
+            top = [(str(name), float(z)) for name, z in statistical.top]
+        scores = {"anomaly": score}
+        if self.resource_predictor is not None:
+            scores.update(self.resource_predictor.predict(row))
+        for version, _ in served:
             self.history.append(int(start * 1000), version, vector, scores)
         batch = agent_pb2.TelemetryBatch(
             deployment=self.config.deployment,
             agent=self.config.name,
             intervals=interval_reports(start, end, windows, self._feature_names, resources, scores),
         )
-        if result.is_anomaly and served:
+        if anomalous and served:
             version = max(served, key=lambda k: served[k].requests)[0]
             batch.alerts.append(
                 agent_pb2.AgentAlert(
@@ -273,25 +345,40 @@ class Agent:
                     time_unix_ms=int(end * 1000),
                     version=int(version),
                     kind="anomaly",
-                    score=scores["anomaly"],
-                    threshold=self.config.anomaly_threshold,
-                    detector=DETECTOR_NAME,
+                    score=score,
+                    threshold=threshold,
+                    detector=detector,
                     top=[
                         agent_pb2.Contribution(
-                            metric=str(name), value=float(vector[str(name)]), attribution=float(z)
+                            metric=name, value=float(vector[name]), attribution=attribution
                         )
-                        for name, z in result.top[:3]
+                        for name, attribution in top[:3]
                     ],
                 )
             )
         self.queue.put(batch.SerializeToString())
         self._queued.set()
 
+    def _explain(self, scorer: AnomalyScorer, row: np.ndarray) -> list[tuple[str, float]]:
+        """SHAP attributions against recent intervals the scorer found normal."""
+        normal = [
+            [metrics[m] for m in HISTORY_METRICS]
+            for _, _, metrics, scores in self.history.rows()[-200:]
+            if scores.get("anomaly", math.inf) <= scorer.threshold
+        ]
+        if len(normal) < 3:
+            return []
+        try:
+            return scorer.explain(row, np.asarray(normal, dtype=np.float64))
+        except Exception:
+            log.exception("SHAP explanation failed")
+            return []
+
     async def _send_telemetry(self) -> None:
         assert self._channel is not None
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         backoff = 0.2
-        while True:
+        while not self._stopping:
             batches = await asyncio.get_running_loop().run_in_executor(self.executor, self.queue.peek, 50)
             if not batches:
                 self._queued.clear()

@@ -213,6 +213,7 @@ def assigned_version(rec: VersionRecord) -> agent_pb2.AssignedVersion:
         artifact=full.artifact,
         signature=full.signature,
         reference_profile=full.reference_profile if rec.reference_profile is not None else None,
+        tags=rec.tags,
     )
 
 
