@@ -656,7 +656,10 @@ def _serve_inference(model: bytes, ports: Any, stop: Any) -> None:
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="foedus-agent")
         table = ModelTable()
         table.set_route(
-            "iris", Route.build({"1": LoadedModel.from_session("iris", "1", session)}, {"1": 1.0})
+            "iris",
+            Route.build(
+                {"1": LoadedModel.from_session("iris", "1", session, p50_ms=_load_p50_ms(model))}, {"1": 1.0}
+            ),
         )
         servicers = {
             "bare_grpc": Bare(),
@@ -678,6 +681,19 @@ def _serve_inference(model: bytes, ports: Any, stop: Any) -> None:
         executor.shutdown(wait=False)
 
     asyncio.run(main())
+
+
+def _load_p50_ms(model: bytes) -> float:
+    """The latency the agent measures when it loads a version (it decides where the model runs)."""
+    import tempfile
+
+    from foedus.client_sdk.agent.providers import select_session
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.onnx"
+        path.write_bytes(model)
+        _, choice = select_session(path, candidates=["CPUExecutionProvider"])
+    return float(choice.p50_ms)
 
 
 def bench_routing(args: argparse.Namespace) -> dict[str, float]:

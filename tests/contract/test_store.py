@@ -244,3 +244,22 @@ def test_serving_versions_cannot_be_archived(store: SqlStore) -> None:
             store.archive_version("acme", "m", version, 2)
     store.set_traffic("acme", "prod", ((2, 1.0),), 0, 3)
     assert store.archive_version("acme", "m", 1, 4).state == VersionState.ARCHIVED
+
+
+def test_logged_series_are_stored_once_and_read_by_range(store: SqlStore) -> None:
+    import numpy as np
+
+    from foedus.server.store import MetricSeriesRecord
+
+    store.create_version("acme", "m", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_deployment("acme", "prod", "m", "", ((1, 1.0),), 0, "k", 1)
+    times = np.arange(1000, 6000, 10, dtype="<i8")
+    chunk = MetricSeriesRecord(
+        "loss", times.tobytes(), (times / 1000.0).astype("<f8").tobytes(), b"", len(times), 1000, 5990
+    )
+    assert store.ingest_telemetry("acme", "prod", "sdk", "b1", [], [], [chunk], 1) is False
+    assert store.ingest_telemetry("acme", "prod", "sdk", "b1", [], [], [chunk], 2) is True  # a retry
+    points = store.query_metric_points("acme", "prod", "loss", 2000, 3000)
+    assert [p.time_ms for p in points] == list(range(2000, 3000, 10))
+    assert points[0].value == 2.0
+    assert store.query_metric_points("acme", "prod", "other", 0, 10**9) == []

@@ -454,6 +454,41 @@ class MetricPoint(_message.Message):
 Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
 
 @_typing.final
+class MetricSeries(_message.Message):
+    """Many points of one metric series in packed columns: the fast path for bulk logging."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def time_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Empty, or one step per value."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        time_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "steps", b"steps", "time_unix_ms", b"time_unix_ms", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricSeries: _TypeAlias = MetricSeries  # noqa: Y015
+
+@_typing.final
 class TelemetryBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -463,6 +498,7 @@ class TelemetryBatch(_message.Message):
     INTERVALS_FIELD_NUMBER: _builtins.int
     ALERTS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Idempotency key: a batch whose id the server has committed before is acknowledged, not stored."""
     deployment: _builtins.str
@@ -473,6 +509,8 @@ class TelemetryBatch(_message.Message):
     def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentAlert]: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]: ...
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSeries]: ...
     def __init__(
         self,
         *,
@@ -482,10 +520,11 @@ class TelemetryBatch(_message.Message):
         intervals: _abc.Iterable[Global___IntervalReport] | None = ...,
         alerts: _abc.Iterable[Global___AgentAlert] | None = ...,
         metrics: _abc.Iterable[Global___MetricPoint] | None = ...,
+        series: _abc.Iterable[Global___MetricSeries] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "alerts", b"alerts", "batch_id", b"batch_id", "deployment", b"deployment", "intervals", b"intervals", "metrics", b"metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "alerts", b"alerts", "batch_id", b"batch_id", "deployment", b"deployment", "intervals", b"intervals", "metrics", b"metrics", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -259,7 +259,9 @@ class Agent:
         log.info(
             "loaded %s v%d on %s (p50 %.3f ms)", model_name, assigned.version, choice.provider, choice.p50_ms
         )
-        model = LoadedModel.from_session(serve_as or self.config.deployment, str(assigned.version), session)
+        model = LoadedModel.from_session(
+            serve_as or self.config.deployment, str(assigned.version), session, p50_ms=choice.p50_ms
+        )
         if serve_as is None:
             self._loaded[digest] = model
         return model

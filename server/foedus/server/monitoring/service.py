@@ -17,14 +17,14 @@ from foedus.server.store.records import (
     AlertRecord,
     DeploymentRecord,
     IntervalRecord,
-    MetricPointRecord,
+    MetricSeriesRecord,
     Page,
 )
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import now_us
 
 MAX_INTERVALS = 10_000
-MAX_METRICS = 100_000
+MAX_METRICS = 1_000_000
 MAX_ALERTS = 1_000
 DAY_MS = 86_400_000
 INTERVAL_METRICS = ("requests", "errors", "invalid", "latency_p50_ms", "latency_p99_ms")
@@ -37,7 +37,7 @@ class TelemetryBatch:
     agent: str
     intervals: list[IntervalRecord]
     alerts: list[AlertRecord]
-    metrics: list[MetricPointRecord]
+    series: list[MetricSeriesRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ class MonitoringService:
         validation.agent_name(batch.agent)
         if (
             len(batch.intervals) > MAX_INTERVALS
-            or len(batch.metrics) > MAX_METRICS
+            or sum(c.count for c in batch.series) > MAX_METRICS
             or len(batch.alerts) > MAX_ALERTS
         ):
             raise InvalidArgument(
@@ -98,18 +98,32 @@ class MonitoringService:
             )
         for interval in batch.intervals:
             self._check_interval(interval)
-        for point in batch.metrics:
-            if not point.name or len(point.name) > 128 or not math.isfinite(point.value):
-                raise InvalidArgument(
-                    f"metric point {point.name!r}: needs a name (<= 128 characters) and a finite value"
-                )
+        for chunk in batch.series:
+            self._check_series(chunk)
         for alert in batch.alerts:
             if not 0 < len(alert.alert_id) <= 128 or not math.isfinite(alert.score):
                 raise InvalidArgument("an alert needs an alert_id (1-128 characters) and a finite score")
         return self._store.ingest_telemetry(
-            tenant, batch.deployment, batch.agent, batch.batch_id, batch.intervals, batch.alerts, batch.metrics,
+            tenant, batch.deployment, batch.agent, batch.batch_id, batch.intervals, batch.alerts, batch.series,
             self._clock(),
         )  # fmt: skip
+
+    @staticmethod
+    def _check_series(chunk: MetricSeriesRecord) -> None:
+        if not 0 < len(chunk.name) <= 128:
+            raise InvalidArgument(f"metric {chunk.name!r}: names are 1-128 characters")
+        n = chunk.count
+        if (
+            n < 0
+            or len(chunk.times_ms) != 8 * n
+            or len(chunk.values) != 8 * n
+            or len(chunk.steps) not in (0, 8 * n)
+        ):
+            raise InvalidArgument(
+                f"metric {chunk.name!r}: times, values (and steps, if any) need one entry per point"
+            )
+        if not np.isfinite(np.frombuffer(chunk.values, dtype="<f8")).all():
+            raise InvalidArgument(f"metric {chunk.name!r}: values must be finite numbers")
 
     @staticmethod
     def _check_interval(interval: IntervalRecord) -> None:

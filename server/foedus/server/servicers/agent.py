@@ -76,7 +76,7 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
                 agent=b.agent,
                 intervals=[convert.interval_from_proto(b.agent, i) for i in b.intervals],
                 alerts=[convert.alert_from_proto(b.agent, a) for a in b.alerts],
-                metrics=[convert.metric_from_proto(p) for p in b.metrics],
+                series=convert.series_from_proto(b),
             )
             duplicate = await self.run(self._monitoring.ingest, principal, batch)
             yield agent_pb2.ReportTelemetryResponse(batch_id=b.batch_id, duplicate=duplicate)

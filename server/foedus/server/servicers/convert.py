@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -16,7 +17,7 @@ from foedus.server.store.records import (
     IntervalRecord,
     KeyRecord,
     Lineage,
-    MetricPointRecord,
+    MetricSeriesRecord,
     ModelRecord,
     ReferenceProfile,
     Role,
@@ -284,8 +285,43 @@ def alert_from_proto(agent: str, a: agent_pb2.AgentAlert) -> AlertRecord:
     )
 
 
-def metric_from_proto(p: agent_pb2.MetricPoint) -> MetricPointRecord:
-    return MetricPointRecord(name=p.name, value=p.value, time_ms=p.time_unix_ms, step=p.step)
+def series_from_proto(batch: agent_pb2.TelemetryBatch) -> list[MetricSeriesRecord]:
+    """The batch's logged metrics as column chunks: its MetricSeries as they are, its single
+    MetricPoints grouped by name."""
+    out = [
+        _chunk(
+            s.name,
+            np.fromiter(s.time_unix_ms, dtype=np.int64, count=len(s.time_unix_ms)),
+            np.fromiter(s.values, dtype=np.float64, count=len(s.values)),
+            np.fromiter(s.steps, dtype=np.int64, count=len(s.steps)),
+        )
+        for s in batch.series
+    ]
+    by_name: dict[str, list[agent_pb2.MetricPoint]] = {}
+    for p in batch.metrics:
+        by_name.setdefault(p.name, []).append(p)
+    for name, points in by_name.items():
+        out.append(
+            _chunk(
+                name,
+                np.asarray([p.time_unix_ms for p in points], dtype=np.int64),
+                np.asarray([p.value for p in points], dtype=np.float64),
+                np.asarray([p.step for p in points], dtype=np.int64),
+            )
+        )
+    return out
+
+
+def _chunk(name: str, times: np.ndarray, values: np.ndarray, steps: np.ndarray) -> MetricSeriesRecord:
+    return MetricSeriesRecord(
+        name=name,
+        times_ms=times.astype("<i8").tobytes(),
+        values=values.astype("<f8").tobytes(),
+        steps=steps.astype("<i8").tobytes(),
+        count=len(times),
+        start_ms=int(times.min()) if len(times) else 0,
+        end_ms=int(times.max()) if len(times) else 0,
+    )
 
 
 def alert(rec: AlertRecord) -> monitoring_pb2.Alert:

@@ -18,6 +18,7 @@ from foedus.server.store.records import (
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
+    MetricSeriesRecord,
     ModelRecord,
     NewVersion,
     Page,
@@ -208,7 +209,7 @@ class Store(abc.ABC):
         batch_id: str,
         intervals_: list[IntervalRecord],
         alerts_: list[AlertRecord],
-        metrics: list[MetricPointRecord],
+        series: list[MetricSeriesRecord],
         now_us: int,
     ) -> bool:
         """Stores one batch in one transaction; returns True when its id was committed before.

@@ -236,6 +236,19 @@ class AlertRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricSeriesRecord:
+    """Points of one logged series, as columns (little-endian int64 times and steps, float64 values)."""
+
+    name: str
+    times_ms: bytes
+    values: bytes
+    steps: bytes
+    count: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class MetricPointRecord:
     name: str
     value: float

@@ -185,14 +185,17 @@ alerts = Table(
     Index("ix_alerts_deployment_id", "deployment_id", "id"),
 )
 
-metric_points = Table(
-    "metric_points",
+metric_chunks = Table(
+    "metric_chunks",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
     Column("name", String(128), nullable=False),
-    Column("time_ms", BigInteger, nullable=False),
-    Column("step", BigInteger, nullable=False),
-    Column("value", Float, nullable=False),
-    Index("ix_metric_points_series", "deployment_id", "name", "time_ms"),
+    Column("start_ms", BigInteger, nullable=False),
+    Column("end_ms", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("times_ms", LargeBinary, nullable=False),
+    Column("values", LargeBinary, nullable=False),
+    Column("steps", LargeBinary, nullable=False),
+    Index("ix_metric_chunks_series", "deployment_id", "name", "start_ms"),
 )

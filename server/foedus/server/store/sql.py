@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy import Row, and_, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -26,6 +27,7 @@ from foedus.server.store.records import (
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
+    MetricSeriesRecord,
     ModelRecord,
     NewVersion,
     Page,
@@ -42,7 +44,7 @@ from foedus.server.store.schema import (
     audit_log,
     deployments,
     intervals,
-    metric_points,
+    metric_chunks,
     model_aliases,
     model_versions,
     models,
@@ -748,17 +750,19 @@ class SqlStore(Store):
         batch_id: str,
         intervals_: list[IntervalRecord],
         alerts_: list[AlertRecord],
-        metrics: list[MetricPointRecord],
+        series: list[MetricSeriesRecord],
         now_us: int,
     ) -> bool:
         with self._write() as conn:
             dep_id = self._deployment_row(conn, tenant, deployment).id
+            # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped ON CONFLICT insert.
             inserted = conn.execute(
                 self._upsert(telemetry_batches)
                 .values(tenant=tenant, batch_id=batch_id, received_at_us=now_us)
                 .on_conflict_do_nothing()
-            )
-            if inserted.rowcount == 0:
+                .returning(telemetry_batches.c.batch_id)
+            ).first()
+            if inserted is None:
                 return True
             if intervals_:
                 conn.execute(
@@ -800,18 +804,21 @@ class SqlStore(Store):
                     )
                     .on_conflict_do_nothing()
                 )
-            if metrics:
+            if series:
                 conn.execute(
-                    insert(metric_points),
+                    insert(metric_chunks),
                     [
                         {
                             "deployment_id": dep_id,
-                            "name": m.name,
-                            "time_ms": m.time_ms,
-                            "step": m.step,
-                            "value": m.value,
+                            "name": c.name,
+                            "start_ms": c.start_ms,
+                            "end_ms": c.end_ms,
+                            "count": c.count,
+                            "times_ms": c.times_ms,
+                            "values": c.values,
+                            "steps": c.steps,
                         }
-                        for m in metrics
+                        for c in series
                     ],
                 )
             conn.execute(
@@ -863,16 +870,29 @@ class SqlStore(Store):
         with self._read() as conn:
             dep_id = self._deployment_row(conn, tenant, deployment).id
             rows = conn.execute(
-                select(metric_points)
+                select(metric_chunks)
                 .where(
-                    metric_points.c.deployment_id == dep_id,
-                    metric_points.c.name == name,
-                    metric_points.c.time_ms >= start_ms,
-                    metric_points.c.time_ms < end_ms,
+                    metric_chunks.c.deployment_id == dep_id,
+                    metric_chunks.c.name == name,
+                    metric_chunks.c.start_ms < end_ms,
+                    metric_chunks.c.end_ms >= start_ms,
                 )
-                .order_by(metric_points.c.time_ms, metric_points.c.id)
+                .order_by(metric_chunks.c.start_ms, metric_chunks.c.id)
             ).all()
-        return [MetricPointRecord(r.name, r.value, r.time_ms, r.step) for r in rows]
+        points: list[MetricPointRecord] = []
+        for r in rows:
+            times = np.frombuffer(r.times_ms, dtype="<i8")
+            values = np.frombuffer(r.values, dtype="<f8")
+            steps: Any = (
+                np.frombuffer(r.steps, dtype="<i8") if r.steps else np.zeros(len(times), dtype=np.int64)
+            )
+            keep = (times >= start_ms) & (times < end_ms)
+            points += [
+                MetricPointRecord(name, float(v), int(t), int(st))
+                for t, v, st in zip(times[keep], values[keep], steps[keep], strict=True)
+            ]
+        points.sort(key=lambda p: p.time_ms)
+        return points
 
     def list_alerts(
         self, tenant: str, deployment: str | None, page_token: str, page_size: int
