@@ -26,8 +26,8 @@ Three parts, in one run, on this machine (report its CPU count with the figures)
     SQLite in a temporary directory, `--workers` processes); the script creates a tenant, registers a
     small ONNX model (logistic regression on iris), creates a deployment "bench" and an agent key.
     Then `--ingest-clients` (4) client processes, each with its own channel, each keep one
-    `AgentService.ReportTelemetry` stream open and send `TelemetryBatch`es of `--points` (5,000)
-    `MetricPoint`s, one at a time: the next batch goes out when the previous one's ack (sent by the
+    `AgentService.ReportTelemetry` stream open and send `TelemetryBatch`es of about `--points` (5,000)
+    points as `MetricSeries` (one packed column chunk per metric name, the bulk path), one at a time: the next batch goes out when the previous one's ack (sent by the
     server after its commit) has come back. Only acknowledged, non-duplicate points that were sent
     after the start count, for `--ingest-seconds` s -> `ingest_points_per_s`; the time from sending
     a batch to its ack -> `ingest_batch_p50_ms`. Each client cycles through 8 prebuilt batches (38
@@ -318,15 +318,16 @@ def _foedus_ingest_client(
     try:
         base_ms = int(time.time() * 1000)
         templates = []
+        per_series = points // len(METRIC_NAMES)
         for t in range(TEMPLATES_PER_CLIENT):
             b = agent_pb2.TelemetryBatch(deployment="bench", agent=agent)
-            for i in range(points):
-                step = t * points + i
-                b.metrics.add(
-                    name=METRIC_NAMES[i % len(METRIC_NAMES)],
-                    value=float((step * 7919) % 1000) / 1000.0,
-                    time_unix_ms=base_ms + step // len(METRIC_NAMES),
-                    step=step // len(METRIC_NAMES),
+            for name in METRIC_NAMES:
+                steps = [t * per_series + i for i in range(per_series)]
+                b.series.add(
+                    name=name,
+                    time_unix_ms=[base_ms + st for st in steps],
+                    values=[float((st * 7919) % 1000) / 1000.0 for st in steps],
+                    steps=steps,
                 )
             templates.append(b)
         channel = grpc.insecure_channel(
@@ -375,7 +376,7 @@ def _foedus_ingest_client(
             if resp.duplicate:
                 duplicates += 1
             else:
-                acked += points
+                acked += per_series * len(METRIC_NAMES)
             if now >= end_at:
                 outbox.put(None)
                 continue
@@ -869,7 +870,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ingest-clients", type=int, default=4, help="(b) client processes per side (%(default)s)"
     )
     p.add_argument(
-        "--points", type=int, default=5000, help="(b) metric points per Foedus batch (%(default)s)"
+        "--points", type=int, default=20_000, help="(b) metric points per Foedus batch (%(default)s)"
     )
     p.add_argument("--ingest-seconds", type=float, default=10.0, help="(b) seconds per side (%(default)s)")
     p.add_argument(

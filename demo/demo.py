@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,112 @@ def code_revision() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def foedus_cli(*args: str) -> None:
+    """Runs the `foedus` command as a user would, and shows its output indented."""
+    out = subprocess.run(
+        [sys.executable, "-m", "foedus.client_sdk.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in (out.stdout + out.stderr).rstrip().splitlines():
+        print(f"   | {line}")
+
+
+def run_agents(server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray, workdir: Path) -> None:
+    """Two agents serve a deployment; real rows are replayed through the inference protocol; a
+    deliberately slow release goes live and the agents raise an alert with its top metrics."""
+    import asyncio
+    import threading
+
+    import grpc
+
+    from foedus.client_sdk.agent.runtime import Agent, AgentConfig
+    from foedus.client_sdk.testing import slow_classifier_onnx
+    from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
+
+    step("Acme deploys 'cancer' v2 as deployment 'cancer-prod'; two agents serve it")
+    acme_client.deployments.create("cancer-prod", "cancer", traffic={2: 1.0}, description="demo")
+    agent_key = acme_client.keys.create("agent", description="demo agents").secret
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def start(i: int) -> Agent:
+        async def go() -> Agent:
+            agent = Agent(
+                AgentConfig(
+                    deployment="cancer-prod",
+                    server=server.target,
+                    api_key=agent_key,
+                    listen="127.0.0.1:0",
+                    data_dir=workdir / f"agent-{i}",
+                    name=f"agent-{i}",
+                    interval_s=0.5,
+                    detector_warmup=12,
+                )
+            )
+            await agent.start()
+            return agent
+
+        return asyncio.run_coroutine_threadsafe(go(), loop).result(60)
+
+    agents = [start(i) for i in range(2)]
+    while not all(a.generation >= 1 for a in agents):
+        time.sleep(0.1)
+    for a in agents:
+        print(f"   {a.config.name}: Open Inference Protocol on 127.0.0.1:{a.port}")
+    channels = [grpc.insecure_channel(f"127.0.0.1:{a.port}") for a in agents]
+    stubs = [inference_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
+
+    def replay(seconds: float) -> int:
+        """Held-out rows of the breast-cancer data, a few at a time, round-robin over the agents."""
+        sent, end, i = 0, time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            rows = x_test[(i * 4) % (len(x_test) - 4) :][:4]
+            req = inference_pb2.ModelInferRequest(model_name="cancer-prod")
+            req.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+            req.raw_input_contents.append(rows.astype("<f4").tobytes())
+            stubs[i % 2].ModelInfer(req, timeout=10)
+            sent, i = sent + 1, i + 1
+            time.sleep(0.004)
+        return sent
+
+    sent = replay(8.0)
+    print(f"   replayed {sent} requests of held-out rows (scikit-learn's breast-cancer data, CC BY 4.0)")
+    time.sleep(1.5)
+    step("`foedus deployment status cancer-prod` (telemetry from both agents)")
+    env_args = ("--server", server.target, "--api-key", owner_key)
+    foedus_cli(*env_args, "deployment", "status", "cancer-prod", "--window", "300")
+
+    step("A bad release: a deliberately slow version (v3) goes live; the agents watch latency")
+    slow = slow_classifier_onnx(workdir / "cancer-slow.onnx", features=x_test.shape[1], classes=2)
+    v3 = acme_client.models.register(
+        "cancer", slow, description="fault injection: same signature, 100x the work"
+    )
+    acme_client.deployments.set_traffic("cancer-prod", {v3.version: 1.0})
+    while not all(a.generation >= 2 for a in agents):
+        time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    alerts: list[Any] = []
+    while not alerts and time.monotonic() < deadline:
+        replay(1.0)
+        alerts = acme_client.monitoring.alerts("cancer-prod")
+    for alert in alerts[:2]:
+        a = alert.alert
+        top = ", ".join(f"{c.metric}={c.value:.3g} (z {c.attribution:+.1f})" for c in a.top)
+        print(f"   ALERT {alert.agent} v{a.version} {a.kind} score {a.score:.1f} > {a.threshold:g}: {top}")
+    if not alerts:
+        print("   (no alert was raised in 30 s)")
+    step("`foedus alerts list --deployment cancer-prod`")
+    foedus_cli(*env_args, "alerts", "list", "--deployment", "cancer-prod", "--limit", "3")
+
+    for c in channels:
+        c.close()
+    for a in agents:
+        asyncio.run_coroutine_threadsafe(a.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def main() -> None:
@@ -183,6 +290,7 @@ def main() -> None:
         for entry in acme_client.audit(limit=8):
             print(f"   {entry.method.rsplit('/', 1)[1]:<20} {entry.resource:<32} {entry.outcome}")
 
+        run_agents(server, acme_client, acme.owner_key_secret, x_test, workdir)
         acme_client.close()
         globex_client.close()
     print(f"\nDemo finished in {time.perf_counter() - started:.1f} s.")

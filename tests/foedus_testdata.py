@@ -33,47 +33,11 @@ def iris_onnx(directory: Path, *, c: float = 1.0, name: str = "iris.onnx") -> Pa
     return path
 
 
-def slow_iris_onnx(
-    directory: Path, *, width: int = 1024, layers: int = 6, name: str = "slow-iris.onnx"
-) -> Path:
-    """A model with iris's signature that is deliberately slow: a stack of dense layers.
+def slow_iris_onnx(directory: Path, *, name: str = "slow-iris.onnx") -> Path:
+    """A model with iris's signature that is deliberately slow (see `slow_classifier_onnx`)."""
+    from foedus.client_sdk.testing import slow_classifier_onnx
 
-    Stands in for a bad deployment in fault-injection tests: same inputs and outputs, far more work.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((4, width)) * 0.1).astype(np.float32), "w0")]
-    nodes = [helper.make_node("MatMul", ["input", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["a0"])]
-    for i in range(1, layers + 1):
-        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [
-            helper.make_node("MatMul", [f"a{i - 1}", f"w{i}"], [f"h{i}"]),
-            helper.make_node("Relu", [f"h{i}"], [f"a{i}"]),
-        ]
-    inits.append(numpy_helper.from_array((rng.standard_normal((width, 3)) * 0.1).astype(np.float32), "wout"))
-    nodes += [
-        helper.make_node("MatMul", [f"a{layers}", "wout"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "slow_iris",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    path = directory / name
-    path.write_bytes(model.SerializeToString())
-    return path
+    return slow_classifier_onnx(directory / name, features=4, classes=3)
 
 
 def distance_scorer_onnx(

@@ -93,3 +93,50 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def slow_classifier_onnx(
+    path: Path, *, features: int, classes: int, width: int = 1024, layers: int = 6
+) -> Path:
+    """Writes a deliberately slow ONNX classifier: a stack of dense layers behind the usual signature.
+
+    Input `input` float32 [N, features]; outputs `label` int64 [N] and `probabilities` float32
+    [N, classes], like a scikit-learn classifier converted with skl2onnx. It stands in for a bad
+    release in fault-injection tests and demos: same inputs and outputs, far more work. Needs onnx.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((features, width)) * 0.1).astype(np.float32), "w0")]
+    nodes = [helper.make_node("MatMul", ["input", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["a0"])]
+    for i in range(1, layers + 1):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("MatMul", [f"a{i - 1}", f"w{i}"], [f"h{i}"]),
+            helper.make_node("Relu", [f"h{i}"], [f"a{i}"]),
+        ]
+    inits.append(
+        numpy_helper.from_array((rng.standard_normal((width, classes)) * 0.1).astype(np.float32), "wout")
+    )
+    nodes += [
+        helper.make_node("MatMul", [f"a{layers}", "wout"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, features])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, classes]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -69,6 +69,8 @@ class AgentConfig:
     """Execution providers to consider; None: every one this host offers."""
     anomaly_threshold: float = 4.0
     """Robust z-score over which an interval raises an alert (statistical detector)."""
+    detector_warmup: int = 30
+    """Intervals the statistical detector only learns from before it scores."""
     anomaly_deployment: str | None = None
     """Deployment of the tenant that serves the learned anomaly scorer; None: statistical detector only."""
     resource_deployment: str | None = None
@@ -89,7 +91,7 @@ class Agent:
         self.detector = AnomalyDetector(
             len(HISTORY_METRICS),
             metric_names=list(HISTORY_METRICS),
-            config=DetectorConfig(threshold=config.anomaly_threshold),
+            config=DetectorConfig(threshold=config.anomaly_threshold, warmup=config.detector_warmup),
         )
         self.resources = ResourceSampler()
         self._loaded: dict[str, LoadedModel] = {}  # by sha256
