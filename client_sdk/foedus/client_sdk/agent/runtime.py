@@ -40,6 +40,7 @@ from foedus.client_sdk.agent.telemetry import (
     ResourceSampler,
     VersionWindow,
     interval_reports,
+    read_gpus,
 )
 from foedus.oip.v2 import inference_pb2_grpc
 from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -179,6 +180,7 @@ class Agent:
                     cpu_count=os.cpu_count() or 0,
                     memory_bytes=_memory_bytes(),
                     execution_providers=_available_providers(),
+                    gpus=[agent_pb2.Gpu(name=g.name, memory_bytes=g.memory_total_bytes) for g in read_gpus()],
                     agent_version="0.1.0",
                 )
                 await stub.RegisterAgent(

@@ -9,6 +9,8 @@ control plane without raw inputs ever leaving the host.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,11 +166,54 @@ def interval_reports(
     return reports
 
 
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    utilization_percent: float
+
+
+def read_gpus() -> list[GpuReading]:
+    """NVIDIA GPUs of the host, through nvidia-smi; empty where there are none (or no driver)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [
+                exe,
+                "--query-gpu=name,memory.total,memory.used,utilization.gpu",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    readings = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            readings.append(
+                GpuReading(
+                    parts[0], int(float(parts[1]) * 2**20), int(float(parts[2]) * 2**20), float(parts[3])
+                )
+            )
+        except (IndexError, ValueError):
+            continue
+    return readings
+
+
 class ResourceSampler:
-    """Process and host CPU and memory from /proc (Linux); zeros where unavailable."""
+    """Process and host CPU and memory from /proc (Linux), GPU use from nvidia-smi; zeros where
+    unavailable."""
 
     def __init__(self) -> None:
         self._last = (time.monotonic(), _process_cpu_s(), _host_cpu())
+        self._has_gpu = bool(read_gpus())
 
     def sample(self) -> agent_pb2.Resources:
         now, cpu, host = time.monotonic(), _process_cpu_s(), _host_cpu()
@@ -177,11 +222,14 @@ class ResourceSampler:
         elapsed = max(now - last_t, 1e-6)
         host_busy = host[0] - last_host[0]
         host_total = host[1] - last_host[1]
+        gpus = read_gpus() if self._has_gpu else []
         return agent_pb2.Resources(
             process_cpu_percent=100.0 * (cpu - last_cpu) / elapsed,
             host_cpu_percent=100.0 * host_busy / host_total if host_total > 0 else 0.0,
             process_memory_bytes=_rss_bytes(),
             host_memory_used_bytes=_host_memory_used(),
+            gpu_utilization_percent=sum(g.utilization_percent for g in gpus) / len(gpus) if gpus else 0.0,
+            gpu_memory_used_bytes=sum(g.memory_used_bytes for g in gpus),
         )
 
 
