@@ -68,3 +68,35 @@ def distance_scorer_onnx(
     path = directory / name
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def resource_predictor_onnx(directory: Path, name: str = "resources.onnx") -> Path:
+    """A resource predictor over the interval metric vector: next-interval CPU and memory as 110 %
+    of the current (columns 4 and 5 of the vector), a stand-in for a trained quantile model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    outputs = []
+    for column, out in ((4, "cpu_p90_next"), (5, "memory_p90_next")):
+        nodes += [
+            helper.make_node("Gather", ["metrics", f"col{column}"], [f"g{column}"], axis=1),
+            helper.make_node("Mul", [f"g{column}", "margin"], [out]),
+        ]
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [None]))
+    graph = helper.make_graph(
+        nodes,
+        "resource_predictor",
+        [helper.make_tensor_value_info("metrics", TensorProto.FLOAT, [None, 6])],
+        outputs,
+        [
+            numpy_helper.from_array(np.array(4, dtype=np.int64), "col4"),
+            numpy_helper.from_array(np.array(5, dtype=np.int64), "col5"),
+            numpy_helper.from_array(np.array(1.1, dtype=np.float32), "margin"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = directory / name
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -313,7 +313,7 @@ def test_sigkilled_agent_delivers_what_it_queued_once(setup: Setup, tmp_path: Pa
 
 
 def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tmp_path: Path) -> None:
-    from foedus_testdata import distance_scorer_onnx, slow_iris_onnx
+    from foedus_testdata import distance_scorer_onnx, resource_predictor_onnx, slow_iris_onnx
 
     from foedus.client_sdk.agent.history import HISTORY_METRICS
 
@@ -341,6 +341,15 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
         ),
         metadata=setup.meta,
     )
+    setup.owner.models.register("ops-resource", resource_predictor_onnx(tmp_path))
+    setup.deployments.CreateDeployment(
+        deployment_pb2.CreateDeploymentRequest(
+            name="ops-resource",
+            model="ops-resource",
+            traffic=[deployment_pb2.TrafficSplit(version=1, weight=1)],
+        ),
+        metadata=setup.meta,
+    )
     agent = setup.loop.start_agent(
         AgentConfig(
             deployment="iris-prod",
@@ -351,10 +360,19 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
             name="ops-agent",
             interval_s=0.3,
             anomaly_deployment="ops-anomaly",
+            resource_deployment="ops-resource",
         )
     )
     setup.agents.append(agent)
-    wait_for(lambda: agent.anomaly_scorer is not None and agent.generation >= 1, 60, "the scorer to load")
+    wait_for(
+        lambda: (
+            agent.anomaly_scorer is not None
+            and agent.resource_predictor is not None
+            and agent.generation >= 1
+        ),
+        60,
+        "the ops models to load",
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
     setup.agent_channels.append(channel)
     stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -379,3 +397,12 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
     assert alert.alert.score > alert.alert.threshold
     assert alert.alert.top, "the alert carries its top contributing metrics"
     assert alert.alert.top[0].metric in ("latency_p50_ms", "latency_p99_ms")
+    # the resource predictor's outputs arrive as scores of the agent's intervals
+    rows = [r for r in setup.server._server.store.query_intervals("acme", "iris-prod", None, 0, 2**62)]
+    predicted = [r for r in rows if r.agent == "ops-agent" and "memory_p90_next" in r.scores]
+    assert predicted
+    for r in predicted:
+        assert r.scores["memory_p90_next"] == pytest.approx(
+            1.1 * r.resources["process_memory_bytes"], rel=1e-3
+        )
+        assert "cpu_p90_next" in r.scores

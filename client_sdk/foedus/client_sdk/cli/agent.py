@@ -31,6 +31,17 @@ def run(
     provider: list[str] = typer.Option(
         [], "--provider", help="execution provider to consider (repeatable); default: all the host offers"
     ),
+    history_days: float = typer.Option(
+        7.0, "--history-days", min=0.01, help="days of local metric history kept"
+    ),
+    anomaly_deployment: str | None = typer.Option(
+        None,
+        "--anomaly-deployment",
+        help="deployment serving a learned anomaly scorer (default: statistical)",
+    ),
+    resource_deployment: str | None = typer.Option(
+        None, "--resource-deployment", help="deployment serving a resource predictor"
+    ),
 ) -> None:
     """Register with the control plane, serve the deployment's versions and report telemetry."""
     try:
@@ -54,6 +65,9 @@ def run(
         name=name,
         interval_s=interval,
         providers=tuple(provider) or None,
+        history_retention_s=history_days * 86_400,
+        anomaly_deployment=anomaly_deployment,
+        resource_deployment=resource_deployment,
     )
 
     async def main() -> None:
