@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from foedus.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from foedus.server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from foedus.server.store import (
     AuditRecord,
     FeatureProfile,
@@ -22,6 +23,13 @@ from foedus.server.store import (
     TenantState,
     TensorSpec,
     VersionState,
+)
+from foedus.server.store.records import (
+    RolloutEventRecord,
+    RolloutPhase,
+    RolloutRecord,
+    Strategy,
+    TrafficChange,
 )
 from foedus.server.store.sql import SqlStore
 
@@ -263,3 +271,150 @@ def test_logged_series_are_stored_once_and_read_by_range(store: SqlStore) -> Non
     assert [p.time_ms for p in points] == list(range(2000, 3000, 10))
     assert points[0].value == 2.0
     assert store.query_metric_points("acme", "prod", "other", 0, 10**9) == []
+
+
+def _rollout(**kw: object) -> RolloutRecord:
+    fields: dict[str, object] = dict(
+        id=0,
+        tenant="acme",
+        deployment="prod",
+        model="m",
+        stable_version=1,
+        candidate_version=2,
+        strategy=Strategy.CANARY,
+        phase=RolloutPhase.PROGRESSING,
+        step=0,
+        candidate_weight=10.0,
+        reason="canary 10%",
+        spec={"deployment": "prod", "version": 2, "strategy": 1},
+        state={"cursor": 0, "analysis": {"grid": [0.5, 1.5]}},
+        analysis={"candidate_requests": 0.0},
+        winner_version=0,
+        revision=0,
+        scheduled_for_us=5,
+        started_at_us=5,
+        finished_at_us=0,
+        created_at_us=5,
+        created_by="k",
+        updated_at_us=5,
+    )
+    fields.update(kw)
+    return RolloutRecord(**fields)  # type: ignore[arg-type]
+
+
+def _event(kind: str, t: int = 5) -> RolloutEventRecord:
+    return RolloutEventRecord(0, t, kind, f"{kind} happened", 0, 10.0, {"x": 1.5})
+
+
+def _deployed(store: SqlStore) -> None:
+    store.create_version("acme", "m", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_version("acme", "m", new_version(), create_model=False, aliases=(), now_us=1)
+    store.create_deployment("acme", "prod", "m", "", ((1, 1.0),), 0, "k", 1)
+
+
+def test_rollouts_one_active_per_deployment_with_traffic_in_the_same_transaction(store: SqlStore) -> None:
+    _deployed(store)
+    change = TrafficChange(((1, 90.0), (2, 10.0)), 0)
+    r = store.create_rollout(_rollout(), [_event("started")], change)
+    assert (r.id > 0, r.revision) == (True, 1)
+    d = store.get_deployment("acme", "prod")
+    assert (d.traffic, d.generation) == (((1, 90.0), (2, 10.0)), 2)
+    with pytest.raises(FailedPrecondition, match="active rollout"):
+        store.create_rollout(_rollout(), [], None)
+    assert store.get_deployment("acme", "prod").generation == 2  # the refused start changed nothing
+    # the state, including nested JSON, round-trips
+    got = store.get_rollout("acme", r.id)
+    assert got == dataclasses.replace(_rollout(), id=r.id, revision=1)
+    assert store.latest_rollout("acme", "prod").id == r.id
+    assert [x.id for x in store.active_rollouts()] == [r.id]
+    # another tenant sees nothing of it
+    with pytest.raises(NotFound):
+        store.get_rollout("beta", r.id)
+    with pytest.raises(NotFound):
+        store.list_rollout_events("beta", r.id, 0, 10)
+    assert store.list_rollouts("beta", None, False, "", 10).items == []
+    # finishing frees the deployment for the next rollout
+    done = store.update_rollout(
+        dataclasses.replace(got, phase=RolloutPhase.ROLLED_BACK, finished_at_us=9, candidate_weight=0.0),
+        [_event("rolled_back", 9)],
+        TrafficChange(((1, 100.0),), 0),
+    )
+    assert done.revision == 2
+    assert store.active_rollouts() == []
+    assert store.get_deployment("acme", "prod").traffic == ((1, 100.0),)
+    second = store.create_rollout(_rollout(created_at_us=10), [_event("started", 10)], None)
+    assert [x.id for x in store.list_rollouts("acme", "prod", False, "", 10).items] == [second.id, r.id]
+    assert [x.id for x in store.list_rollouts("acme", None, True, "", 10).items] == [second.id]
+    assert [x.id for x in store.finished_rollouts("acme", "m", 0)] == [r.id]
+    assert store.finished_rollouts("acme", "other", 0) == []
+
+
+def test_rollout_updates_are_guarded_by_revision_and_events_numbered(store: SqlStore) -> None:
+    _deployed(store)
+    r = store.create_rollout(_rollout(), [_event("started"), _event("gate")], None)
+    first = store.update_rollout(
+        dataclasses.replace(r, step=1), [_event("step", 6)], TrafficChange(((2, 100.0),), 0)
+    )
+    # a writer holding the old revision loses, and writes nothing at all
+    with pytest.raises(Aborted):
+        store.update_rollout(
+            dataclasses.replace(r, step=3), [_event("step", 7)], TrafficChange(((1, 100.0),), 0)
+        )
+    assert store.get_rollout("acme", r.id).step == 1
+    assert store.get_deployment("acme", "prod").traffic == ((2, 100.0),)
+    events = store.list_rollout_events("acme", r.id, 0, 100)
+    assert [(e.seq, e.kind) for e in events] == [(1, "started"), (2, "gate"), (3, "step")]
+    assert events[0].evidence == {"x": 1.5}
+    assert [e.seq for e in store.list_rollout_events("acme", r.id, 1, 1)] == [2]
+    assert first.revision == 2
+
+
+def test_intervals_after_and_hourly_request_history(store: SqlStore) -> None:
+    from foedus.server.store import IntervalRecord
+
+    _deployed(store)
+    hour = 3_600_000
+
+    def interval(start: int, requests: int, shadow: bool = False) -> IntervalRecord:
+        return IntervalRecord("a", 1, start, 1000, shadow, requests, 0, 0, {}, None, [], {}, {})
+
+    store.ingest_telemetry(
+        "acme", "prod", "a", "b1", [interval(hour + 5, 10), interval(hour + 9, 7, True)], [], [], 1
+    )
+    mark = store.last_interval_id("acme", "prod")
+    store.ingest_telemetry(
+        "acme", "prod", "a", "b2", [interval(2 * hour + 1, 4), interval(3 * hour - 1, 6)], [], [], 2
+    )
+    after = store.intervals_after("acme", "prod", mark, 10)
+    assert [n.interval.requests for n in after] == [4, 6]
+    assert after[0].id > mark
+    assert store.intervals_after("acme", "prod", mark, 1)[0].interval.requests == 4
+    history = store.request_rate_history("acme", "prod", 0, 4 * hour, hour)
+    assert history == [(hour, 10, 1000), (2 * hour, 10, 2000)]  # shadow requests left out
+    with pytest.raises(NotFound):
+        store.intervals_after("beta", "prod", 0, 10)
+
+
+def test_leases_are_exclusive_until_they_expire(store: SqlStore) -> None:
+    assert store.acquire_lease("controller", "a", now_us=100, ttl_us=50)
+    assert not store.acquire_lease("controller", "b", now_us=120, ttl_us=50)
+    assert store.acquire_lease("controller", "a", now_us=140, ttl_us=50)  # renewed until 190
+    assert not store.acquire_lease("controller", "b", now_us=180, ttl_us=50)
+    assert store.acquire_lease("controller", "b", now_us=191, ttl_us=50)
+    assert not store.acquire_lease("controller", "a", now_us=200, ttl_us=50)
+
+
+def test_evaluations_append_to_the_lineage(store: SqlStore) -> None:
+    from foedus.server.store import Evaluation
+
+    _deployed(store)
+    ev = Evaluation("holdout", {"accuracy": 0.9}, 30, 1, {"accuracy": 0.8}, "f" * 64, 7, "k")
+    store.add_evaluation("acme", "m", 2, ev)
+    v = store.add_evaluation("acme", "m", 2, dataclasses.replace(ev, dataset="other"))
+    assert [e.dataset for e in v.lineage.evaluations] == ["holdout", "other"]
+    assert v.lineage.evaluations[0] == ev
+    assert v.lineage.data_fingerprint == "data-1"  # the rest of the lineage is untouched
+    with pytest.raises(NotFound):
+        store.add_evaluation("beta", "m", 2, ev)
+    with pytest.raises(NotFound):
+        store.add_evaluation("acme", "m", 9, ev)

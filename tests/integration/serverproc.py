@@ -10,7 +10,7 @@
     finally:
         pool.close()                                               # ends whatever is still running
 
-The server listens on 127.0.0.1:0; its port is read from the line `foedus server listening on HOST:PORT`
+The server listens on 127.0.0.1:0 unless `listen` is given; its port is read from the line `foedus server listening on HOST:PORT`
 that `serve()` prints once it is serving. Its stdout and stderr go to a log file next to the data dir.
 The server dies with the thread that started it (PR_SET_PDEATHSIG), so start servers from the test's
 main thread. `pid_namespace=True` runs it as PID 1 of a new PID namespace, as in a container, where
@@ -49,8 +49,8 @@ except (OSError, AttributeError):
 from foedus.server.app import serve
 from foedus.server.config import load_config
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-extra = json.loads(sys.argv[2])
-asyncio.run(serve(load_config(env={}, data_dir=Path(sys.argv[1]), listen="127.0.0.1:0", latency_runs=3, **extra)))
+settings = {"listen": "127.0.0.1:0", "latency_runs": 3, **json.loads(sys.argv[2])}
+asyncio.run(serve(load_config(env={}, data_dir=Path(sys.argv[1]), **settings)))
 """
 
 _UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]

@@ -42,7 +42,15 @@ from foedus.client_sdk import Client
 from foedus.client_sdk.agent.histogram import NUM_BUCKETS
 from foedus.client_sdk.testing import LocalServer
 from foedus.server.interceptors import SERVICE_MODULES
-from foedus.v1 import admin_pb2, agent_pb2, common_pb2, deployment_pb2, monitoring_pb2, registry_pb2
+from foedus.v1 import (
+    admin_pb2,
+    agent_pb2,
+    common_pb2,
+    deployment_pb2,
+    monitoring_pb2,
+    registry_pb2,
+    rollout_pb2,
+)
 
 TIMEOUT_S = 20.0
 WATCH_TIMEOUT_S = 3.0  # WatchAssignments never ends: its first message comes at once, or an error
@@ -53,10 +61,13 @@ REG = "/foedus.v1.RegistryService/"
 DEP = "/foedus.v1.DeploymentService/"
 AGENT = "/foedus.v1.AgentService/"
 MON = "/foedus.v1.MonitoringService/"
+ROL = "/foedus.v1.RolloutService/"
 CREATE_VERSION = REG + "CreateModelVersion"
 WATCH = AGENT + "WatchAssignments"
 TELEMETRY = AGENT + "ReportTelemetry"
-ENDLESS = frozenset({WATCH})  # server streams that never end by themselves
+WATCH_ROLLOUT = ROL + "WatchRollout"
+# Server streams that never end by themselves (a rollout's watch ends only when the rollout does).
+ENDLESS = frozenset({WATCH, WATCH_ROLLOUT})
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -126,6 +137,7 @@ class Names:
     alias: str = "production"
     deployment: str = "dep"
     agent: str = "probe-agent"  # not A's agent: B names it itself, so it is no secret of A's
+    rollout: int = 999_999_999  # ids are server-wide; this one never exists
 
 
 GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000", deployment="ghost-dep")
@@ -247,6 +259,24 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
         deployment=n.deployment, metric="requests", start_unix_ms=now_ms() - 3_600_000
     ),
     MON + "ListAlerts": lambda n: monitoring_pb2.ListAlertsRequest(deployment=n.deployment),
+    REG + "RecordEvaluation": lambda n: registry_pb2.RecordEvaluationRequest(
+        model=n.model,
+        version=n.version,
+        evaluation=registry_pb2.Evaluation(dataset="probe", metrics={"accuracy": 0.5}),
+    ),
+    ROL + "StartRollout": lambda n: rollout_pb2.StartRolloutRequest(
+        spec=rollout_pb2.RolloutSpec(deployment=n.deployment, version=2)
+    ),
+    ROL + "GetRollout": lambda n: rollout_pb2.GetRolloutRequest(id=n.rollout),
+    ROL + "ListRollouts": lambda n: rollout_pb2.ListRolloutsRequest(deployment=n.deployment),
+    ROL + "ListRolloutEvents": lambda n: rollout_pb2.ListRolloutEventsRequest(id=n.rollout),
+    WATCH_ROLLOUT: lambda n: rollout_pb2.WatchRolloutRequest(id=n.rollout),
+    ROL + "PauseRollout": lambda n: rollout_pb2.PauseRolloutRequest(id=n.rollout),
+    ROL + "ResumeRollout": lambda n: rollout_pb2.ResumeRolloutRequest(id=n.rollout),
+    ROL + "PromoteRollout": lambda n: rollout_pb2.PromoteRolloutRequest(id=n.rollout),
+    ROL + "AbortRollout": lambda n: rollout_pb2.AbortRolloutRequest(id=n.rollout),
+    ROL + "SuggestWindows": lambda n: rollout_pb2.SuggestWindowsRequest(deployment=n.deployment),
+    ROL + "GetDoraReport": lambda n: rollout_pb2.GetDoraReportRequest(model=n.model),
 }
 
 # How tenant isolation is checked for each RPC:
@@ -286,6 +316,11 @@ ISOLATION: dict[str, str] = {
     MON + "GetDeploymentStatus": "names",
     MON + "QueryMetrics": "names",
     MON + "ListAlerts": "names",
+    REG + "RecordEvaluation": "names",
+    **{
+        ROL + name: "names"
+        for name in rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].methods_by_name
+    },
 }
 
 
@@ -310,11 +345,12 @@ class World:
     revoked: dict[str, str] = field(default_factory=dict)  # role -> revoked key of tenant B
     str_token: str = ""  # a next_page_token of a list sorted by name (ListKeys)
     int_token: str = ""  # a next_page_token of a list sorted by number (ListAuditEntries)
+    a_rollout: int = 0  # tenant A's rollout (scheduled far ahead, on "dep-r" of model "ma")
     streams: list[Any] = field(default_factory=list)  # every streaming call made, to check they ended
 
     @property
     def a_names(self) -> Names:
-        return Names(tenant=self.a.name, model="m", key_id=self.a.key_ids["owner"])
+        return Names(tenant=self.a.name, model="m", key_id=self.a.key_ids["owner"], rollout=self.a_rollout)
 
     @property
     def a_secrets(self) -> tuple[str, ...]:
@@ -502,6 +538,20 @@ def world(server: LocalServer, onnx_model: Path) -> Iterator[World]:
         a_agent,
     )
     assert [(ack.batch_id, ack.duplicate) for ack in acks] == [(A_BATCH_ID, False)]
+    # A: model "ma" (two versions), deployment "dep-r" of version 1, and a rollout of version 2
+    # scheduled far ahead (it never touches the traffic during the tests).
+    for i in (1, 2):
+        w.ok(CREATE_VERSION, upload("ma", b"a-model v%d" % i, create_model=True), a.keys["editor"])
+    w.ok(
+        DEP + "CreateDeployment",
+        deployment_pb2.CreateDeploymentRequest(name="dep-r", model="ma", traffic=traffic((1, 1.0))),
+        a.keys["editor"],
+    )
+    spec = rollout_pb2.RolloutSpec(deployment="dep-r", version=2)
+    spec.start_at.FromSeconds(4_102_444_800)  # 2100-01-01
+    started = w.ok(ROL + "StartRollout", rollout_pb2.StartRolloutRequest(spec=spec), a.keys["editor"]).rollout
+    assert started.phase == rollout_pb2.ROLLOUT_PHASE_SCHEDULED
+    w.a_rollout = started.id
     # B: deployment "b-dep" of both versions of "b-model", its agent, telemetry and an alert. Its
     # batch reuses A's batch id: batch ids are per tenant, so it is new (and stored) for B.
     w.ok(
@@ -558,7 +608,7 @@ def normalize(text: str, names: Names) -> str:
         (names.key_id, "<key>"),
     ):
         text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", placeholder, text)
-    return text
+    return re.sub(rf"\brollout {names.rollout}\b", "rollout <rollout>", text)
 
 
 # --- 0. coverage guard -----------------------------------------------------------------------------
@@ -829,7 +879,7 @@ def _check_list_deployments(world: World) -> None:
             assert not resp.next_page_token
             assert_no_leak(world, str(resp))
     mine = world.ok(DEP + "ListDeployments", deployment_pb2.ListDeploymentsRequest(), world.a.keys["viewer"])
-    assert [d.name for d in mine.deployments] == ["dep"]
+    assert [d.name for d in mine.deployments] == ["dep", "dep-r"]
 
 
 def _check_list_alerts(world: World) -> None:
@@ -876,6 +926,7 @@ LIST_RPCS: dict[str, tuple[str, Callable[[common_pb2.PageRequest], Any], str]] =
     ),
     DEP + "ListDeployments": ("viewer", lambda p: deployment_pb2.ListDeploymentsRequest(page=p), "str"),
     MON + "ListAlerts": ("viewer", lambda p: monitoring_pb2.ListAlertsRequest(page=p), "int"),
+    ROL + "ListRollouts": ("viewer", lambda p: rollout_pb2.ListRolloutsRequest(page=p), "int"),
 }
 
 
@@ -1138,6 +1189,161 @@ def _monitoring_cases() -> Iterator[Case]:
     yield query, "end-negative", "viewer", lambda w: _query(end_unix_ms=-1)
     yield query, "end-before-start", "viewer", lambda w: _query(end_unix_ms=now_ms() - 7_200_000)
     yield query, "too-many-steps", "viewer", lambda w: _query(start_unix_ms=1, step_s=1)
+
+
+O_ = rollout_pb2
+
+
+def _start(**fields: Any) -> rollout_pb2.StartRolloutRequest:
+    values: dict[str, Any] = {"deployment": B_DEPLOYMENT, "version": 2}
+    values.update(fields)
+    return O_.StartRolloutRequest(spec=O_.RolloutSpec(**values))
+
+
+def _steps(*weights: float) -> list[rollout_pb2.CanaryStep]:
+    return [O_.CanaryStep(weight=w) for w in weights]
+
+
+BAD_SPECS: dict[str, Callable[[], rollout_pb2.StartRolloutRequest]] = {
+    "version-zero": lambda: _start(version=0),
+    "version-negative": lambda: _start(version=-1),
+    "strategy-unknown": lambda: _start(strategy=99),
+    "steps-decreasing": lambda: _start(steps=_steps(50, 25, 100)),
+    "steps-repeated": lambda: _start(steps=_steps(50, 50, 100)),
+    "last-step-not-100": lambda: _start(steps=_steps(10, 50)),
+    "step-over-100": lambda: _start(steps=_steps(10, 150)),
+    "step-weight-nan": lambda: _start(steps=_steps(NAN, 100)),
+    "step-duration-negative": lambda: _start(steps=[O_.CanaryStep(weight=100, min_duration_s=-5)]),
+    "step-requests-negative": lambda: _start(steps=[O_.CanaryStep(weight=100, min_requests=-1)]),
+    "too-many-steps": lambda: _start(steps=_steps(*range(1, 22), 100)),
+    "ab-weight-100": lambda: _start(strategy=O_.ROLLOUT_STRATEGY_AB_TEST, ab_weight=100),
+    "ab-metric-unknown": lambda: _start(strategy=O_.ROLLOUT_STRATEGY_AB_TEST, ab_metric="vibes"),
+    "duration-negative": lambda: _start(strategy=O_.ROLLOUT_STRATEGY_SHADOW, duration_s=-1),
+    "preview-negative": lambda: _start(strategy=O_.ROLLOUT_STRATEGY_BLUE_GREEN, preview_s=-1),
+    "alpha-zero": lambda: _start(analysis=O_.AnalysisSettings(alpha=0.0)),
+    "alpha-one": lambda: _start(analysis=O_.AnalysisSettings(alpha=1.0)),
+    "alpha-nan": lambda: _start(analysis=O_.AnalysisSettings(alpha=NAN)),
+    "margin-negative": lambda: _start(analysis=O_.AnalysisSettings(latency_p99_margin=-0.5)),
+    "points-margin-nan": lambda: _start(analysis=O_.AnalysisSettings(error_rate_margin_points=NAN)),
+    "deadline-zero": lambda: _start(analysis=O_.AnalysisSettings(step_deadline_s=0)),
+    "slo-error-rate-over-1": lambda: _start(analysis=O_.AnalysisSettings(slo_error_rate=1.5)),
+    "breach-probability-low": lambda: _start(analysis=O_.AnalysisSettings(breach_probability=0.2)),
+    "quality-gate-without-metric": lambda: _start(gates=O_.GateSpec(quality_dataset="holdout")),
+    "latency-budget-negative": lambda: _start(gates=O_.GateSpec(latency_budget_ms=-1)),
+    "max-cpu-over-1": lambda: _start(max_cpu_utilisation=1.5),
+    "description-too-long": lambda: _start(description="x" * 2001),
+}
+
+
+def _rollout_cases() -> Iterator[Case]:
+    start = ROL + "StartRollout"
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield start, f"deployment-{case}", "editor", lambda w, d=name: _start(deployment=d)
+        if name:
+            yield (
+                ROL + "GetRollout",
+                f"deployment-{case}",
+                "viewer",
+                lambda w, d=name: O_.GetRolloutRequest(deployment=d),
+            )
+            yield (
+                ROL + "ListRollouts",
+                f"deployment-{case}",
+                "viewer",
+                lambda w, d=name: O_.ListRolloutsRequest(deployment=d),
+            )
+        yield (
+            ROL + "SuggestWindows",
+            f"deployment-{case}",
+            "viewer",
+            lambda w, d=name: O_.SuggestWindowsRequest(deployment=d),
+        )
+    for case, make in BAD_SPECS.items():
+        yield start, case, "editor", lambda w, m=make: m()
+    yield ROL + "GetRollout", "no-id-no-deployment", "viewer", lambda w: O_.GetRolloutRequest()
+    yield ROL + "GetRollout", "id-negative", "viewer", lambda w: O_.GetRolloutRequest(id=-1)
+    yield ROL + "ListRolloutEvents", "id-zero", "viewer", lambda w: O_.ListRolloutEventsRequest()
+    yield ROL + "ListRolloutEvents", "id-negative", "viewer", lambda w: O_.ListRolloutEventsRequest(id=-3)
+    yield (
+        ROL + "ListRolloutEvents",
+        "after-seq-negative",
+        "viewer",
+        lambda w: O_.ListRolloutEventsRequest(id=1, after_seq=-1),
+    )
+    yield WATCH_ROLLOUT, "id-zero", "viewer", lambda w: O_.WatchRolloutRequest()
+    for name, request in (
+        ("PauseRollout", O_.PauseRolloutRequest),
+        ("ResumeRollout", O_.ResumeRolloutRequest),
+        ("PromoteRollout", O_.PromoteRolloutRequest),
+        ("AbortRollout", O_.AbortRolloutRequest),
+    ):
+        yield ROL + name, "id-zero", "editor", lambda w, r=request: r()
+        yield ROL + name, "id-negative", "editor", lambda w, r=request: r(id=-1)
+    for name, request in (
+        ("PauseRollout", O_.PauseRolloutRequest),
+        ("PromoteRollout", O_.PromoteRolloutRequest),
+        ("AbortRollout", O_.AbortRolloutRequest),
+    ):
+        yield ROL + name, "reason-too-long", "editor", lambda w, r=request: r(id=1, reason="x" * 2001)
+    windows = ROL + "SuggestWindows"
+    yield (
+        windows,
+        "duration-too-short",
+        "viewer",
+        lambda w: O_.SuggestWindowsRequest(deployment=B_DEPLOYMENT, duration_s=10),
+    )
+    yield (
+        windows,
+        "count-too-large",
+        "viewer",
+        lambda w: O_.SuggestWindowsRequest(deployment=B_DEPLOYMENT, count=1000),
+    )
+    yield windows, "days-nan", "viewer", lambda w: O_.SuggestWindowsRequest(deployment=B_DEPLOYMENT, days=NAN)
+    yield (
+        windows,
+        "days-negative",
+        "viewer",
+        lambda w: O_.SuggestWindowsRequest(deployment=B_DEPLOYMENT, days=-1),
+    )
+    dora = ROL + "GetDoraReport"
+    yield dora, "model-bad-chars", "viewer", lambda w: O_.GetDoraReportRequest(model=BAD_NAME)
+    yield dora, "days-negative", "viewer", lambda w: O_.GetDoraReportRequest(days=-1)
+    yield dora, "days-too-many", "viewer", lambda w: O_.GetDoraReportRequest(days=100_000)
+    record = REG + "RecordEvaluation"
+
+    def evaluation(**fields: Any) -> registry_pb2.RecordEvaluationRequest:
+        values: dict[str, Any] = {"dataset": "holdout", "metrics": {"accuracy": 0.9}}
+        values.update(fields)
+        return R_.RecordEvaluationRequest(model="b-model", version=2, evaluation=R_.Evaluation(**values))
+
+    yield (
+        record,
+        "model-bad-chars",
+        "editor",
+        lambda w: R_.RecordEvaluationRequest(
+            model=BAD_NAME, version=1, evaluation=R_.Evaluation(dataset="d", metrics={"a": 1.0})
+        ),
+    )
+    yield (
+        record,
+        "version-zero",
+        "editor",
+        lambda w: R_.RecordEvaluationRequest(
+            model="b-model", version=0, evaluation=R_.Evaluation(dataset="d", metrics={"a": 1.0})
+        ),
+    )
+    yield record, "dataset-empty", "editor", lambda w: evaluation(dataset="")
+    yield record, "dataset-too-long", "editor", lambda w: evaluation(dataset="d" * 201)
+    yield record, "metrics-empty", "editor", lambda w: evaluation(metrics={})
+    yield record, "metric-nan", "editor", lambda w: evaluation(metrics={"accuracy": NAN})
+    yield record, "metric-name-empty", "editor", lambda w: evaluation(metrics={"": 1.0})
+    yield (
+        record,
+        "baseline-metric-infinite",
+        "editor",
+        lambda w: evaluation(baseline_metrics={"accuracy": INF}),
+    )
+    yield record, "rows-negative", "editor", lambda w: evaluation(rows=-1)
 
 
 _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
@@ -1420,6 +1626,7 @@ _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
     *_deployment_cases(),
     *_agent_cases(),
     *_monitoring_cases(),
+    *_rollout_cases(),
     *_paging_cases(),
 ]
 INVALID_CASES = [pytest.param(rpc, role, make, id=f"{short(rpc)}-{case}") for rpc, case, role, make in _CASES]

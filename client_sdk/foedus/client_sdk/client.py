@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import datetime
 import hashlib
 import os
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from foedus.client_sdk.errors import (
     FoedusError,
@@ -23,6 +25,7 @@ from foedus.client_sdk.errors import (
     from_rpc_error,
 )
 from foedus.client_sdk.profile import compute_reference_profile
+from foedus.client_sdk.rollouts import RolloutsAPI
 from foedus.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -128,8 +131,9 @@ class ModelsAPI:
     ) -> registry_pb2.ModelVersion:
         """Uploads `path` as the next version of model `name` and returns it.
 
-        `lineage` takes the structured keys `data_fingerprint`, `code_revision` and
-        `parent_version`; any other key goes to its free key/values. `reference_data` (a 2-D array,
+        `lineage` takes the structured keys `data_fingerprint`, `code_revision`, `parent_version`
+        and `code_revision_time` (an aware datetime or Unix seconds, used for DORA lead time); any
+        other key goes to its free key/values. `reference_data` (a 2-D array,
         a mapping of column -> values, or a DataFrame) is profiled here, and only the profile is
         sent. The framework is `onnx` for .onnx files unless given; ONNX versions pass the
         registry's gates (validity, signature, CPU latency) or are rejected with InvalidArgument.
@@ -151,6 +155,7 @@ class ModelsAPI:
                 data_fingerprint=str(lin.pop("data_fingerprint", "")),
                 code_revision=str(lin.pop("code_revision", "")),
                 parent_version=int(lin.pop("parent_version", 0)),
+                code_revision_time=_timestamp(lin.pop("code_revision_time", None)),
                 properties={str(k): str(v) for k, v in lin.items()},
             ),
         )
@@ -220,6 +225,99 @@ class ModelsAPI:
         req = registry_pb2.ArchiveModelVersionRequest(model=name, version=version)
         return self._rpc(self._stub.ArchiveModelVersion, req).version
 
+    def record_evaluation(
+        self,
+        name: str,
+        version: int,
+        dataset: str,
+        metrics: Mapping[str, float],
+        *,
+        rows: int = 0,
+        baseline_version: int = 0,
+        baseline_metrics: Mapping[str, float] | None = None,
+        dataset_fingerprint: str = "",
+    ) -> registry_pb2.ModelVersion:
+        """Records an offline evaluation in the version's lineage (read by rollout quality gates)."""
+        req = registry_pb2.RecordEvaluationRequest(
+            model=name,
+            version=version,
+            evaluation=registry_pb2.Evaluation(
+                dataset=dataset,
+                metrics={k: float(v) for k, v in metrics.items()},
+                rows=rows,
+                baseline_version=baseline_version,
+                baseline_metrics={k: float(v) for k, v in (baseline_metrics or {}).items()},
+                dataset_fingerprint=dataset_fingerprint,
+            ),
+        )
+        return self._rpc(self._stub.RecordEvaluation, req).version
+
+    def evaluate(
+        self,
+        name: str,
+        version: int,
+        x: Any,
+        y: Any,
+        *,
+        dataset: str,
+        baseline_version: int | None = None,
+        baseline_alias: str | None = "production",
+        task: str | None = None,
+        metrics: Sequence[str] | None = None,
+        record: bool = True,
+    ) -> registry_pb2.Evaluation:
+        """Scores `version` (and its baseline) on rows `x` with labels `y`, here, with onnxruntime.
+
+        The baseline is `baseline_version`, else the version `baseline_alias` points at (if any).
+        `task` is classification or regression (inferred from `y`: integers and strings are
+        classes). Metrics: accuracy, f1_macro, precision_macro, recall_macro, auc (binary, when the
+        model outputs probabilities) or rmse, mae, r2. With `record`, the result goes into the
+        version's lineage as an evaluation on `dataset`, with a fingerprint of the rows.
+        """
+        import numpy as np
+
+        from foedus.client_sdk import evaluation as ev
+
+        xs = np.asarray(x)
+        ys = np.asarray(y)
+        if xs.ndim != 2 or len(xs) != len(ys) or not len(xs):
+            raise InvalidArgument("x must be a non-empty 2-D array with one label in y per row")
+        kind = task or ev.infer_task(ys)
+        base = baseline_version
+        if base is None and baseline_alias:
+            model = self.get(name)
+            base = model.aliases.get(baseline_alias)
+        with tempfile.TemporaryDirectory(prefix="foedus-eval-") as tmp:
+            mine = ev.evaluate_arrays(
+                ev.onnx_predictor(self.download(name, tmp, version)), xs, ys, kind, metrics
+            )
+            theirs: dict[str, float] = {}
+            if base and base != version:
+                theirs = ev.evaluate_arrays(
+                    ev.onnx_predictor(self.download(name, tmp, base)), xs, ys, kind, metrics
+                )
+        result = registry_pb2.Evaluation(
+            dataset=dataset,
+            metrics=mine,
+            rows=len(xs),
+            baseline_version=base if theirs and base else 0,
+            baseline_metrics=theirs,
+            dataset_fingerprint=ev.fingerprint(xs, ys),
+        )
+        if record:
+            recorded = self.record_evaluation(
+                name,
+                version,
+                dataset,
+                mine,
+                rows=len(xs),
+                baseline_version=result.baseline_version,
+                baseline_metrics=theirs,
+                dataset_fingerprint=result.dataset_fingerprint,
+            )
+            return recorded.lineage.evaluations[-1]
+        return result
+
     def download(
         self,
         name: str,
@@ -267,6 +365,25 @@ class ModelsAPI:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return target
+
+
+def _timestamp(value: Any) -> Timestamp | None:
+    if value is None or value == "":
+        return None
+    out = Timestamp()
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise InvalidArgument("lineage code_revision_time needs a time zone")
+        out.FromDatetime(value.astimezone(datetime.UTC))
+    else:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(
+                f"lineage code_revision_time must be a datetime or Unix seconds, not {value!r}"
+            ) from None
+        out.FromNanoseconds(int(seconds * 1e9))
+    return out
 
 
 def _traffic(traffic: Mapping[int, float] | None) -> list[deployment_pb2.TrafficSplit]:
@@ -537,6 +654,7 @@ class Client:
         self.keys = KeysAPI(self._rpc)
         self.deployments = DeploymentsAPI(self._rpc)
         self.monitoring = MonitoringAPI(self._rpc)
+        self.rollouts = RolloutsAPI(self._rpc)
 
     @classmethod
     def connect(
@@ -609,6 +727,7 @@ __all__ = [
     "MetricTuple",
     "ModelsAPI",
     "MonitoringAPI",
+    "RolloutsAPI",
     "TenantsAPI",
     "TlsConfig",
 ]

@@ -96,13 +96,21 @@ class LocalServer:
 
 
 def slow_classifier_onnx(
-    path: Path, *, features: int, classes: int, width: int = 1024, layers: int = 6
+    path: Path,
+    *,
+    features: int,
+    classes: int,
+    width: int = 1024,
+    layers: int = 6,
+    fail_at_or_above: int = 0,
 ) -> Path:
     """Writes a deliberately slow ONNX classifier: a stack of dense layers behind the usual signature.
 
     Input `input` float32 [N, features]; outputs `label` int64 [N] and `probabilities` float32
     [N, classes], like a scikit-learn classifier converted with skl2onnx. It stands in for a bad
-    release in fault-injection tests and demos: same inputs and outputs, far more work. Needs onnx.
+    release in fault-injection tests and demos: same inputs and outputs, far more work. With
+    `fail_at_or_above` K > 0, a request fails at run time (an out-of-range Gather) whenever a row's
+    first feature is K or more: a release with errors as well. Needs onnx.
     """
     import numpy as np
     import onnx
@@ -121,8 +129,23 @@ def slow_classifier_onnx(
     inits.append(
         numpy_helper.from_array((rng.standard_normal((width, classes)) * 0.1).astype(np.float32), "wout")
     )
+    logits = "logits"
+    if fail_at_or_above > 0:
+        # index = int(input[:, 0]); Gather from a table of K zeros fails for any index >= K.
+        inits += [
+            numpy_helper.from_array(np.zeros(fail_at_or_above, dtype=np.float32), "fail_table"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "col0"),
+        ]
+        nodes += [
+            helper.make_node("Gather", ["input", "col0"], ["first"], axis=1),
+            helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["fail_table", "index"], ["zeros"], axis=0),
+        ]
+        logits = "logits_raw"
+    nodes += [helper.make_node("MatMul", [f"a{layers}", "wout"], [logits])]
+    if fail_at_or_above > 0:
+        nodes += [helper.make_node("Add", ["logits_raw", "zeros"], ["logits"])]
     nodes += [
-        helper.make_node("MatMul", [f"a{layers}", "wout"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
     ]

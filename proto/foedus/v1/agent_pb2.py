@@ -27,7 +27,7 @@ from foedus.v1 import deployment_pb2 as foedus_dot_v1_dot_deployment__pb2
 from foedus.v1 import registry_pb2 as foedus_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66oedus/v1/agent.proto\x12\tfoedus.v1\x1a\x16\x66oedus/v1/common.proto\x1a\x1a\x66oedus/v1/deployment.proto\x1a\x18\x66oedus/v1/registry.proto\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xa2\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x1c\n\x04gpus\x18\x06 \x03(\x0b\x32\x0e.foedus.v1.Gpu\x12\x15\n\ragent_version\x18\x07 \x01(\t\"\x8b\x02\n\x0f\x41ssignedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x13.foedus.v1.Artifact\x12\'\n\tsignature\x18\x03 \x01(\x0b\x32\x14.foedus.v1.Signature\x12\x36\n\x11reference_profile\x18\x04 \x01(\x0b\x32\x1b.foedus.v1.ReferenceProfile\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.foedus.v1.AssignedVersion.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\nAssignment\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.foedus.v1.AssignedVersion\"?\n\x0fSparseHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x0b\n\x03sum\x18\x03 \x01(\x01\"n\n\tBinCounts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x11\n\tunderflow\x18\x03 \x01(\x03\x12\x10\n\x08overflow\x18\x04 \x01(\x03\x12\r\n\x05other\x18\x05 \x01(\x03\x12\x0f\n\x07missing\x18\x06 \x01(\x03\"\xc0\x01\n\tResources\x12\x1b\n\x13process_cpu_percent\x18\x01 \x01(\x01\x12\x18\n\x10host_cpu_percent\x18\x02 \x01(\x01\x12\x1c\n\x14process_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16host_memory_used_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17gpu_utilization_percent\x18\x05 \x01(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x06 \x01(\x03\"\xa2\x03\n\x0eIntervalReport\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x0f\n\x07invalid\x18\x07 \x01(\x03\x12.\n\nlatency_ms\x18\x08 \x01(\x0b\x32\x1a.foedus.v1.SparseHistogram\x12)\n\x0bpredictions\x18\t \x01(\x0b\x32\x14.foedus.v1.BinCounts\x12&\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32\x14.foedus.v1.BinCounts\x12\'\n\tresources\x18\x0b \x01(\x0b\x32\x14.foedus.v1.Resources\x12\x35\n\x06scores\x18\x0c \x03(\x0b\x32%.foedus.v1.IntervalReport.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0c\x43ontribution\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0b\x61ttribution\x18\x03 \x01(\x01\"\xad\x01\n\nAgentAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.foedus.v1.Contribution\"N\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\"Q\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\r\n\x05steps\x18\x04 \x03(\x03\"\xec\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12,\n\tintervals\x18\x04 \x03(\x0b\x32\x19.foedus.v1.IntervalReport\x12%\n\x06\x61lerts\x18\x05 \x03(\x0b\x32\x15.foedus.v1.AgentAlert\x12\'\n\x07metrics\x18\x06 \x03(\x0b\x32\x16.foedus.v1.MetricPoint\x12\'\n\x06series\x18\x07 \x03(\x0b\x32\x17.foedus.v1.MetricSeries\"O\n\x14RegisterAgentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.foedus.v1.AgentInfo\"B\n\x15RegisterAgentResponse\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\"<\n\x17WatchAssignmentsRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\"E\n\x18WatchAssignmentsResponse\x12)\n\nassignment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Assignment\"B\n\x16ReportTelemetryRequest\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.foedus.v1.TelemetryBatch\">\n\x17ReportTelemetryResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\xbd\x02\n\x0c\x41gentService\x12]\n\rRegisterAgent\x12\x1f.foedus.v1.RegisterAgentRequest\x1a .foedus.v1.RegisterAgentResponse\"\t\xca\xf3\x18\x05\n\x01\x04\x10\x01\x12\x66\n\x10WatchAssignments\x12\".foedus.v1.WatchAssignmentsRequest\x1a#.foedus.v1.WatchAssignmentsResponse\"\x07\xca\xf3\x18\x03\n\x01\x04\x30\x01\x12\x66\n\x0fReportTelemetry\x12!.foedus.v1.ReportTelemetryRequest\x1a\".foedus.v1.ReportTelemetryResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x02(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66oedus/v1/agent.proto\x12\tfoedus.v1\x1a\x16\x66oedus/v1/common.proto\x1a\x1a\x66oedus/v1/deployment.proto\x1a\x18\x66oedus/v1/registry.proto\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xa2\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x1c\n\x04gpus\x18\x06 \x03(\x0b\x32\x0e.foedus.v1.Gpu\x12\x15\n\ragent_version\x18\x07 \x01(\t\"\x8b\x02\n\x0f\x41ssignedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x13.foedus.v1.Artifact\x12\'\n\tsignature\x18\x03 \x01(\x0b\x32\x14.foedus.v1.Signature\x12\x36\n\x11reference_profile\x18\x04 \x01(\x0b\x32\x1b.foedus.v1.ReferenceProfile\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.foedus.v1.AssignedVersion.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\nAssignment\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.foedus.v1.AssignedVersion\"?\n\x0fSparseHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x0b\n\x03sum\x18\x03 \x01(\x01\"\x82\x01\n\tBinCounts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\x11\n\tunderflow\x18\x03 \x01(\x03\x12\x10\n\x08overflow\x18\x04 \x01(\x03\x12\r\n\x05other\x18\x05 \x01(\x03\x12\x0f\n\x07missing\x18\x06 \x01(\x03\x12\x12\n\ncategories\x18\x07 \x03(\t\"\xc0\x01\n\tResources\x12\x1b\n\x13process_cpu_percent\x18\x01 \x01(\x01\x12\x18\n\x10host_cpu_percent\x18\x02 \x01(\x01\x12\x1c\n\x14process_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16host_memory_used_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17gpu_utilization_percent\x18\x05 \x01(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x06 \x01(\x03\"\xa2\x03\n\x0eIntervalReport\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x0f\n\x07invalid\x18\x07 \x01(\x03\x12.\n\nlatency_ms\x18\x08 \x01(\x0b\x32\x1a.foedus.v1.SparseHistogram\x12)\n\x0bpredictions\x18\t \x01(\x0b\x32\x14.foedus.v1.BinCounts\x12&\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32\x14.foedus.v1.BinCounts\x12\'\n\tresources\x18\x0b \x01(\x0b\x32\x14.foedus.v1.Resources\x12\x35\n\x06scores\x18\x0c \x03(\x0b\x32%.foedus.v1.IntervalReport.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0c\x43ontribution\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0b\x61ttribution\x18\x03 \x01(\x01\"\xad\x01\n\nAgentAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.foedus.v1.Contribution\"N\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\"Q\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\r\n\x05steps\x18\x04 \x03(\x03\"\xec\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12,\n\tintervals\x18\x04 \x03(\x0b\x32\x19.foedus.v1.IntervalReport\x12%\n\x06\x61lerts\x18\x05 \x03(\x0b\x32\x15.foedus.v1.AgentAlert\x12\'\n\x07metrics\x18\x06 \x03(\x0b\x32\x16.foedus.v1.MetricPoint\x12\'\n\x06series\x18\x07 \x03(\x0b\x32\x17.foedus.v1.MetricSeries\"O\n\x14RegisterAgentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12#\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x14.foedus.v1.AgentInfo\"B\n\x15RegisterAgentResponse\x12)\n\ndeployment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Deployment\"<\n\x17WatchAssignmentsRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\"E\n\x18WatchAssignmentsResponse\x12)\n\nassignment\x18\x01 \x01(\x0b\x32\x15.foedus.v1.Assignment\"B\n\x16ReportTelemetryRequest\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.foedus.v1.TelemetryBatch\">\n\x17ReportTelemetryResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x32\xbd\x02\n\x0c\x41gentService\x12]\n\rRegisterAgent\x12\x1f.foedus.v1.RegisterAgentRequest\x1a .foedus.v1.RegisterAgentResponse\"\t\xca\xf3\x18\x05\n\x01\x04\x10\x01\x12\x66\n\x10WatchAssignments\x12\".foedus.v1.WatchAssignmentsRequest\x1a#.foedus.v1.WatchAssignmentsResponse\"\x07\xca\xf3\x18\x03\n\x01\x04\x30\x01\x12\x66\n\x0fReportTelemetry\x12!.foedus.v1.ReportTelemetryRequest\x1a\".foedus.v1.ReportTelemetryResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x02(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,36 +56,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENT']._serialized_end=693
   _globals['_SPARSEHISTOGRAM']._serialized_start=695
   _globals['_SPARSEHISTOGRAM']._serialized_end=758
-  _globals['_BINCOUNTS']._serialized_start=760
-  _globals['_BINCOUNTS']._serialized_end=870
-  _globals['_RESOURCES']._serialized_start=873
-  _globals['_RESOURCES']._serialized_end=1065
-  _globals['_INTERVALREPORT']._serialized_start=1068
-  _globals['_INTERVALREPORT']._serialized_end=1486
-  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_start=1441
-  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_end=1486
-  _globals['_CONTRIBUTION']._serialized_start=1488
-  _globals['_CONTRIBUTION']._serialized_end=1554
-  _globals['_AGENTALERT']._serialized_start=1557
-  _globals['_AGENTALERT']._serialized_end=1730
-  _globals['_METRICPOINT']._serialized_start=1732
-  _globals['_METRICPOINT']._serialized_end=1810
-  _globals['_METRICSERIES']._serialized_start=1812
-  _globals['_METRICSERIES']._serialized_end=1893
-  _globals['_TELEMETRYBATCH']._serialized_start=1896
-  _globals['_TELEMETRYBATCH']._serialized_end=2132
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=2134
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=2213
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=2215
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=2281
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=2283
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=2343
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=2345
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=2414
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=2416
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=2482
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=2484
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=2546
-  _globals['_AGENTSERVICE']._serialized_start=2549
-  _globals['_AGENTSERVICE']._serialized_end=2866
+  _globals['_BINCOUNTS']._serialized_start=761
+  _globals['_BINCOUNTS']._serialized_end=891
+  _globals['_RESOURCES']._serialized_start=894
+  _globals['_RESOURCES']._serialized_end=1086
+  _globals['_INTERVALREPORT']._serialized_start=1089
+  _globals['_INTERVALREPORT']._serialized_end=1507
+  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_start=1462
+  _globals['_INTERVALREPORT_SCORESENTRY']._serialized_end=1507
+  _globals['_CONTRIBUTION']._serialized_start=1509
+  _globals['_CONTRIBUTION']._serialized_end=1575
+  _globals['_AGENTALERT']._serialized_start=1578
+  _globals['_AGENTALERT']._serialized_end=1751
+  _globals['_METRICPOINT']._serialized_start=1753
+  _globals['_METRICPOINT']._serialized_end=1831
+  _globals['_METRICSERIES']._serialized_start=1833
+  _globals['_METRICSERIES']._serialized_end=1914
+  _globals['_TELEMETRYBATCH']._serialized_start=1917
+  _globals['_TELEMETRYBATCH']._serialized_end=2153
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=2155
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=2234
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=2236
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=2302
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=2304
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=2364
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=2366
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=2435
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=2437
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=2503
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=2505
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=2567
+  _globals['_AGENTSERVICE']._serialized_start=2570
+  _globals['_AGENTSERVICE']._serialized_end=2887
 # @@protoc_insertion_point(module_scope)

@@ -211,6 +211,7 @@ class BinCounts(_message.Message):
     OVERFLOW_FIELD_NUMBER: _builtins.int
     OTHER_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     underflow: _builtins.int
     overflow: _builtins.int
@@ -218,6 +219,12 @@ class BinCounts(_message.Message):
     missing: _builtins.int
     @_builtins.property
     def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels of `counts` when they are categories seen by the agent rather than the reference
+        profile's bins (prediction label counts); empty otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +234,11 @@ class BinCounts(_message.Message):
         overflow: _builtins.int = ...,
         other: _builtins.int = ...,
         missing: _builtins.int = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "missing", b"missing", "name", b"name", "other", b"other", "overflow", b"overflow", "underflow", b"underflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "counts", b"counts", "missing", b"missing", "name", b"name", "other", b"other", "overflow", b"overflow", "underflow", b"underflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

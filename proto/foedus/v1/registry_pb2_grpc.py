@@ -79,6 +79,11 @@ class RegistryServiceStub:
                 request_serializer=foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.SerializeToString,
                 response_deserializer=foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionResponse.FromString,
                 _registered_method=True)
+        self.RecordEvaluation = channel.unary_unary(
+                '/foedus.v1.RegistryService/RecordEvaluation',
+                request_serializer=foedus_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_registry__pb2.RecordEvaluationResponse.FromString,
+                _registered_method=True)
         self.DownloadArtifact = channel.unary_stream(
                 '/foedus.v1.RegistryService/DownloadArtifact',
                 request_serializer=foedus_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
@@ -149,6 +154,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvaluation(self, request, context):
+        """Records an offline evaluation of a version in its lineage (a promotion gate reads it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadArtifact(self, request, context):
         """Streams a version's artifact: a header with its digest and size, then chunks.
         """
@@ -203,6 +215,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ArchiveModelVersion,
                     request_deserializer=foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.FromString,
                     response_serializer=foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionResponse.SerializeToString,
+            ),
+            'RecordEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvaluation,
+                    request_deserializer=foedus_dot_v1_dot_registry__pb2.RecordEvaluationRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_registry__pb2.RecordEvaluationResponse.SerializeToString,
             ),
             'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadArtifact,
@@ -453,6 +470,33 @@ class RegistryService:
             '/foedus.v1.RegistryService/ArchiveModelVersion',
             foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionRequest.SerializeToString,
             foedus_dot_v1_dot_registry__pb2.ArchiveModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.RegistryService/RecordEvaluation',
+            foedus_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
+            foedus_dot_v1_dot_registry__pb2.RecordEvaluationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class RegistryServiceStub:
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]
     ArchiveModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ArchiveModelVersionRequest, _registry_pb2.ArchiveModelVersionResponse]
     """Archives a version. Refused (FAILED_PRECONDITION) while an alias points at it."""
+    RecordEvaluation: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordEvaluationRequest, _registry_pb2.RecordEvaluationResponse]
+    """Records an offline evaluation of a version in its lineage (a promotion gate reads it)."""
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.DownloadArtifactResponse]
     """Streams a version's artifact: a header with its digest and size, then chunks."""
 
@@ -69,6 +71,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]  # type: ignore[assignment]
     ArchiveModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.ArchiveModelVersionRequest, _registry_pb2.ArchiveModelVersionResponse]  # type: ignore[assignment]
     """Archives a version. Refused (FAILED_PRECONDITION) while an alias points at it."""
+    RecordEvaluation: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordEvaluationRequest, _registry_pb2.RecordEvaluationResponse]  # type: ignore[assignment]
+    """Records an offline evaluation of a version in its lineage (a promotion gate reads it)."""
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Streams a version's artifact: a header with its digest and size, then chunks."""
 
@@ -142,6 +146,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ArchiveModelVersionResponse, _abc.Awaitable[_registry_pb2.ArchiveModelVersionResponse]]:
         """Archives a version. Refused (FAILED_PRECONDITION) while an alias points at it."""
+
+    @_abc_1.abstractmethod
+    def RecordEvaluation(
+        self,
+        request: _registry_pb2.RecordEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RecordEvaluationResponse, _abc.Awaitable[_registry_pb2.RecordEvaluationResponse]]:
+        """Records an offline evaluation of a version in its lineage (a promotion gate reads it)."""
 
     @_abc_1.abstractmethod
     def DownloadArtifact(

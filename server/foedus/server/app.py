@@ -28,12 +28,15 @@ from foedus.server.interceptors import SERVICE_MODULES, CallGuard
 from foedus.server.monitoring.service import MonitoringService
 from foedus.server.registry.gates import GateConfig
 from foedus.server.registry.service import RegistryLimits, RegistryService
+from foedus.server.rollouts.controller import RolloutController
+from foedus.server.rollouts.service import RolloutService
 from foedus.server.servicers.admin import AdminServicer, KeyServicer
 from foedus.server.servicers.agent import AgentServicer
 from foedus.server.servicers.base import BlockingRunner
 from foedus.server.servicers.deployment import DeploymentServicer
 from foedus.server.servicers.monitoring import MonitoringServicer
 from foedus.server.servicers.registry import RegistryServicer
+from foedus.server.servicers.rollout import RolloutServicer, feed_key
 from foedus.server.store.sql import SqlStore
 from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
 from foedus.v1 import (
@@ -42,6 +45,7 @@ from foedus.v1 import (
     deployment_pb2_grpc,
     monitoring_pb2_grpc,
     registry_pb2_grpc,
+    rollout_pb2_grpc,
 )
 
 log = logging.getLogger("foedus.server")
@@ -60,6 +64,7 @@ class FoedusServer:
     health: health_aio.HealthServicer
     port: int
     admin_key_id: str | None
+    controller: RolloutController
     background: bool = True
     """Run background work (garbage collection); with several workers only the first one does."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -80,6 +85,8 @@ class FoedusServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.background:
             self._tasks.append(asyncio.create_task(self._collect_garbage()))
+        # Every process runs the controller; a lease in the store lets one of them tick at a time.
+        self._tasks.append(asyncio.create_task(self.controller.run()))
         log.info("foedus control plane serving on %s (store: %s)", self.target, self.store.dialect)
 
     async def stop(self, grace: float | None = 5.0) -> None:
@@ -155,6 +162,15 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server
     )
+    rollouts = RolloutService(store, on_change=feed.notify)
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts, feed, runner), server)
+    controller = RolloutController(
+        rollouts,
+        store,
+        executor,
+        interval_s=config.rollout_tick_s,
+        on_tick=lambda tenant, rollout_id: feed.notify(tenant, feed_key(rollout_id)),
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(_service_names(), server)
@@ -178,6 +194,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         health=health_servicer,
         port=port,
         admin_key_id=admin_key_id,
+        controller=controller,
         background=background,
     )
 

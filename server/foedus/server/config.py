@@ -48,6 +48,8 @@ class ServerConfig:
     """Minimum age of an unreferenced artifact before it is deleted."""
     latency_runs: int = 50
     """Timed runs of the registration gate's CPU latency profile."""
+    rollout_tick_s: float = 5.0
+    """How often the rollout controller looks at every active rollout."""
     log_level: str = "INFO"
 
     def database_url(self) -> str:
@@ -66,6 +68,8 @@ class ServerConfig:
             )
         if self.workers > 1 and int(port) == 0 and not host:
             raise ConfigError("workers > 1 needs a listen address")
+        if not self.rollout_tick_s > 0:
+            raise ConfigError("rollout_tick_s must be positive")
         for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -27,11 +27,19 @@ from foedus.server.servicers.base import BlockingRunner
 from foedus.server.store.records import AuditRecord, Role
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import TenancyService, now_us
-from foedus.v1 import admin_pb2, agent_pb2, common_pb2, deployment_pb2, monitoring_pb2, registry_pb2
+from foedus.v1 import (
+    admin_pb2,
+    agent_pb2,
+    common_pb2,
+    deployment_pb2,
+    monitoring_pb2,
+    registry_pb2,
+    rollout_pb2,
+)
 
 log = logging.getLogger("foedus.server")
 
-SERVICE_MODULES = (admin_pb2, registry_pb2, deployment_pb2, agent_pb2, monitoring_pb2)
+SERVICE_MODULES = (admin_pb2, registry_pb2, deployment_pb2, agent_pb2, monitoring_pb2, rollout_pb2)
 
 
 @dataclass(frozen=True, slots=True)

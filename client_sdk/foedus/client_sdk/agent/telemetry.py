@@ -129,6 +129,7 @@ def bin_counts_message(name: str, counts: BinnedCounts) -> agent_pb2.BinCounts:
         overflow=counts.overflow,
         other=counts.other,
         missing=counts.missing,
+        categories=list(counts.categories or ()) if name == "prediction" else [],
     )
 
 

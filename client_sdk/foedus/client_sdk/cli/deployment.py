@@ -149,3 +149,32 @@ def status(
     emit(ctx, agents, AGENT_COLUMNS)
     typer.echo(f"\nversions, last {window} s:")
     emit(ctx, versions, VERSION_COLUMNS)
+
+
+@app.command("windows")
+def windows(
+    ctx: typer.Context,
+    name: str,
+    duration: int = typer.Option(3600, "--duration", min=60, help="length of each window in seconds"),
+    count: int = typer.Option(3, "--count", min=1, help="how many windows"),
+    days: float = typer.Option(7.0, "--days", help="how far ahead to look"),
+) -> None:
+    """Suggest the lowest-load windows of the coming days (forecast from the request history)."""
+    with globals_of(ctx).client() as client:
+        resp = client.rollouts.windows(name, duration_s=duration, count=count, days=days)
+    rows = [
+        {
+            "start": format_ms(w.start.seconds * 1000),
+            "end": format_ms(w.end.seconds * 1000),
+            "mean_rps": f"{w.mean_rps:.3g}",
+            "vs_mean": f"{w.relative_to_mean:.0%}",
+            "vs_peak": f"{w.relative_to_peak:.0%}",
+        }
+        for w in resp.windows
+    ]
+    emit(ctx, rows, ("start", "end", "mean_rps", "vs_mean", "vs_peak"), raw=to_dict(resp))
+    if globals_of(ctx).output != "json":
+        typer.echo(
+            f"\nforecast: {resp.model} on {resp.history_hours} h of history; held-out MAE "
+            f"{resp.model_mae:.3g} req/s (seasonal baseline {resp.baseline_mae:.3g})"
+        )

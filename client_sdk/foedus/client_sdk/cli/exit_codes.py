@@ -13,6 +13,7 @@ INVALID = 5
 CONFLICT = 6
 UNAVAILABLE = 7
 INTEGRITY = 8
+NOT_PROMOTED = 9
 
 HELP: dict[int, str] = {
     OK: "success",
@@ -24,6 +25,7 @@ HELP: dict[int, str] = {
     CONFLICT: "it exists already",
     UNAVAILABLE: "the server could not be reached, or did not answer in time",
     INTEGRITY: "downloaded data did not match its recorded sha256",
+    NOT_PROMOTED: "the rollout waited on ended without promoting the candidate (rolled back, aborted, lost its A/B test)",
 }
 
 _BY_STATUS = {

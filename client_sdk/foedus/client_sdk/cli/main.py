@@ -17,6 +17,8 @@ from foedus.client_sdk.cli import (
     key,
     metrics,
     model,
+    report,
+    rollout,
     server,
     tenant,
 )
@@ -39,6 +41,8 @@ app.add_typer(deployment.app, name="deployment")
 app.add_typer(metrics.app, name="metrics")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(agent.app, name="agent")
+app.add_typer(rollout.app, name="rollout")
+app.add_typer(report.app, name="report")
 app.command("audit")(audit.audit)
 
 

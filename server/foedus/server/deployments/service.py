@@ -80,6 +80,12 @@ class DeploymentService:
     ) -> DeploymentRecord:
         tenant = caller.own_tenant()
         current = self._store.get_deployment(tenant, validation.deployment_name(name))
+        active = self._store.list_rollouts(tenant, name, True, "", 1).items
+        if active:
+            raise FailedPrecondition(
+                f"deployment {name!r} has an active rollout ({active[0].id}) that sets its traffic; "
+                "pause, promote or abort it first"
+            )
         checked = self._check_traffic(tenant, current.model, traffic, shadow_version)
         record = self._store.set_traffic(tenant, name, checked, shadow_version, self._clock())
         self._changed(tenant, name)

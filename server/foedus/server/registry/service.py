@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from foedus.server.errors import InvalidArgument
 from foedus.server.registry import gates
 from foedus.server.store.base import Store
 from foedus.server.store.records import (
+    Evaluation,
     LatencyProfile,
     Lineage,
     ModelRecord,
@@ -228,6 +231,26 @@ class RegistryService:
             validation.version_number(version),
             self.clock(),
         )
+
+    def record_evaluation(
+        self, caller: Principal, model: str, version: int, evaluation: Evaluation
+    ) -> VersionRecord:
+        tenant = caller.own_tenant()
+        validation.model_name(model)
+        validation.version_number(version)
+        if not evaluation.dataset or len(evaluation.dataset) > 200:
+            raise InvalidArgument("an evaluation needs a dataset name of 1 to 200 characters")
+        if not evaluation.metrics:
+            raise InvalidArgument("an evaluation needs at least one metric")
+        for name, value in (*evaluation.metrics.items(), *evaluation.baseline_metrics.items()):
+            if not name or len(name) > 64 or not math.isfinite(value):
+                raise InvalidArgument(f"metric {name!r}: names are 1 to 64 characters, values finite numbers")
+        if evaluation.rows < 0 or evaluation.baseline_version < 0:
+            raise InvalidArgument("rows and baseline_version must not be negative")
+        if evaluation.baseline_version:
+            self.store.get_version(tenant, model, evaluation.baseline_version)
+        stamped = dataclasses.replace(evaluation, time_us=self.clock(), recorded_by=caller.key_id)
+        return self.store.add_evaluation(tenant, model, version, stamped)
 
     def open_artifact(
         self, caller: Principal, model: str, version: int | None, alias: str | None

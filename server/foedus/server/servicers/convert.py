@@ -13,6 +13,7 @@ from foedus.server.store.records import (
     AlertRecord,
     AuditRecord,
     DeploymentRecord,
+    Evaluation,
     FeatureProfile,
     IntervalRecord,
     KeyRecord,
@@ -141,11 +142,40 @@ def profile_from_proto(p: common_pb2.ReferenceProfile) -> ReferenceProfile:
 
 
 def lineage_from_proto(lin: registry_pb2.Lineage) -> Lineage:
+    """The lineage a client registers; evaluations are recorded apart (RecordEvaluation)."""
+    revision_time = lin.code_revision_time
     return Lineage(
         data_fingerprint=lin.data_fingerprint,
         code_revision=lin.code_revision,
         parent_version=lin.parent_version,
         properties=dict(lin.properties),
+        code_revision_time_us=revision_time.seconds * 1_000_000 + revision_time.nanos // 1000
+        if lin.HasField("code_revision_time")
+        else 0,
+    )
+
+
+def evaluation_from_proto(ev: registry_pb2.Evaluation) -> Evaluation:
+    return Evaluation(
+        dataset=ev.dataset,
+        metrics=dict(ev.metrics),
+        rows=ev.rows,
+        baseline_version=ev.baseline_version,
+        baseline_metrics=dict(ev.baseline_metrics),
+        dataset_fingerprint=ev.dataset_fingerprint,
+    )
+
+
+def evaluation(ev: Evaluation) -> registry_pb2.Evaluation:
+    return registry_pb2.Evaluation(
+        dataset=ev.dataset,
+        metrics=ev.metrics,
+        rows=ev.rows,
+        baseline_version=ev.baseline_version,
+        baseline_metrics=ev.baseline_metrics,
+        dataset_fingerprint=ev.dataset_fingerprint,
+        time=ts(ev.time_us) if ev.time_us else None,
+        recorded_by=ev.recorded_by,
     )
 
 
@@ -168,6 +198,10 @@ def version(rec: VersionRecord) -> registry_pb2.ModelVersion:
             code_revision=rec.lineage.code_revision,
             parent_version=rec.lineage.parent_version,
             properties=rec.lineage.properties,
+            code_revision_time=ts(rec.lineage.code_revision_time_us)
+            if rec.lineage.code_revision_time_us
+            else None,
+            evaluations=[evaluation(e) for e in rec.lineage.evaluations],
         ),
         meta=meta(rec.created_at_us, rec.created_by, rec.updated_at_us),
     )
@@ -238,6 +272,7 @@ def _bins(b: agent_pb2.BinCounts) -> dict[str, object]:
         "overflow": b.overflow,
         "other": b.other,
         "missing": b.missing,
+        **({"categories": list(b.categories)} if b.categories else {}),
     }
 
 

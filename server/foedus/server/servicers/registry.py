@@ -169,6 +169,20 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         )
         return registry_pb2.ArchiveModelVersionResponse(version=convert.version(record))
 
+    async def RecordEvaluation(
+        self, request: registry_pb2.RecordEvaluationRequest, context: Ctx
+    ) -> registry_pb2.RecordEvaluationResponse:
+        current_call().resource = f"models/{request.model}/versions/{request.version}"
+        current_call().detail = f"dataset {request.evaluation.dataset}"
+        record = await self.run(
+            self._registry.record_evaluation,
+            current_principal(),
+            request.model,
+            request.version,
+            convert.evaluation_from_proto(request.evaluation),
+        )
+        return registry_pb2.RecordEvaluationResponse(version=convert.version(record))
+
     async def DownloadArtifact(
         self, request: registry_pb2.DownloadArtifactRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.DownloadArtifactResponse]:

@@ -15,15 +15,20 @@ from foedus.server.store.records import (
     AlertRecord,
     AuditRecord,
     DeploymentRecord,
+    Evaluation,
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
     NewVersion,
+    NumberedInterval,
     Page,
+    RolloutEventRecord,
+    RolloutRecord,
     TenantRecord,
     TenantState,
+    TrafficChange,
     VersionRecord,
 )
 
@@ -235,6 +240,99 @@ class Store(abc.ABC):
         self, tenant: str, deployment: str | None, page_token: str, page_size: int
     ) -> Page[AlertRecord]:
         """Alerts newest first, of one deployment or of all the tenant's."""
+
+    @abc.abstractmethod
+    def first_alert_ms(
+        self, tenant: str, deployment: str, version: int, start_ms: int, end_ms: int
+    ) -> int | None:
+        """Time of the first alert of `version` on the deployment in [start_ms, end_ms), or None."""
+
+    @abc.abstractmethod
+    def request_rate_history(
+        self, tenant: str, deployment: str, start_ms: int, end_ms: int, bucket_ms: int
+    ) -> list[tuple[int, int, int]]:
+        """(bucket start ms, live requests, summed interval ms) per bucket with any report, oldest first.
+
+        Mirrored (shadow) requests are not counted. Buckets are aligned to multiples of `bucket_ms`.
+        """
+
+    # --- evaluations -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_evaluation(self, tenant: str, model: str, version: int, evaluation: Evaluation) -> VersionRecord:
+        """Appends an evaluation to the version's lineage; NotFound for an unknown version."""
+
+    # --- rollouts --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_rollout(
+        self,
+        rollout: RolloutRecord,
+        events: list[RolloutEventRecord],
+        traffic: TrafficChange | None,
+    ) -> RolloutRecord:
+        """Stores a new rollout (its `id` and `revision` are assigned), its first events and, when
+        given, the deployment's new traffic, in one transaction.
+
+        FailedPrecondition when the deployment already has an active rollout; NotFound for an
+        unknown deployment.
+        """
+
+    @abc.abstractmethod
+    def get_rollout(self, tenant: str, rollout_id: int) -> RolloutRecord:
+        """NotFound for an unknown id or another tenant's rollout."""
+
+    @abc.abstractmethod
+    def latest_rollout(self, tenant: str, deployment: str) -> RolloutRecord:
+        """The deployment's newest rollout; NotFound when it has none."""
+
+    @abc.abstractmethod
+    def list_rollouts(
+        self, tenant: str, deployment: str | None, active_only: bool, page_token: str, page_size: int
+    ) -> Page[RolloutRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def list_rollout_events(
+        self, tenant: str, rollout_id: int, after_seq: int, limit: int
+    ) -> list[RolloutEventRecord]:
+        """Events with seq > after_seq, oldest first; NotFound for an unknown rollout."""
+
+    @abc.abstractmethod
+    def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        events: list[RolloutEventRecord],
+        traffic: TrafficChange | None,
+    ) -> RolloutRecord:
+        """Writes the rollout's new state, appends its events (their seq continue the rollout's) and,
+        when given, sets the deployment's traffic (a new generation), all in one transaction.
+
+        Aborted when the stored revision is no longer `rollout.revision` (someone else changed it
+        first): nothing is written. Returns the record with its new revision. A terminal phase frees
+        the deployment for its next rollout.
+        """
+
+    @abc.abstractmethod
+    def active_rollouts(self) -> list[RolloutRecord]:
+        """Every scheduled, progressing or paused rollout of every tenant (the controller's view)."""
+
+    @abc.abstractmethod
+    def finished_rollouts(self, tenant: str, model: str | None, since_us: int) -> list[RolloutRecord]:
+        """The tenant's rollouts that finished at or after `since_us`, oldest first."""
+
+    @abc.abstractmethod
+    def intervals_after(
+        self, tenant: str, deployment: str, after_id: int, limit: int
+    ) -> list[NumberedInterval]:
+        """Intervals stored with an id above `after_id`, in id order, at most `limit`."""
+
+    @abc.abstractmethod
+    def last_interval_id(self, tenant: str, deployment: str) -> int:
+        """The largest interval id of the deployment, 0 when none."""
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, owner: str, now_us: int, ttl_us: int) -> bool:
+        """Takes or renews the named lease for `owner` until now + ttl when it is free, expired or
+        already `owner`'s; True when `owner` holds it afterwards."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from foedus.server.store.records import (
+    Evaluation,
     FeatureProfile,
     LatencyProfile,
     Lineage,
@@ -44,12 +45,40 @@ def latency_from_json(data: dict[str, Any] | None) -> LatencyProfile | None:
     return None if data is None else LatencyProfile(**data)
 
 
+def evaluation_to_json(ev: Evaluation) -> dict[str, Any]:
+    return {
+        "dataset": ev.dataset,
+        "metrics": dict(ev.metrics),
+        "rows": ev.rows,
+        "baseline_version": ev.baseline_version,
+        "baseline_metrics": dict(ev.baseline_metrics),
+        "dataset_fingerprint": ev.dataset_fingerprint,
+        "time_us": ev.time_us,
+        "recorded_by": ev.recorded_by,
+    }
+
+
+def evaluation_from_json(data: dict[str, Any]) -> Evaluation:
+    return Evaluation(
+        dataset=data["dataset"],
+        metrics={k: float(v) for k, v in data["metrics"].items()},
+        rows=int(data.get("rows", 0)),
+        baseline_version=int(data.get("baseline_version", 0)),
+        baseline_metrics={k: float(v) for k, v in data.get("baseline_metrics", {}).items()},
+        dataset_fingerprint=data.get("dataset_fingerprint", ""),
+        time_us=int(data.get("time_us", 0)),
+        recorded_by=data.get("recorded_by", ""),
+    )
+
+
 def lineage_to_json(lin: Lineage) -> dict[str, Any]:
     return {
         "data_fingerprint": lin.data_fingerprint,
         "code_revision": lin.code_revision,
         "parent_version": lin.parent_version,
         "properties": dict(lin.properties),
+        "code_revision_time_us": lin.code_revision_time_us,
+        "evaluations": [evaluation_to_json(e) for e in lin.evaluations],
     }
 
 
@@ -59,6 +88,8 @@ def lineage_from_json(data: dict[str, Any]) -> Lineage:
         code_revision=data["code_revision"],
         parent_version=data["parent_version"],
         properties=dict(data["properties"]),
+        code_revision_time_us=int(data.get("code_revision_time_us", 0)),
+        evaluations=tuple(evaluation_from_json(e) for e in data.get("evaluations", [])),
     )
 
 

@@ -107,11 +107,28 @@ class LatencyProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Offline quality of a version on a named evaluation dataset (recorded by the SDK)."""
+
+    dataset: str
+    metrics: dict[str, float]
+    rows: int = 0
+    baseline_version: int = 0
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    dataset_fingerprint: str = ""
+    time_us: int = 0
+    recorded_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Lineage:
     data_fingerprint: str = ""
     code_revision: str = ""
     parent_version: int = 0
     properties: dict[str, str] = field(default_factory=dict)
+    code_revision_time_us: int = 0
+    """When the code revision was made; 0 when unknown."""
+    evaluations: tuple[Evaluation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,3 +271,84 @@ class MetricPointRecord:
     value: float
     time_ms: int
     step: int
+
+
+class RolloutPhase(enum.IntEnum):
+    """Values match foedus.v1.RolloutPhase."""
+
+    SCHEDULED = 1
+    PROGRESSING = 2
+    PAUSED = 3
+    SUCCEEDED = 4
+    ROLLED_BACK = 5
+    ABORTED = 6
+
+    @property
+    def active(self) -> bool:
+        return self in (RolloutPhase.SCHEDULED, RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+
+
+class Strategy(enum.IntEnum):
+    """Values match foedus.v1.RolloutStrategy."""
+
+    CANARY = 1
+    BLUE_GREEN = 2
+    AB_TEST = 3
+    SHADOW = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """A rollout and the controller's state of it. `revision` grows with every stored change."""
+
+    id: int
+    tenant: str
+    deployment: str
+    model: str
+    stable_version: int
+    candidate_version: int
+    strategy: Strategy
+    phase: RolloutPhase
+    step: int
+    candidate_weight: float
+    reason: str
+    spec: dict[str, object]
+    """The normalised spec (foedus.server.rollouts.spec.RolloutSpec as JSON)."""
+    state: dict[str, object]
+    """The controller's working state: analysis, telemetry cursor, step start, trend points."""
+    analysis: dict[str, float]
+    winner_version: int
+    revision: int
+    scheduled_for_us: int
+    started_at_us: int
+    finished_at_us: int
+    created_at_us: int
+    created_by: str
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutEventRecord:
+    seq: int
+    time_us: int
+    kind: str
+    message: str
+    step: int
+    weight: float
+    evidence: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficChange:
+    """A deployment's new traffic split, written in the same transaction as a rollout's change."""
+
+    traffic: tuple[tuple[int, float], ...]
+    shadow_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedInterval:
+    """An interval with its store id (ids grow in commit order per backend sequence)."""
+
+    id: int
+    interval: IntervalRecord

@@ -199,3 +199,57 @@ metric_chunks = Table(
     Column("steps", LargeBinary, nullable=False),
     Index("ix_metric_chunks_series", "deployment_id", "name", "start_ms"),
 )
+
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    # The deployment's id while the rollout is active, NULL once it is finished: at most one active
+    # rollout per deployment (NULLs never collide in a unique constraint).
+    Column("active_deployment_id", BigInteger, nullable=True, unique=True),
+    Column("model", String(128), nullable=False),
+    Column("stable_version", BigInteger, nullable=False),
+    Column("candidate_version", BigInteger, nullable=False),
+    Column("strategy", SmallInteger, nullable=False),
+    Column("phase", SmallInteger, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("candidate_weight", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("analysis", JSON, nullable=False),
+    Column("winner_version", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("scheduled_for_us", BigInteger, nullable=False),
+    Column("started_at_us", BigInteger, nullable=False),
+    Column("finished_at_us", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_rollouts_tenant_id", "tenant", "id"),
+    Index("ix_rollouts_deployment_id", "deployment_id", "id"),
+)
+
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("rollout_id", BigInteger, ForeignKey("rollouts.id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("evidence", JSON, nullable=False),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("until_us", BigInteger, nullable=False),
+)

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Row, and_, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Row,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from foedus.server.errors import AlreadyExists, FailedPrecondition, NotFound
+from foedus.server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from foedus.server.store import codec, paging
 from foedus.server.store.base import Store
 from foedus.server.store.migrations import migrate
@@ -24,16 +36,23 @@ from foedus.server.store.records import (
     AlertRecord,
     AuditRecord,
     DeploymentRecord,
+    Evaluation,
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
     NewVersion,
+    NumberedInterval,
     Page,
     Role,
+    RolloutEventRecord,
+    RolloutPhase,
+    RolloutRecord,
+    Strategy,
     TenantRecord,
     TenantState,
+    TrafficChange,
     VersionRecord,
     VersionState,
 )
@@ -44,10 +63,13 @@ from foedus.server.store.schema import (
     audit_log,
     deployments,
     intervals,
+    leases,
     metric_chunks,
     model_aliases,
     model_versions,
     models,
+    rollout_events,
+    rollouts,
     telemetry_batches,
     tenants,
 )
@@ -845,24 +867,7 @@ class SqlStore(Store):
             if version is not None:
                 query = query.where(intervals.c.version == version)
             rows = conn.execute(query).all()
-        return [
-            IntervalRecord(
-                agent=r.agent,
-                version=r.version,
-                start_ms=r.start_ms,
-                duration_ms=r.duration_ms,
-                shadow=bool(r.shadow),
-                requests=r.requests,
-                errors=r.errors,
-                invalid=r.invalid,
-                latency=dict(r.latency),
-                predictions=None if r.predictions is None else dict(r.predictions),
-                features=list(r.features),
-                resources=dict(r.resources),
-                scores=dict(r.scores),
-            )
-            for r in rows
-        ]
+        return [_interval(r) for r in rows]
 
     def query_metric_points(
         self, tenant: str, deployment: str, name: str, start_ms: int, end_ms: int
@@ -932,9 +937,367 @@ class SqlStore(Store):
         ]
         return _page(items, size, lambda a: a.id)
 
+    def first_alert_ms(
+        self, tenant: str, deployment: str, version: int, start_ms: int, end_ms: int
+    ) -> int | None:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            value = conn.execute(
+                select(func.min(alerts.c.time_ms)).where(
+                    alerts.c.deployment_id == dep_id,
+                    alerts.c.version == version,
+                    alerts.c.time_ms >= start_ms,
+                    alerts.c.time_ms < end_ms,
+                )
+            ).scalar()
+        return None if value is None else int(value)
+
+    def request_rate_history(
+        self, tenant: str, deployment: str, start_ms: int, end_ms: int, bucket_ms: int
+    ) -> list[tuple[int, int, int]]:
+        if bucket_ms <= 0:
+            raise ValueError("bucket_ms must be positive")
+        bucket = intervals.c.start_ms // bucket_ms
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            rows = conn.execute(
+                select(bucket.label("b"), func.sum(intervals.c.requests), func.sum(intervals.c.duration_ms))
+                .where(
+                    intervals.c.deployment_id == dep_id,
+                    intervals.c.shadow == 0,
+                    intervals.c.start_ms >= start_ms,
+                    intervals.c.start_ms < end_ms,
+                )
+                .group_by("b")
+                .order_by("b")
+            ).all()
+        return [(int(b) * bucket_ms, int(n or 0), int(d or 0)) for b, n, d in rows]
+
+    # --- evaluations -----------------------------------------------------------------------------
+    def add_evaluation(self, tenant: str, model: str, version: int, evaluation: Evaluation) -> VersionRecord:
+        with self._write() as conn:
+            mrow = self._model_row(conn, tenant, model)
+            where = and_(model_versions.c.model_id == mrow.id, model_versions.c.version == version)
+            row = conn.execute(select(model_versions.c.lineage).where(where)).first()
+            if row is None:
+                raise NotFound(f"version {version} of model {model!r} not found")
+            lineage = dict(row.lineage)
+            lineage["evaluations"] = [*lineage.get("evaluations", []), codec.evaluation_to_json(evaluation)]
+            conn.execute(update(model_versions).where(where).values(lineage=lineage))
+        return self.get_version(tenant, model, version)
+
+    # --- rollouts --------------------------------------------------------------------------------
+    @staticmethod
+    def _rollout(row: Row[Any], deployment: str) -> RolloutRecord:
+        return RolloutRecord(
+            id=int(row.id),
+            tenant=row.tenant,
+            deployment=deployment,
+            model=row.model,
+            stable_version=int(row.stable_version),
+            candidate_version=int(row.candidate_version),
+            strategy=Strategy(row.strategy),
+            phase=RolloutPhase(row.phase),
+            step=int(row.step),
+            candidate_weight=float(row.candidate_weight),
+            reason=row.reason,
+            spec=dict(row.spec),
+            state=dict(row.state),
+            analysis={k: float(v) for k, v in dict(row.analysis).items()},
+            winner_version=int(row.winner_version),
+            revision=int(row.revision),
+            scheduled_for_us=int(row.scheduled_for_us),
+            started_at_us=int(row.started_at_us),
+            finished_at_us=int(row.finished_at_us),
+            created_at_us=int(row.created_at_us),
+            created_by=row.created_by,
+            updated_at_us=int(row.updated_at_us),
+        )
+
+    @staticmethod
+    def _rollout_values(r: RolloutRecord, dep_id: int) -> dict[str, Any]:
+        return {
+            "active_deployment_id": dep_id if r.phase.active else None,
+            "stable_version": r.stable_version,
+            "candidate_version": r.candidate_version,
+            "phase": int(r.phase),
+            "step": r.step,
+            "candidate_weight": r.candidate_weight,
+            "reason": r.reason,
+            "spec": r.spec,
+            "state": r.state,
+            "analysis": r.analysis,
+            "winner_version": r.winner_version,
+            "scheduled_for_us": r.scheduled_for_us,
+            "started_at_us": r.started_at_us,
+            "finished_at_us": r.finished_at_us,
+            "updated_at_us": r.updated_at_us,
+        }
+
+    @staticmethod
+    def _insert_events(
+        conn: Connection, rollout_id: int, first_seq: int, events: list[RolloutEventRecord]
+    ) -> None:
+        if events:
+            conn.execute(
+                insert(rollout_events),
+                [
+                    {
+                        "rollout_id": rollout_id,
+                        "seq": first_seq + i,
+                        "time_us": e.time_us,
+                        "kind": e.kind,
+                        "message": e.message,
+                        "step": e.step,
+                        "weight": e.weight,
+                        "evidence": {k: float(v) for k, v in e.evidence.items()},
+                    }
+                    for i, e in enumerate(events)
+                ],
+            )
+
+    @staticmethod
+    def _apply_traffic(conn: Connection, dep_id: int, change: TrafficChange, now_us: int) -> None:
+        conn.execute(
+            update(deployments)
+            .where(deployments.c.id == dep_id)
+            .values(
+                traffic=[list(t) for t in change.traffic],
+                shadow_version=change.shadow_version,
+                generation=deployments.c.generation + 1,
+                updated_at_us=now_us,
+            )
+        )
+
+    def create_rollout(
+        self, rollout: RolloutRecord, events: list[RolloutEventRecord], traffic: TrafficChange | None
+    ) -> RolloutRecord:
+        try:
+            with self._write() as conn:
+                dep_id = self._deployment_row(conn, rollout.tenant, rollout.deployment).id
+                busy = conn.execute(
+                    select(rollouts.c.id).where(rollouts.c.active_deployment_id == dep_id)
+                ).first()
+                if busy is not None:
+                    raise FailedPrecondition(
+                        f"deployment {rollout.deployment!r} already has an active rollout ({busy.id}); "
+                        "wait for it to finish, or abort or promote it first"
+                    )
+                values = self._rollout_values(rollout, dep_id)
+                values.update(
+                    tenant=rollout.tenant,
+                    deployment_id=dep_id,
+                    model=rollout.model,
+                    strategy=int(rollout.strategy),
+                    revision=1,
+                    created_at_us=rollout.created_at_us,
+                    created_by=rollout.created_by,
+                )
+                key = conn.execute(insert(rollouts).values(**values)).inserted_primary_key
+                assert key is not None
+                new_id = int(key[0])
+                self._insert_events(conn, new_id, 1, events)
+                if traffic is not None:
+                    self._apply_traffic(conn, dep_id, traffic, rollout.updated_at_us)
+        except IntegrityError as exc:
+            raise FailedPrecondition(
+                f"deployment {rollout.deployment!r} already has an active rollout"
+            ) from exc
+        return dataclasses.replace(rollout, id=new_id, revision=1)
+
+    def _rollout_query(self) -> Any:
+        return select(rollouts, deployments.c.name.label("deployment_name")).select_from(
+            rollouts.join(deployments, rollouts.c.deployment_id == deployments.c.id)
+        )
+
+    def get_rollout(self, tenant: str, rollout_id: int) -> RolloutRecord:
+        with self._read() as conn:
+            row = conn.execute(
+                self._rollout_query().where(rollouts.c.tenant == tenant, rollouts.c.id == rollout_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"rollout {rollout_id} not found")
+        return self._rollout(row, row.deployment_name)
+
+    def latest_rollout(self, tenant: str, deployment: str) -> RolloutRecord:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            row = conn.execute(
+                self._rollout_query()
+                .where(rollouts.c.deployment_id == dep_id)
+                .order_by(rollouts.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            raise NotFound(f"deployment {deployment!r} has no rollouts")
+        return self._rollout(row, deployment)
+
+    def list_rollouts(
+        self, tenant: str, deployment: str | None, active_only: bool, page_token: str, page_size: int
+    ) -> Page[RolloutRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        query = (
+            self._rollout_query()
+            .where(rollouts.c.tenant == tenant)
+            .order_by(rollouts.c.id.desc())
+            .limit(size + 1)
+        )
+        if before is not None:
+            query = query.where(rollouts.c.id < before)
+        if active_only:
+            query = query.where(rollouts.c.active_deployment_id.is_not(None))
+        with self._read() as conn:
+            if deployment is not None:
+                query = query.where(
+                    rollouts.c.deployment_id == self._deployment_row(conn, tenant, deployment).id
+                )
+            rows = conn.execute(query).all()
+        return _page([self._rollout(r, r.deployment_name) for r in rows], size, lambda r: r.id)
+
+    def list_rollout_events(
+        self, tenant: str, rollout_id: int, after_seq: int, limit: int
+    ) -> list[RolloutEventRecord]:
+        with self._read() as conn:
+            owner = conn.execute(
+                select(rollouts.c.id).where(rollouts.c.tenant == tenant, rollouts.c.id == rollout_id)
+            ).first()
+            if owner is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            rows = conn.execute(
+                select(rollout_events)
+                .where(rollout_events.c.rollout_id == rollout_id, rollout_events.c.seq > after_seq)
+                .order_by(rollout_events.c.seq)
+                .limit(limit)
+            ).all()
+        return [
+            RolloutEventRecord(
+                seq=int(r.seq),
+                time_us=int(r.time_us),
+                kind=r.kind,
+                message=r.message,
+                step=int(r.step),
+                weight=float(r.weight),
+                evidence={k: float(v) for k, v in dict(r.evidence).items()},
+            )
+            for r in rows
+        ]
+
+    def update_rollout(
+        self, rollout: RolloutRecord, events: list[RolloutEventRecord], traffic: TrafficChange | None
+    ) -> RolloutRecord:
+        with self._write() as conn:
+            row = conn.execute(
+                select(rollouts.c.deployment_id, rollouts.c.revision).where(
+                    rollouts.c.tenant == rollout.tenant, rollouts.c.id == rollout.id
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"rollout {rollout.id} not found")
+            values = self._rollout_values(rollout, int(row.deployment_id))
+            values["revision"] = rollout.revision + 1
+            result = conn.execute(
+                update(rollouts)
+                .where(rollouts.c.id == rollout.id, rollouts.c.revision == rollout.revision)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                raise Aborted(f"rollout {rollout.id} changed meanwhile; read it again and retry")
+            last = conn.execute(
+                select(func.max(rollout_events.c.seq)).where(rollout_events.c.rollout_id == rollout.id)
+            ).scalar()
+            self._insert_events(conn, rollout.id, int(last or 0) + 1, events)
+            if traffic is not None:
+                self._apply_traffic(conn, int(row.deployment_id), traffic, rollout.updated_at_us)
+        return dataclasses.replace(rollout, revision=rollout.revision + 1)
+
+    def active_rollouts(self) -> list[RolloutRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                self._rollout_query()
+                .where(rollouts.c.active_deployment_id.is_not(None))
+                .order_by(rollouts.c.id)
+            ).all()
+        return [self._rollout(r, r.deployment_name) for r in rows]
+
+    def finished_rollouts(self, tenant: str, model: str | None, since_us: int) -> list[RolloutRecord]:
+        query = (
+            self._rollout_query()
+            .where(
+                rollouts.c.tenant == tenant,
+                rollouts.c.active_deployment_id.is_(None),
+                rollouts.c.finished_at_us >= since_us,
+            )
+            .order_by(rollouts.c.finished_at_us, rollouts.c.id)
+        )
+        if model is not None:
+            query = query.where(rollouts.c.model == model)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [self._rollout(r, r.deployment_name) for r in rows]
+
+    def intervals_after(
+        self, tenant: str, deployment: str, after_id: int, limit: int
+    ) -> list[NumberedInterval]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            rows = conn.execute(
+                select(intervals)
+                .where(intervals.c.deployment_id == dep_id, intervals.c.id > after_id)
+                .order_by(intervals.c.id)
+                .limit(limit)
+            ).all()
+        return [NumberedInterval(int(r.id), _interval(r)) for r in rows]
+
+    def last_interval_id(self, tenant: str, deployment: str) -> int:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            value = conn.execute(
+                select(func.max(intervals.c.id)).where(intervals.c.deployment_id == dep_id)
+            ).scalar()
+        return int(value or 0)
+
+    def acquire_lease(self, name: str, owner: str, now_us: int, ttl_us: int) -> bool:
+        until = now_us + ttl_us
+        with self._write() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == name)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(leases).values(name=name, owner=owner, until_us=until))
+                except IntegrityError:
+                    return False
+                return True
+            if row.owner != owner and row.until_us > now_us:
+                return False
+            result = conn.execute(
+                update(leases)
+                .where(leases.c.name == name, leases.c.owner == row.owner, leases.c.until_us == row.until_us)
+                .values(owner=owner, until_us=until)
+            )
+            return bool(result.rowcount)
+
     def referenced_digests(self) -> set[str]:
         with self._read() as conn:
             return {r[0] for r in conn.execute(select(model_versions.c.artifact_sha256).distinct())}
+
+
+def _interval(r: Row[Any]) -> IntervalRecord:
+    return IntervalRecord(
+        agent=r.agent,
+        version=r.version,
+        start_ms=r.start_ms,
+        duration_ms=r.duration_ms,
+        shadow=bool(r.shadow),
+        requests=r.requests,
+        errors=r.errors,
+        invalid=r.invalid,
+        latency=dict(r.latency),
+        predictions=None if r.predictions is None else dict(r.predictions),
+        features=list(r.features),
+        resources=dict(r.resources),
+        scores=dict(r.scores),
+    )
 
 
 def _page(items: list[T], size: int, key: Callable[[T], str | int]) -> Page[T]:
