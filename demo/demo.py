@@ -3,7 +3,10 @@
 An embedded control plane (SQLite, local artifacts) in a temporary directory; two tenants; a real
 model (logistic regression on scikit-learn's breast-cancer data, converted to ONNX with skl2onnx)
 registered in two versions with lineage and a reference profile; aliases moved; the artifact
-downloaded, verified and served with onnxruntime; and tenant isolation shown.
+downloaded, verified and served with onnxruntime; tenant isolation shown; two agents serving the
+model under replayed traffic, raising alerts on a slow release; then progressive rollouts: a good
+version, gated on an offline evaluation, promoted step by step, and a bad one (slower, failing on
+some rows) rolled back automatically with the evidence of the decision, and the DORA report.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def code_revision() -> str:
         return "unknown"
 
 
+def code_revision_time() -> float | None:
+    """Unix time of the checked-out commit, for the lineage (DORA code lead time)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip())
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+
+
 def foedus_cli(*args: str) -> None:
     """Runs the `foedus` command as a user would, and shows its output indented."""
     out = subprocess.run(
@@ -64,7 +76,9 @@ def foedus_cli(*args: str) -> None:
         print(f"   | {line}")
 
 
-def run_agents(server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray, workdir: Path) -> None:
+def run_agents(
+    server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray, y_test: np.ndarray, workdir: Path
+) -> None:
     """Two agents serve a deployment; real rows are replayed through the inference protocol; a
     deliberately slow release goes live and the agents raise an alert with its top metrics."""
     import asyncio
@@ -109,15 +123,21 @@ def run_agents(server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray
     channels = [grpc.insecure_channel(f"127.0.0.1:{a.port}") for a in agents]
     stubs = [inference_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
 
-    def replay(seconds: float) -> int:
-        """Held-out rows of the breast-cancer data, a few at a time, round-robin over the agents."""
+    failed = [0]
+
+    def replay(seconds: float, stop: threading.Event | None = None) -> int:
+        """Held-out rows of the breast-cancer data, one at a time, round-robin over the agents.
+        Failed calls (a release that errors) are counted, not raised."""
         sent, end, i = 0, time.monotonic() + seconds, 0
-        while time.monotonic() < end:
-            rows = x_test[(i * 4) % (len(x_test) - 4) :][:4]
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
+            rows = x_test[i % len(x_test) :][:1]
             req = inference_pb2.ModelInferRequest(model_name="cancer-prod")
             req.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
             req.raw_input_contents.append(rows.astype("<f4").tobytes())
-            stubs[i % 2].ModelInfer(req, timeout=10)
+            try:
+                stubs[i % 2].ModelInfer(req, timeout=10)
+            except grpc.RpcError:
+                failed[0] += 1
             sent, i = sent + 1, i + 1
             time.sleep(0.004)
         return sent
@@ -150,12 +170,119 @@ def run_agents(server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray
         print("   (no alert was raised in 30 s)")
     step("`foedus alerts list --deployment cancer-prod`")
     foedus_cli(*env_args, "alerts", "list", "--deployment", "cancer-prod", "--limit", "3")
+    step("That release went to everyone at once; Acme puts v2 back by hand")
+    acme_client.deployments.set_traffic("cancer-prod", {2: 1.0})
+    while not all(a.generation >= 3 for a in agents):
+        time.sleep(0.1)
+
+    rollouts(acme_client, owner_key, server, x_test, y_test, workdir, replay, failed)
 
     for c in channels:
         c.close()
     for a in agents:
         asyncio.run_coroutine_threadsafe(a.stop(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
+
+
+def rollouts(
+    client: Any,
+    owner_key: str,
+    server: Any,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    workdir: Path,
+    replay: Any,
+    failed: list[int],
+) -> None:
+    """Progressive rollouts: a good version promoted step by step, then a bad one rolled back."""
+    import threading
+
+    from foedus.client_sdk.rollouts import phase_name
+    from foedus.client_sdk.testing import slow_classifier_onnx
+
+    env_args = ("--server", server.target, "--api-key", owner_key)
+
+    def watch(rollout_id: int) -> Any:
+        """Replays traffic while printing the rollout's events; returns the finished rollout."""
+        stop = threading.Event()
+        traffic = threading.Thread(target=replay, args=(600.0, stop), daemon=True)
+        traffic.start()
+        try:
+            for message in client.rollouts.watch(rollout_id, timeout=180):
+                e = message.event
+                line = f"   [{e.kind:<11}] step {e.step + 1} {e.weight:>5.1f}%  {e.message}"
+                print(line, flush=True)
+                figures = [
+                    f"{k}={e.evidence[k]:.4g}"
+                    for k in (
+                        "candidate_error_rate",
+                        "stable_error_rate",
+                        "candidate_p99_ms",
+                        "stable_p99_ms",
+                    )
+                    if k in e.evidence
+                ]
+                if figures and e.kind in ("step", "rolled_back", "succeeded"):
+                    print(f"                 evidence: {', '.join(figures)}", flush=True)
+        finally:
+            stop.set()
+            traffic.join(30)
+        return client.rollouts.get(rollout_id)
+
+    step("Acme trains v4 and checks it offline against production (v2) on held-out rows")
+    v4_path = workdir / "cancer-v4.onnx"
+    train_onnx(0.3, x_test, y_test, v4_path)  # trained on a fresh sample: stands in for new data
+    lineage: dict[str, Any] = {"code_revision": code_revision()}
+    if (revision_time := code_revision_time()) is not None:
+        lineage["code_revision_time"] = revision_time
+    v4 = client.models.register("cancer", v4_path, lineage=lineage)
+    evaluation = client.models.evaluate(
+        "cancer", v4.version, x_test, y_test, dataset="cancer-holdout", baseline_alias="production"
+    )
+    print(
+        f"   accuracy on 'cancer-holdout': v{v4.version} {evaluation.metrics['accuracy']:.3f}, "
+        f"v{evaluation.baseline_version} {evaluation.baseline_metrics['accuracy']:.3f} (recorded in v{v4.version}'s lineage)"
+    )
+
+    step(
+        f"A canary rollout of v{v4.version}: gates first, then 10% -> 50% -> 100%, sequential analysis every tick"
+    )
+    gates = {
+        "onnx_valid": True,
+        "latency_budget_ms": 5.0,
+        "quality_dataset": "cancer-holdout",
+        "quality_metric": "accuracy",
+        "quality_tolerance": 0.02,
+    }
+    good = client.rollouts.start(
+        "cancer-prod", v4.version, steps=[(10, 4, 40), (50, 4, 40), (100, 2, 1)], gates=gates
+    )
+    done = watch(good.id)
+    print(f"   rollout {done.id}: {phase_name(done.phase)} -- {done.reason}")
+
+    step("A bad release, v5: slower and failing on some rows. Its canary is rolled back on evidence")
+    bad_path = slow_classifier_onnx(
+        workdir / "cancer-bad.onnx", features=x_test.shape[1], classes=2, fail_at_or_above=20
+    )
+    v5 = client.models.register(
+        "cancer", bad_path, description="fault injection: slow, errors on large radii"
+    )
+    failed_before = failed[0]
+    bad = client.rollouts.start("cancer-prod", v5.version, steps=[(10, 30, 100), (50, 30, 100), (100, 10, 1)])
+    done = watch(bad.id)
+    print(f"   rollout {done.id}: {phase_name(done.phase)} -- {done.reason}")
+    took = done.finished_at.ToMicroseconds() - done.started_at.ToMicroseconds()
+    print(
+        f"   decided {took / 1e6:.1f} s after the start, with v{v5.version} on 10% of the traffic; "
+        f"{failed[0] - failed_before} client calls failed, all on v{v5.version} itself"
+    )
+    traffic = client.deployments.get("cancer-prod").traffic
+    print(f"   traffic now: {', '.join(f'v{t.version}={t.weight:g}%' for t in traffic)}")
+
+    step(f"`foedus rollout status {bad.id}`")
+    foedus_cli(*env_args, "rollout", "status", str(bad.id))
+    step("`foedus report dora`")
+    foedus_cli(*env_args, "report", "dora", "--days", "1")
 
 
 def main() -> None:
@@ -179,7 +306,7 @@ def main() -> None:
     data_dir = args.data_dir or workdir / "server"
 
     step("Starting an embedded Foedus control plane (SQLite + local artifact store)")
-    with LocalServer(data_dir) as server:
+    with LocalServer(data_dir, rollout_tick_s=1.0) as server:
         print(f"   listening on {server.target}; data in {data_dir}")
         print(f"   platform admin key written to {data_dir / 'admin.key'} (mode 0600)")
 
@@ -196,7 +323,7 @@ def main() -> None:
         step("Acme trains a breast-cancer classifier (scikit-learn data) and converts it to ONNX")
         data = load_breast_cancer()
         x = data.data.astype(np.float32)
-        x_train, x_test, y_train, _ = train_test_split(x, data.target, test_size=0.25, random_state=0)
+        x_train, x_test, y_train, y_test = train_test_split(x, data.target, test_size=0.25, random_state=0)
         fingerprint = hashlib.sha256(x_train.tobytes() + y_train.tobytes()).hexdigest()[:16]
         v1_path, v2_path = workdir / "cancer-v1.onnx", workdir / "cancer-v2.onnx"
         acc1 = train_onnx(0.01, x_train, y_train, v1_path)
@@ -290,7 +417,7 @@ def main() -> None:
         for entry in acme_client.audit(limit=8):
             print(f"   {entry.method.rsplit('/', 1)[1]:<20} {entry.resource:<32} {entry.outcome}")
 
-        run_agents(server, acme_client, acme.owner_key_secret, x_test, workdir)
+        run_agents(server, acme_client, acme.owner_key_secret, x_test, y_test, workdir)
         acme_client.close()
         globex_client.close()
     print(f"\nDemo finished in {time.perf_counter() - started:.1f} s.")

@@ -584,7 +584,7 @@ class DoraMetrics(_message.Message):
     """Median hours from the code revision's time (from the lineage) to 100%; -1 when no lineage has it."""
     change_failure_rate: _builtins.float
     """Share of finished rollouts that rolled back or were followed by an incident (an alert on the
-    promoted version within 24 h).
+    promoted version within 24 h, before the deployment's next rollout started).
     """
     failures: _builtins.int
     recovery_time_median_min: _builtins.float

@@ -318,7 +318,9 @@ def _new_session(
 def _session_options(threads: int | None) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    # Fatal only: a failing run raises (and the agent answers INTERNAL and counts the error); ORT's
+    # own copy of the message on stderr would only repeat it.
+    options.log_severity_level = 4
     if threads is not None:
         options.intra_op_num_threads = threads
     return options

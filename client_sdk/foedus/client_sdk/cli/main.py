@@ -92,7 +92,10 @@ def whoami(ctx: typer.Context) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the CLI; errors print one line to stderr and exit with a documented code."""
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="foedus", standalone_mode=False)
+        # Without standalone mode, click returns the code of a `typer.Exit(code)` instead of exiting.
+        code = app(args=list(argv) if argv is not None else None, prog_name="foedus", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except FoedusError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(exit_codes.for_error(exc))

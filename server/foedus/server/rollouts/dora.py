@@ -9,8 +9,10 @@ Definitions (what the figures mean, stated once):
 * *lead time*: from the version's registration to 100% of traffic; *code lead time*: from the time
   of the code revision in the version's lineage to 100% (only versions whose lineage gives it);
 * a *failed change*: a rollout the controller rolled back, or a deployment followed within
-  `incident_window_us` (24 h) by an alert on the promoted version; *change-failure rate*: failed
-  changes / (deployments + rollbacks);
+  `INCIDENT_WINDOW_US` (24 h), and before the deployment's next rollout started, by an alert on the
+  promoted version, unless the deployment already had alerts in the `ONGOING_US` (5 min) before the
+  promotion (an episode that began before the change is not its incident);
+  *change-failure rate*: failed changes / (deployments + rollbacks);
 * *failed-deployment recovery time*: for a rollback, from the rollout's start (when the candidate
   began to receive traffic) until the stable version served all traffic again; for an incident,
   from the first alert until the deployment's next rollout finished (a new version or a roll back).
@@ -28,6 +30,7 @@ from foedus.server.store.records import RolloutPhase, RolloutRecord
 
 DAY_US = 86_400_000_000
 INCIDENT_WINDOW_US = DAY_US
+ONGOING_US = 300_000_000
 
 
 @dataclass(frozen=True, slots=True)

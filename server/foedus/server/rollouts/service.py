@@ -944,6 +944,11 @@ class RolloutService:
         end = self._clock()
         start = end - days * dora.DAY_US
         finished = self._store.finished_rollouts(tenant, model or None, start)
+        # When each deployment's later rollouts started: an alert after that belongs to them.
+        starts: dict[str, list[int]] = {}
+        for d in {r.deployment for r in finished}:
+            page = self._store.list_rollouts(tenant, d, False, "", 1000).items
+            starts[d] = sorted(r.started_at_us or r.created_at_us for r in page)
         versions: dict[tuple[str, int], VersionRecord | None] = {}
         outcomes = []
         for i, r in enumerate(finished):
@@ -957,13 +962,20 @@ class RolloutService:
             first_alert = None
             later = [o for o in finished[i + 1 :] if o.deployment == r.deployment]
             if r.phase == RolloutPhase.SUCCEEDED:
+                until = r.finished_at_us + dora.INCIDENT_WINDOW_US
+                until = min([until, *(t for t in starts[r.deployment] if t > r.finished_at_us)])
                 alert_ms = self._store.first_alert_ms(
+                    tenant, r.deployment, r.candidate_version, r.finished_at_us // 1000, until // 1000
+                )
+                ongoing = self._store.first_alert_ms(
                     tenant,
                     r.deployment,
-                    r.candidate_version,
+                    None,
+                    (r.finished_at_us - dora.ONGOING_US) // 1000,
                     r.finished_at_us // 1000,
-                    (r.finished_at_us + dora.INCIDENT_WINDOW_US) // 1000,
                 )
+                if ongoing is not None:
+                    alert_ms = None  # an alert episode that began before the change is not its incident
                 first_alert = alert_ms * 1000 if alert_ms is not None else None
             outcomes.append(
                 dora.Outcome(

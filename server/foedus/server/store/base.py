@@ -243,9 +243,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def first_alert_ms(
-        self, tenant: str, deployment: str, version: int, start_ms: int, end_ms: int
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
     ) -> int | None:
-        """Time of the first alert of `version` on the deployment in [start_ms, end_ms), or None."""
+        """Time of the first alert of `version` (None: of any version) on the deployment in
+        [start_ms, end_ms), or None."""
 
     @abc.abstractmethod
     def request_rate_history(

@@ -938,18 +938,16 @@ class SqlStore(Store):
         return _page(items, size, lambda a: a.id)
 
     def first_alert_ms(
-        self, tenant: str, deployment: str, version: int, start_ms: int, end_ms: int
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
     ) -> int | None:
         with self._read() as conn:
             dep_id = self._deployment_row(conn, tenant, deployment).id
-            value = conn.execute(
-                select(func.min(alerts.c.time_ms)).where(
-                    alerts.c.deployment_id == dep_id,
-                    alerts.c.version == version,
-                    alerts.c.time_ms >= start_ms,
-                    alerts.c.time_ms < end_ms,
-                )
-            ).scalar()
+            query = select(func.min(alerts.c.time_ms)).where(
+                alerts.c.deployment_id == dep_id, alerts.c.time_ms >= start_ms, alerts.c.time_ms < end_ms
+            )
+            if version is not None:
+                query = query.where(alerts.c.version == version)
+            value = conn.execute(query).scalar()
         return None if value is None else int(value)
 
     def request_rate_history(
