@@ -197,6 +197,8 @@ def test_good_canary_is_promoted_step_by_step(rig: Rig) -> None:
     assert [(e.step, e.weight) for e in steps] == [(1, 50.0), (2, 100.0)]
     assert kinds(events)[-1] == "succeeded"
     assert steps[0].evidence["candidate_requests"] >= 30
+    # the candidate serves iris rows, as in its reference profile: little input drift
+    assert 0.0 <= done.analysis["input_psi_max"] < 0.25
     assert [(t.version, t.weight) for t in c.deployments.get("iris-prod").traffic] == [(GOOD, 100.0)]
     wait_for(lambda: rig.load.served.get(str(GOOD), 0) > 0, 10, "the candidate to serve")
     assert rig.load.failures == []

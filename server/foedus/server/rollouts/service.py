@@ -32,7 +32,7 @@ from foedus.client_sdk.agent.histogram import NUM_BUCKETS, LatencyHistogram
 from foedus.server import validation
 from foedus.server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from foedus.server.rollouts import dora
-from foedus.server.rollouts.analysis import CanaryAnalysis, Verdict, VersionWindow
+from foedus.server.rollouts.analysis import CanaryAnalysis, Verdict, VersionWindow, population_stability_index
 from foedus.server.rollouts.forecast import (
     LoadForecast,
     NotEnoughHistory,
@@ -178,6 +178,15 @@ def _window(
                     labels[str(label)] = labels.get(str(label), 0) + int(n)
     w.latency = latency
     return w, sum_ms, labels
+
+
+def _feature_row(f: dict[str, object]) -> list[int] | None:
+    """An agent's counts of one feature on the reference bins as [underflow, overflow, other, bins...]."""
+    counts = f.get("counts")
+    if not isinstance(counts, list) or "categories" in f:  # no counts, or labels rather than bins
+        return None
+    extra = [f.get(k, 0) for k in ("underflow", "overflow", "other")]
+    return [int(x) if isinstance(x, int | float) else 0 for x in (*extra, *counts)]
 
 
 def _num(state: dict[str, object], key: str, default: float) -> float:
@@ -560,7 +569,7 @@ class RolloutService:
                 verdict = analysis.update(tick.candidate, tick.stable)
                 state["analysis"] = analysis.state()
             self._account(state, tick, now)
-        figures = _figures(verdict, state)
+        figures = {**_figures(verdict, state), **self._input_drift(rollout, state)}
         record = dataclasses.replace(rollout, state=state, analysis=figures, updated_at_us=now)
         # 1. a significant regression rolls back at once, paused or not
         if verdict.regression:
@@ -654,6 +663,20 @@ class RolloutService:
                 measured = r.resources.get("process_cpu_percent", 0.0)
                 cpu[r.agent] = float(predicted if predicted is not None else measured)
         live = sum(r.requests for r in records if not r.shadow)
+        features = _dict(state, "features") or {}
+        for r in cand:
+            for f in r.features:
+                name = str(f.get("name", ""))
+                row = _feature_row(f)
+                if name and row is not None:
+                    old = features.get(name)
+                    features[name] = (
+                        row
+                        if not isinstance(old, list) or len(old) != len(row)
+                        else [a + b for a, b in zip(old, row, strict=True)]
+                    )
+        if features:
+            state["features"] = features
         return Tick(cw, sw, csum, ssum, cpu, live)
 
     @staticmethod
@@ -689,6 +712,35 @@ class RolloutService:
             ):
                 trend[key] = [*list(trend[key]), value][-TREND_POINTS:]
             state["trend"] = trend
+
+    def _input_drift(self, rollout: RolloutRecord, state: dict[str, object]) -> dict[str, float]:
+        """Evidence: PSI of the candidate's input features (as served) against its reference profile.
+
+        Reported, not tested: candidate and stable see the same inputs, so input drift says whether
+        the candidate serves data like what it was trained on, not which version is better."""
+        features = _dict(state, "features")
+        if not features:
+            return {}
+        profile = self._store.get_version(
+            rollout.tenant, rollout.model, rollout.candidate_version
+        ).reference_profile
+        if profile is None:
+            return {}
+        out: dict[str, float] = {}
+        for i, ref in enumerate(profile.features):
+            row = features.get(ref.name)
+            if not isinstance(row, list) or len(row) != 3 + len(ref.counts):
+                continue
+            under, over, other, *bins = row
+            if ref.kind == "numeric":
+                expected, served = [ref.underflow, *ref.counts, ref.overflow], [under, *bins, over]
+            else:
+                expected, served = [*ref.counts, ref.other], [*bins, other]
+            if sum(served) > 0:
+                psi = population_stability_index(expected, served)
+                if math.isfinite(psi) and psi > out.get("input_psi_max", -1.0):
+                    out.update(input_psi_max=psi, input_psi_max_feature=float(i))
+        return out
 
     def _breach(self, spec: RolloutSpec, state: dict[str, object]) -> tuple[str, dict[str, float]] | None:
         a = spec.analysis
