@@ -45,3 +45,70 @@ def test_resource_predictor_outputs_become_named_scores(tmp_path: Path) -> None:
     predictor = ResourcePredictor(loaded(resource_predictor_onnx(tmp_path)), "ops", {})
     got = predictor.predict(np.array([1.0, 0.0, 0.1, 0.2, 50.0, 1000.0]))
     assert got == pytest.approx({"cpu_p90_next": 55.0, "memory_p90_next": 1100.0})
+
+
+def windowed_scorer_onnx(
+    path: Path, window: int, features: list[str], *, threshold: float | None = 3.0, dynamic: bool = False
+) -> Path:
+    """A windowed scorer: the squared change of the newest interval from the window's mean,
+    summed over its features; the window, features and threshold in the metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = len(features)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["metrics", "axis1"], ["mean"], keepdims=0),
+            helper.make_node("Gather", ["metrics", "last"], ["newest"], axis=1),
+            helper.make_node("Sub", ["newest", "mean"], ["d"]),
+            helper.make_node("Mul", ["d", "d"], ["d2"]),
+            helper.make_node("ReduceSum", ["d2", "axis1"], ["score"], keepdims=0),
+        ],
+        "windowed_scorer",
+        [helper.make_tensor_value_info("metrics", TensorProto.FLOAT, [None, None if dynamic else window, f])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None])],
+        [
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array(window - 1, dtype=np.int64), "last"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    meta = {"foedus.kind": "anomaly", "foedus.features": ",".join(features), "foedus.window": str(window)}
+    if threshold is not None:
+        meta["foedus.threshold"] = str(threshold)
+    onnx.helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_windowed_scorer_gets_the_last_intervals_of_its_features(tmp_path: Path) -> None:
+    features = ["latency_p99_ms", "error_rate"]
+    scorer = AnomalyScorer(loaded(windowed_scorer_onnx(tmp_path / "w.onnx", 4, features)), "ops", {})
+    assert (scorer.window, scorer.features, scorer.threshold) == (4, tuple(features), 3.0)
+    rows = np.zeros((10, 6))
+    rows[:, 3] = 10.0  # latency_p99_ms steady...
+    rows[-1, 3] = 14.0  # ...then up by 4 in the newest interval
+    # window mean of the last 4: (10+10+10+14)/4 = 11; (14-11)^2 = 9
+    assert scorer.score(rows) == pytest.approx(9.0)
+    # fewer intervals than the window: padded with the first, so a single row scores 0
+    assert scorer.score(rows[-1:]) == pytest.approx(0.0)
+    # a tag overrides the metadata's threshold
+    assert AnomalyScorer(scorer.model, "ops", {"threshold": "7"}).threshold == 7.0
+    background = np.tile(rows[0], (20, 1)) + np.random.default_rng(1).normal(scale=0.01, size=(20, 6))
+    top = scorer.explain(rows, background)
+    assert top[0][0] == "latency_p99_ms"
+
+
+def test_windowed_model_contract_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(OpsModelError, match="do not measure"):
+        AnomalyScorer(loaded(windowed_scorer_onnx(tmp_path / "a.onnx", 4, ["cpu_temperature"])), "ops", {})
+    dynamic = AnomalyScorer(
+        loaded(windowed_scorer_onnx(tmp_path / "b.onnx", 5, ["requests"], dynamic=True)), "ops", {}
+    )
+    assert dynamic.window == 5  # from foedus.window when the shape leaves it open
+    no_threshold = AnomalyScorer(
+        loaded(windowed_scorer_onnx(tmp_path / "c.onnx", 3, ["requests"], threshold=None)), "ops", {}
+    )
+    with pytest.raises(OpsModelError, match="threshold"):
+        _ = no_threshold.threshold

@@ -1,12 +1,16 @@
-"""Learned ops models the agent runs on its interval metric vector: anomaly scorer, resource predictor.
+"""Learned ops models the agent runs on its interval metric vectors: anomaly scorer, resource predictor.
 
 Both are ONNX versions from the registry, assigned to the agent through a deployment like any model
-(federated versions arrive the same way). Their input is one row per interval: the metrics of
-`HISTORY_METRICS`, in that order, as float32 `[N, 6]`.
+(federated versions arrive the same way). Their one input is either the current interval, float32
+`[N, F]`, or a window of the last W intervals ending at the current one, float32 `[N, W, F]`, of
+the metrics the model names in its ONNX metadata `foedus.features` (comma-separated, a subset of
+`HISTORY_METRICS`; all six, in that order, when absent). W comes from the input's shape or from the
+metadata `foedus.window`. Before W intervals exist, the window is padded with its first row.
 
-- An anomaly scorer's first output is a score per row; its version's tag `threshold` says from
-  which score on an interval is anomalous. An alert carries the metrics that contributed most,
-  by SHAP (Kernel SHAP over the scorer, against a background of recent normal intervals).
+- An anomaly scorer's first output is a score per row; its version's tag `threshold` (or else the
+  ONNX metadata `foedus.threshold`) says from which score on an interval is anomalous. An alert
+  carries the metrics that contributed most, by SHAP (Kernel SHAP over the scorer, varying the
+  current interval's metrics against a background of recent normal intervals).
 - A resource predictor's outputs are named after what they predict (e.g. `cpu_p90_next`); each
   becomes a score of the interval under that name.
 """
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from foedus.client_sdk.agent.history import HISTORY_METRICS
 from foedus.client_sdk.agent.serving import LoadedModel
+
+MAX_WINDOW = 1024
 
 
 class OpsModelError(ValueError):
@@ -32,66 +38,133 @@ class OpsModel:
     model: LoadedModel
     model_name: str
     tags: Mapping[str, str]
+    metadata: dict[str, str] = field(init=False)
+    features: tuple[str, ...] = field(init=False)
+    columns: tuple[int, ...] = field(init=False)
+    window: int = field(init=False)
+    """1 for a model of the current interval `[N, F]`; W for a windowed model `[N, W, F]`."""
 
     def __post_init__(self) -> None:
         if len(self.model.inputs) != 1:
             raise OpsModelError(f"{self.label} must take one input, the interval metric vector")
-        shape = self.model.inputs[0].shape
-        if len(shape) != 2 or shape[1] not in (-1, len(HISTORY_METRICS)):
+        meta = _metadata(self.model)
+        object.__setattr__(self, "metadata", meta)
+        names = tuple(n.strip() for n in meta.get("foedus.features", "").split(",") if n.strip())
+        names = names or HISTORY_METRICS
+        unknown = [n for n in names if n not in HISTORY_METRICS]
+        if unknown:
             raise OpsModelError(
-                f"{self.label} must take [N, {len(HISTORY_METRICS)}] ({', '.join(HISTORY_METRICS)}), "
-                f"not {list(shape)}"
+                f"{self.label} expects metric(s) {', '.join(unknown)} that agents do not measure; "
+                f"agents measure {', '.join(HISTORY_METRICS)}"
             )
+        object.__setattr__(self, "features", names)
+        object.__setattr__(self, "columns", tuple(HISTORY_METRICS.index(n) for n in names))
+        shape = self.model.inputs[0].shape
+        f = len(names)
+        if len(shape) == 2 and shape[1] in (-1, f):
+            window = 1
+        elif len(shape) == 3 and shape[2] in (-1, f):
+            window = shape[1] if shape[1] > 0 else _int(meta.get("foedus.window"))
+            if not 1 <= window <= MAX_WINDOW:
+                raise OpsModelError(
+                    f"{self.label} takes a window of intervals but says not how long (foedus.window)"
+                )
+        else:
+            raise OpsModelError(
+                f"{self.label} must take [N, {f}] or [N, W, {f}] ({', '.join(names)}), not {list(shape)}"
+            )
+        object.__setattr__(self, "window", window)
 
     @property
     def label(self) -> str:
         return f"{self.model_name}:v{self.model.version}"
 
-    def run(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def inputs(self, recent: np.ndarray) -> np.ndarray:
+        """The model's input for the newest interval of `recent` (rows of HISTORY_METRICS, oldest
+        first): its columns, and for a windowed model the last W rows, padded with the first."""
+        rows = np.asarray(recent, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))[:, self.columns]
+        if self.window == 1:
+            return rows[-1:]
+        rows = rows[-self.window :]
+        if len(rows) < self.window:
+            rows = np.concatenate([np.repeat(rows[:1], self.window - len(rows), axis=0), rows])
+        return rows[None, :, :]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self.model.outputs]
-        outputs = self.model.run(names, {self.model.inputs[0].name: np.asarray(rows, dtype=np.float32)})
+        outputs = self.model.run(names, {self.model.inputs[0].name: np.asarray(batch, dtype=np.float32)})
         return {
-            n: np.asarray(o, dtype=np.float64).reshape(len(rows), -1)[:, 0]
+            n: np.asarray(o, dtype=np.float64).reshape(len(batch), -1)[:, 0]
             for n, o in zip(names, outputs, strict=True)
         }
+
+
+def _metadata(model: LoadedModel) -> dict[str, str]:
+    try:
+        return dict(model.session.get_modelmeta().custom_metadata_map)
+    except Exception:  # a session without metadata (or a stand-in in tests)
+        return {}
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 class AnomalyScorer(OpsModel):
     @property
     def threshold(self) -> float:
+        raw = self.tags.get("threshold", self.metadata.get("foedus.threshold"))
         try:
-            value = float(self.tags["threshold"])
-        except (KeyError, ValueError):
-            raise OpsModelError(f"{self.label} has no numeric 'threshold' tag") from None
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise OpsModelError(
+                f"{self.label} has no numeric 'threshold' tag (nor foedus.threshold metadata)"
+            ) from None
         if not math.isfinite(value):
             raise OpsModelError(f"{self.label} has a non-finite threshold")
         return value
 
-    def score(self, vector: np.ndarray) -> float:
+    def score(self, recent: np.ndarray) -> float:
+        """Score of the newest interval; `recent` holds the last intervals (a 1-D array: just it)."""
         first = self.model.outputs[0].name
-        return float(self.run(vector.reshape(1, -1))[first][0])
+        return float(self.run(self.inputs(recent))[first][0])
 
     def explain(
-        self, vector: np.ndarray, background: np.ndarray, *, nsamples: int = 200
+        self, recent: np.ndarray, background: np.ndarray, *, nsamples: int = 200
     ) -> list[tuple[str, float]]:
-        """SHAP attribution of each metric to this interval's score, largest first."""
+        """SHAP attribution of each metric of the newest interval to its score, largest first.
+
+        The explained function varies the newest interval's metrics (the model's features) and
+        keeps the earlier intervals of the window as they were; `background` are normal intervals.
+        """
         import shap
 
         first = self.model.outputs[0].name
+        base = self.inputs(recent)
+        cols = list(self.columns)
 
         def predict(rows: np.ndarray) -> np.ndarray:
-            return self.run(rows)[first]
+            batch = np.repeat(base, len(rows), axis=0)
+            if batch.ndim == 3:
+                batch[:, -1, :] = rows
+            else:
+                batch[:, :] = rows
+            return self.run(batch)[first]
 
-        if len(background) > 50:
-            background = background[-50:]
-        explainer = shap.KernelExplainer(predict, background)
+        bg = np.asarray(background, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))[-50:, cols]
+        current = base[0, -1, :] if base.ndim == 3 else base[0]
+        explainer = shap.KernelExplainer(predict, bg)
         values = np.asarray(
-            explainer.shap_values(vector.reshape(1, -1), nsamples=nsamples, silent=True)
+            explainer.shap_values(current.reshape(1, -1), nsamples=nsamples, silent=True)
         ).reshape(-1)
         order = np.argsort(-np.abs(values))
-        return [(HISTORY_METRICS[i], float(values[i])) for i in order]
+        return [(self.features[i], float(values[i])) for i in order]
 
 
 class ResourcePredictor(OpsModel):
-    def predict(self, vector: np.ndarray) -> dict[str, float]:
-        return {name: float(v[0]) for name, v in self.run(vector.reshape(1, -1)).items()}
+    def predict(self, recent: np.ndarray) -> dict[str, float]:
+        """Named predictions for the newest interval of `recent`."""
+        return {name: float(v[0]) for name, v in self.run(self.inputs(recent)).items()}

@@ -12,6 +12,7 @@ answered from the loaded versions whether the control plane is reachable or not.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import numpy as np
 
 from foedus.client_sdk.agent.detector import DETECTOR_NAME, AnomalyDetector, DetectorConfig
 from foedus.client_sdk.agent.history import HISTORY_METRICS, LocalHistory
-from foedus.client_sdk.agent.ops_models import AnomalyScorer, OpsModelError, ResourcePredictor
+from foedus.client_sdk.agent.ops_models import MAX_WINDOW, AnomalyScorer, OpsModelError, ResourcePredictor
 from foedus.client_sdk.agent.queue import TelemetryQueue, TelemetryQueueFull
 from foedus.client_sdk.agent.serving import InferenceServicer, LoadedModel, ModelTable, Route
 from foedus.client_sdk.agent.telemetry import (
@@ -104,6 +105,16 @@ class Agent:
         self._metadata = (("authorization", f"Bearer {config.api_key}"),)
         self._queued = asyncio.Event()
         self.anomaly_scorer: AnomalyScorer | None = None
+        # The last intervals' metric vectors (HISTORY_METRICS), for windowed ops models; seeded from
+        # the local history so a restarted agent scores with a full window at once.
+        by_time = {t: metrics for t, _, metrics, _ in self.history.rows()}  # one row per version
+        self._recent: collections.deque[np.ndarray] = collections.deque(
+            (
+                np.asarray([by_time[t].get(m, 0.0) for m in HISTORY_METRICS], dtype=np.float64)
+                for t in sorted(by_time)[-MAX_WINDOW:]
+            ),
+            maxlen=MAX_WINDOW,
+        )
         self.resource_predictor: ResourcePredictor | None = None
         self._stopping = False
         self.port = 0
@@ -322,12 +333,14 @@ class Agent:
         vector = _metric_vector(served, end - start, resources)
         row = np.asarray([vector[m] for m in HISTORY_METRICS], dtype=np.float64)
         statistical = self.detector.update(row)
+        self._recent.append(row)
+        recent = np.asarray(self._recent)
         scorer = self.anomaly_scorer
         top: list[tuple[str, float]]
         if scorer is not None:
-            score, threshold, detector = scorer.score(row), scorer.threshold, scorer.label
+            score, threshold, detector = scorer.score(recent), scorer.threshold, scorer.label
             anomalous = score > threshold
-            top = self._explain(scorer, row) if anomalous else []
+            top = self._explain(scorer, recent) if anomalous else []
         else:
             score = float(statistical.score) if np.isfinite(statistical.score) else 0.0
             threshold, detector = self.config.anomaly_threshold, DETECTOR_NAME
@@ -335,7 +348,7 @@ class Agent:
             top = [(str(name), float(z)) for name, z in statistical.top]
         scores = {"anomaly": score}
         if self.resource_predictor is not None:
-            scores.update(self.resource_predictor.predict(row))
+            scores.update(self.resource_predictor.predict(recent))
         for version, _ in served:
             self.history.append(int(start * 1000), version, vector, scores)
         batch = agent_pb2.TelemetryBatch(
@@ -365,7 +378,7 @@ class Agent:
         self.queue.put(batch.SerializeToString())
         self._queued.set()
 
-    def _explain(self, scorer: AnomalyScorer, row: np.ndarray) -> list[tuple[str, float]]:
+    def _explain(self, scorer: AnomalyScorer, recent: np.ndarray) -> list[tuple[str, float]]:
         """SHAP attributions against recent intervals the scorer found normal."""
         normal = [
             [metrics[m] for m in HISTORY_METRICS]
@@ -375,7 +388,7 @@ class Agent:
         if len(normal) < 3:
             return []
         try:
-            return scorer.explain(row, np.asarray(normal, dtype=np.float64))
+            return scorer.explain(recent, np.asarray(normal, dtype=np.float64))
         except Exception:
             log.exception("SHAP explanation failed")
             return []
