@@ -10,6 +10,9 @@ at a time, so they never compete for the CPU):
   version. MLflow: the REST calls that register an already logged model and point the alias at it
   (`model-versions/create` with a source inside a run's artifact directory and a tag, then
   `registered-models/alias`); MLflow neither receives nor checks the file.
+* reads driven by h2load (nghttp2's load generator in C, when installed: `apt-get install
+  nghttp2-client`): the same reads from `--clients` connections, one request in flight on each,
+  so that the client side costs microseconds per request and the figure is the server's.
 * reads: GetModelVersion (Foedus, unary gRPC) and `GET /api/2.0/mlflow/model-versions/get`
   (MLflow, HTTP/1.1 keep-alive) of version 1, with 1 client and with `--clients` (16) concurrent
   clients. Every client has its own connection and issues its next request when the previous one
@@ -43,6 +46,7 @@ import multiprocessing as mp
 import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -396,6 +400,92 @@ def run_reads(
     )
 
 
+def h2load_path() -> str | None:
+    return shutil.which("h2load")
+
+
+_H2_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout"
+)
+_H2_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+
+
+def run_reads_h2load(
+    target: ReadTarget, *, clients: int, duration: float, server_pid: int, expect_bytes: int
+) -> ReadResult:
+    """Closed-loop reads driven by h2load (nghttp2's load generator, written in C): `clients`
+    connections, one request in flight on each, for `duration` s after a 1 s warm-up.
+
+    The client side then costs a few microseconds of CPU per request instead of a Python client's
+    hundreds, so the figure is the server's. Foedus: GetModelVersion as a gRPC POST over HTTP/2;
+    MLflow: `GET model-versions/get` over HTTP/1.1 keep-alive (`--h1`). h2load counts HTTP
+    statuses; a gRPC error also comes as HTTP 200, without a message, so every response's data
+    bytes are checked against the size of a successful answer (`expect_bytes`).
+    """
+    exe = h2load_path()
+    if exe is None:
+        raise RuntimeError("h2load not found (Debian: apt-get install nghttp2-client)")
+    with tempfile.TemporaryDirectory(prefix="foedus-h2load-") as tmp:
+        log_path = Path(tmp) / "requests.log"
+        cmd = [exe, "-c", str(clients), "-m", "1", "-t", "1", "-D", f"{duration:g}", "--warm-up-time", "1"]
+        cmd += ["--log-file", str(log_path)]
+        if target.kind == "foedus":
+            from foedus.v1 import registry_pb2
+
+            message = registry_pb2.GetModelVersionRequest(model=target.model, version=target.version)
+            raw = message.SerializeToString()
+            body = Path(tmp) / "request.bin"
+            body.write_bytes(b"\x00" + len(raw).to_bytes(4, "big") + raw)
+            cmd += ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+            cmd += ["-H", f"authorization: Bearer {target.api_key}"]
+            cmd.append(f"http://{target.address}/foedus.v1.RegistryService/GetModelVersion")
+        else:
+            query = urllib.parse.urlencode({"name": target.model, "version": str(target.version)})
+            cmd += ["--h1", f"http://{target.address}/api/2.0/mlflow/model-versions/get?{query}"]
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = process_tree_cpu_s(server_pid)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=False)
+        server_cpu = process_tree_cpu_s(server_pid) - cpu0
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = done.stdout + done.stderr
+        counts = _H2_REQUESTS.search(out)
+        statuses = _H2_STATUS.search(out)
+        if done.returncode != 0 or counts is None or statuses is None:
+            raise RuntimeError(f"h2load failed ({done.returncode}): {out[-2000:]}")
+        latencies: list[float] = []
+        first_us, last_us = math.inf, 0.0
+        for line in log_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                start_us, elapsed_us = float(parts[0]), float(parts[2])
+                latencies.append(elapsed_us / 1000.0)
+                first_us, last_us = min(first_us, start_us), max(last_us, start_us + elapsed_us)
+    succeeded = int(counts[4])
+    not_2xx = int(statuses[2]) + int(statuses[3]) + int(statuses[4])
+    errors = int(counts[5]) + int(counts[6]) + int(counts[7]) + not_2xx
+    data = re.search(r"\((\d+)\) data", out)
+    first_error = ""
+    if data is not None and expect_bytes and succeeded:
+        per_response = int(data[1]) / succeeded
+        if per_response < expect_bytes * 0.99:
+            errors = max(errors, 1)
+            first_error = (
+                f"responses average {per_response:.0f} data bytes, a successful one has {expect_bytes}"
+            )
+    elapsed = (last_us - first_us) / 1e6 if latencies else duration
+    return ReadResult(
+        clients=clients,
+        procs=1,
+        reads=len(latencies),
+        errors=errors,
+        elapsed_s=elapsed,
+        latencies_ms=latencies,
+        server_cpu_s=server_cpu,
+        client_cpu_s=(usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime),
+        first_error=first_error or ("" if not errors else out[-500:]),
+    )
+
+
 # ================================================================================================
 # Servers
 # ================================================================================================
@@ -677,6 +767,7 @@ class SideResult:
     read_n: ReadResult
     response_bytes: int
     read_1_newconn: ReadResult | None = None
+    read_n_h2load: ReadResult | None = None
     register_newconn: RegisterResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -698,6 +789,28 @@ def read_phase(
     log(f"{target.kind}: {res.rps:,.0f} reads/s, p50 {res.pct(50):.2f} ms, p99 {res.pct(99):.2f} ms")
     if res.errors:
         log(f"{target.kind}: {res.errors} failed reads; first: {res.first_error}")
+    return res
+
+
+def h2load_phase(
+    target: ReadTarget, args: argparse.Namespace, server: ServerProcess, expect_bytes: int
+) -> ReadResult | None:
+    if not args.h2load:
+        return None
+    if h2load_path() is None:
+        log("h2load not found (apt-get install nghttp2-client): the h2load read phase is left out")
+        return None
+    log(f"{target.kind}: reads by h2load, {args.clients} connections, {args.duration:g} s")
+    res = run_reads_h2load(
+        target,
+        clients=args.clients,
+        duration=args.duration,
+        server_pid=server.proc.pid,
+        expect_bytes=expect_bytes,
+    )
+    log(f"{target.kind}: h2load {res.rps:,.0f} reads/s, p50 {res.pct(50):.2f} ms, p99 {res.pct(99):.2f} ms")
+    if res.errors:
+        log(f"{target.kind}: h2load saw {res.errors} failed reads: {res.first_error}")
     return res
 
 
@@ -735,11 +848,12 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
         target = ReadTarget("foedus", server.address, api_key=owner_key)
         one = read_phase(target, args, server, 1)
         many = read_phase(target, args, server, args.clients)
+        h2 = h2load_phase(target, args, server, response_bytes)
         notes = [
             f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}, "
             f"workers={args.workers}"
         ]
-        return SideResult(reg, one, many, response_bytes, notes=notes)
+        return SideResult(reg, one, many, response_bytes, read_n_h2load=h2, notes=notes)
     finally:
         server.stop()
 
@@ -803,6 +917,7 @@ def bench_mlflow(args: argparse.Namespace, workdir: Path, onnx_path: Path, versi
         target = ReadTarget("mlflow", server.address)
         one = read_phase(target, args, server, 1)
         many = read_phase(target, args, server, args.clients)
+        h2 = h2load_phase(target, args, server, response_bytes)
         fresh = read_phase(
             ReadTarget("mlflow", server.address, new_connection=True),
             args,
@@ -818,7 +933,14 @@ def bench_mlflow(args: argparse.Namespace, workdir: Path, onnx_path: Path, versi
             "  'new conn.' show the same client opening a connection per request instead.",
         ]
         return SideResult(
-            reg, one, many, response_bytes, read_1_newconn=fresh, register_newconn=reg_fresh, notes=notes
+            reg,
+            one,
+            many,
+            response_bytes,
+            read_1_newconn=fresh,
+            register_newconn=reg_fresh,
+            read_n_h2load=h2,
+            notes=notes,
         )
     finally:
         server.stop()
@@ -851,6 +973,14 @@ def side_figures(side: SideResult, prefix: str = "") -> dict[str, float]:
     if side.register_newconn is not None:
         f["register_per_s_newconn"] = side.register_newconn.per_s
         f["register_p50_ms_newconn"] = percentile(side.register_newconn.latencies_ms, 50)
+    if side.read_n_h2load is not None:
+        h = side.read_n_h2load
+        f[f"read_rps_{n}_h2load"] = h.rps
+        f[f"read_p50_ms_{n}_h2load"] = h.pct(50)
+        f[f"read_p99_ms_{n}_h2load"] = h.pct(99)
+        f["read_errors_h2load"] = h.errors
+        f[f"server_cpu_ms_per_read_{n}_h2load"] = 1000.0 * h.server_cpu_s / max(1, h.reads)
+        f[f"client_cpu_cores_{n}_h2load"] = h.client_cpu_s / h.elapsed_s if h.elapsed_s else 0.0
     if side.read_1_newconn is not None:
         f["read_rps_1_newconn"] = side.read_1_newconn.rps
         f["read_p50_ms_1_newconn"] = side.read_1_newconn.pct(50)
@@ -880,6 +1010,12 @@ ROWS = [
     ("server CPU ms/read, {n} clients", "server_cpu_ms_per_read_{n}", "{:.3f}", False),
     ("server CPU (cores), {n} clients", "server_cpu_cores_{n}", "{:.2f}", False),
     ("client CPU (cores), {n} clients", "client_cpu_cores_{n}", "{:.2f}", False),
+    ("reads/s, {n} conns, h2load", "read_rps_{n}_h2load", "{:,.0f}", True),
+    ("read p50 (ms), {n} conns, h2load", "read_p50_ms_{n}_h2load", "{:.3f}", False),
+    ("read p99 (ms), {n} conns, h2load", "read_p99_ms_{n}_h2load", "{:.3f}", False),
+    ("server CPU ms/read, h2load", "server_cpu_ms_per_read_{n}_h2load", "{:.3f}", False),
+    ("client CPU (cores), h2load", "client_cpu_cores_{n}_h2load", "{:.2f}", False),
+    ("failed reads, h2load", "read_errors_h2load", "{:,.0f}", False),
     ("read response (bytes)", "read_response_bytes", "{:,.0f}", False),
     ("failed reads", "read_errors", "{:,.0f}", False),
 ]
@@ -985,6 +1121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workdir", help="directory for the servers' data and logs (default: a temporary one, removed after)"
     )
+    p.add_argument(
+        "--no-h2load",
+        dest="h2load",
+        action="store_false",
+        help="leave out the read phase driven by h2load (a C load generator; used when installed)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures to PATH as one flat JSON object")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.client_procs < 1:
@@ -1061,6 +1203,10 @@ def main(argv: list[str] | None = None) -> int:
         out.update(mfig)
         out["read_ratio_1"] = ratio(figures["read_rps_1"], mfig["mlflow_read_rps_1"])
         out[f"read_ratio_{n}"] = ratio(figures[f"read_rps_{n}"], mfig[f"mlflow_read_rps_{n}"])
+        if f"read_rps_{n}_h2load" in figures and f"mlflow_read_rps_{n}_h2load" in mfig:
+            out[f"read_ratio_{n}_h2load"] = ratio(
+                figures[f"read_rps_{n}_h2load"], mfig[f"mlflow_read_rps_{n}_h2load"]
+            )
         out["register_ratio"] = ratio(figures["register_per_s"], mfig["mlflow_register_per_s"])
     out.update(
         {
