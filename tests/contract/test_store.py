@@ -418,3 +418,69 @@ def test_evaluations_append_to_the_lineage(store: SqlStore) -> None:
         store.add_evaluation("beta", "m", 2, ev)
     with pytest.raises(NotFound):
         store.add_evaluation("acme", "m", 9, ev)
+
+
+def test_federation_keys_runs_and_opt_ins(store: SqlStore) -> None:
+    from foedus.server.store.records import (
+        FederationRunRecord,
+        FederationRunState,
+        NodeKeyRecord,
+        OptInRecord,
+    )
+
+    key = NodeKeyRecord("f" * 64, "acme", "-----BEGIN PUBLIC KEY-----\n...\n", "node 1", 5, "admin")
+    store.add_node_key(key)
+    with pytest.raises(AlreadyExists):
+        store.add_node_key(dataclasses.replace(key, tenant="beta"))  # one key, one tenant
+    with pytest.raises(NotFound):
+        store.add_node_key(dataclasses.replace(key, fingerprint="e" * 64, tenant="ghost"))
+    assert store.list_node_keys("acme", False) == [key]
+    assert store.list_node_keys("beta", True) == []
+    with pytest.raises(NotFound):
+        store.revoke_node_key("beta", key.fingerprint, 9)
+    assert store.revoke_node_key("acme", key.fingerprint, 9).revoked_at_us == 9
+    assert store.revoke_node_key("acme", key.fingerprint, 11).revoked_at_us == 9  # the first time stays
+    assert store.list_node_keys("acme", False) == []
+    assert [k.revoked_at_us for k in store.list_node_keys(None, True)] == [9]
+
+    run = FederationRunRecord(
+        0,
+        "anomaly",
+        "fedavg",
+        3,
+        {"mode": ""},
+        FederationRunState.RUNNING,
+        ("acme",),
+        (),
+        "",
+        0,
+        "",
+        1,
+        "admin",
+        1,
+        0,
+    )
+    first = store.create_federation_run(run)
+    second = store.create_federation_run(dataclasses.replace(run, tenants=("acme", "beta")))
+    assert store.get_federation_run(first.id, "acme") == first
+    with pytest.raises(NotFound):
+        store.get_federation_run(first.id, "beta")  # beta did not take part
+    assert [r.id for r in store.list_federation_runs("beta", "", 10).items] == [second.id]
+    page = store.list_federation_runs(None, "", 1)
+    assert [r.id for r in page.items] == [second.id]
+    assert [r.id for r in store.list_federation_runs(None, page.next_token, 1).items] == [first.id]
+    rounds = ({"round": 1, "metrics": {"loss": 0.5}, "nodes": 1, "bytes": 10, "seconds": 0.1},)
+    done = dataclasses.replace(first, history=rounds, state=FederationRunState.FAILED, finished_at_us=7)
+    store.update_federation_run(done)
+    assert store.get_federation_run(first.id, None) == done
+
+    store.create_version("acme", "m", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_deployment("acme", "prod", "m", "", ((1, 1.0),), 0, "k", 1)
+    opt = OptInRecord("acme", "anomaly", "prod", 3, "owner")
+    store.set_opt_in(opt, True)
+    store.set_opt_in(dataclasses.replace(opt, deployment="prod"), True)  # replaces, never duplicates
+    assert store.list_opt_ins("acme", None) == [opt]
+    assert store.list_opt_ins("beta", None) == []
+    assert store.list_opt_ins(None, "resource") == []
+    store.set_opt_in(opt, False)
+    assert store.list_opt_ins(None, None) == []

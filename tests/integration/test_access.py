@@ -47,6 +47,7 @@ from foedus.v1 import (
     agent_pb2,
     common_pb2,
     deployment_pb2,
+    federation_pb2,
     monitoring_pb2,
     registry_pb2,
     rollout_pb2,
@@ -62,6 +63,7 @@ DEP = "/foedus.v1.DeploymentService/"
 AGENT = "/foedus.v1.AgentService/"
 MON = "/foedus.v1.MonitoringService/"
 ROL = "/foedus.v1.RolloutService/"
+FED = "/foedus.v1.FederationService/"
 CREATE_VERSION = REG + "CreateModelVersion"
 WATCH = AGENT + "WatchAssignments"
 TELEMETRY = AGENT + "ReportTelemetry"
@@ -138,6 +140,7 @@ class Names:
     deployment: str = "dep"
     agent: str = "probe-agent"  # not A's agent: B names it itself, so it is no secret of A's
     rollout: int = 999_999_999  # ids are server-wide; this one never exists
+    run: int = 999_999_999  # a federation run
 
 
 GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000", deployment="ghost-dep")
@@ -277,7 +280,33 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
     ROL + "AbortRollout": lambda n: rollout_pb2.AbortRolloutRequest(id=n.rollout),
     ROL + "SuggestWindows": lambda n: rollout_pb2.SuggestWindowsRequest(deployment=n.deployment),
     ROL + "GetDoraReport": lambda n: rollout_pb2.GetDoraReportRequest(model=n.model),
+    FED + "RegisterNodeKey": lambda n: federation_pb2.RegisterNodeKeyRequest(
+        tenant=n.tenant, public_key=PROBE_KEY
+    ),
+    FED + "ListNodeKeys": lambda n: federation_pb2.ListNodeKeysRequest(tenant=n.tenant, include_revoked=True),
+    FED + "RevokeNodeKey": lambda n: federation_pb2.RevokeNodeKeyRequest(
+        tenant=n.tenant, fingerprint="0" * 64
+    ),
+    FED + "CreateRun": lambda n: federation_pb2.CreateRunRequest(
+        model_kind="anomaly", strategy="fedavg", rounds=1, tenants=[n.tenant]
+    ),
+    FED + "RecordRound": lambda n: federation_pb2.RecordRoundRequest(
+        id=n.run, round=federation_pb2.FederationRound(round=9)
+    ),
+    FED + "FinishRun": lambda n: federation_pb2.FinishRunRequest(
+        id=n.run, state=federation_pb2.FEDERATION_RUN_STATE_FAILED
+    ),
+    FED + "GetRun": lambda n: federation_pb2.GetRunRequest(id=n.run),
+    FED + "ListRuns": lambda n: federation_pb2.ListRunsRequest(),
+    FED + "SetOptIn": lambda n: federation_pb2.SetOptInRequest(model_kind="anomaly", deployment=n.deployment),
+    FED + "ListOptIns": lambda n: federation_pb2.ListOptInsRequest(),
 }
+# A PEM public key (the DER bytes need not be a real key for the registry: it fingerprints them).
+PROBE_KEY = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    + base64.b64encode(b"probe public key of a supernode, 48 bytes long!!").decode()
+    + "\n-----END PUBLIC KEY-----\n"
+)
 
 # How tenant isolation is checked for each RPC:
 #   names    - the request names a resource of tenant A: B gets NOT_FOUND, the same as for a ghost;
@@ -321,6 +350,16 @@ ISOLATION: dict[str, str] = {
         ROL + name: "names"
         for name in rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].methods_by_name
     },
+    FED + "RegisterNodeKey": "admin",
+    FED + "ListNodeKeys": "names",
+    FED + "RevokeNodeKey": "admin",
+    FED + "CreateRun": "admin",
+    FED + "RecordRound": "platform",
+    FED + "FinishRun": "platform",
+    FED + "GetRun": "names",
+    FED + "ListRuns": "scoped",
+    FED + "SetOptIn": "names",
+    FED + "ListOptIns": "scoped",
 }
 
 
@@ -346,11 +385,18 @@ class World:
     str_token: str = ""  # a next_page_token of a list sorted by name (ListKeys)
     int_token: str = ""  # a next_page_token of a list sorted by number (ListAuditEntries)
     a_rollout: int = 0  # tenant A's rollout (scheduled far ahead, on "dep-r" of model "ma")
+    a_run: int = 0  # a federation run tenant A takes part in (B does not)
     streams: list[Any] = field(default_factory=list)  # every streaming call made, to check they ended
 
     @property
     def a_names(self) -> Names:
-        return Names(tenant=self.a.name, model="m", key_id=self.a.key_ids["owner"], rollout=self.a_rollout)
+        return Names(
+            tenant=self.a.name,
+            model="m",
+            key_id=self.a.key_ids["owner"],
+            rollout=self.a_rollout,
+            run=self.a_run,
+        )
 
     @property
     def a_secrets(self) -> tuple[str, ...]:
@@ -552,6 +598,17 @@ def world(server: LocalServer, onnx_model: Path) -> Iterator[World]:
     started = w.ok(ROL + "StartRollout", rollout_pb2.StartRolloutRequest(spec=spec), a.keys["editor"]).rollout
     assert started.phase == rollout_pb2.ROLLOUT_PHASE_SCHEDULED
     w.a_rollout = started.id
+    # A federation run that tenant A takes part in, with A's SuperNode key registered.
+    a_key = PROBE_KEY.replace("cHJvYmU", "YWxwaGE")  # another key: "alpha" instead of "probe"
+    w.ok(
+        FED + "RegisterNodeKey",
+        federation_pb2.RegisterNodeKeyRequest(tenant=a.name, public_key=a_key),
+        w.admin_key,
+    )
+    fed_run = federation_pb2.CreateRunRequest(
+        model_kind="anomaly", strategy="fedavg", rounds=3, tenants=[a.name]
+    )
+    w.a_run = w.ok(FED + "CreateRun", fed_run, w.admin_key).run.id
     # B: deployment "b-dep" of both versions of "b-model", its agent, telemetry and an alert. Its
     # batch reuses A's batch id: batch ids are per tenant, so it is new (and stored) for B.
     w.ok(
@@ -608,6 +665,7 @@ def normalize(text: str, names: Names) -> str:
         (names.key_id, "<key>"),
     ):
         text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", placeholder, text)
+    text = re.sub(rf"\brun {names.run}\b", "run <run>", text)
     return re.sub(rf"\brollout {names.rollout}\b", "rollout <rollout>", text)
 
 
@@ -890,6 +948,34 @@ def _check_list_alerts(world: World) -> None:
         assert_no_leak(world, str(resp))
 
 
+def _check_federation_runs(world: World) -> None:
+    """B took part in no run: it lists none and A's run is not found; A sees only itself named."""
+    for role in ("viewer", "editor", "owner"):
+        resp = world.ok(FED + "ListRuns", federation_pb2.ListRunsRequest(), world.b.keys[role])
+        assert list(resp.runs) == []
+    mine = world.ok(FED + "ListRuns", federation_pb2.ListRunsRequest(), world.a.keys["viewer"]).runs
+    assert [(r.id, list(r.tenants), r.tenant_count) for r in mine] == [(world.a_run, [world.a.name], 1)]
+    everything = world.ok(FED + "ListRuns", federation_pb2.ListRunsRequest(), world.admin_key).runs
+    assert world.a_run in [r.id for r in everything]
+
+
+def _check_opt_ins(world: World) -> None:
+    owner_b = world.b.keys["owner"]
+    got = world.ok(
+        FED + "SetOptIn",
+        federation_pb2.SetOptInRequest(model_kind="resource", deployment=B_DEPLOYMENT),
+        owner_b,
+    ).opt_ins
+    assert [(o.tenant, o.model_kind, o.deployment) for o in got] == [(world.b.name, "resource", B_DEPLOYMENT)]
+    for role in ("viewer", "editor", "owner"):
+        listed = world.ok(FED + "ListOptIns", federation_pb2.ListOptInsRequest(), world.b.keys[role]).opt_ins
+        assert {o.tenant for o in listed} == {world.b.name}
+    cleared = world.ok(
+        FED + "SetOptIn", federation_pb2.SetOptInRequest(model_kind="resource"), owner_b
+    ).opt_ins
+    assert list(cleared) == []
+
+
 SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
     ADMIN + "WhoAmI": _check_whoami,
     ADMIN + "GetTenant": _check_get_own_tenant,
@@ -899,6 +985,8 @@ SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
     REG + "CreateModel": _check_create_in_another_tenant,
     DEP + "ListDeployments": _check_list_deployments,
     MON + "ListAlerts": _check_list_alerts,
+    FED + "ListRuns": _check_federation_runs,
+    FED + "ListOptIns": _check_opt_ins,
 }
 
 
@@ -927,6 +1015,7 @@ LIST_RPCS: dict[str, tuple[str, Callable[[common_pb2.PageRequest], Any], str]] =
     DEP + "ListDeployments": ("viewer", lambda p: deployment_pb2.ListDeploymentsRequest(page=p), "str"),
     MON + "ListAlerts": ("viewer", lambda p: monitoring_pb2.ListAlertsRequest(page=p), "int"),
     ROL + "ListRollouts": ("viewer", lambda p: rollout_pb2.ListRolloutsRequest(page=p), "int"),
+    FED + "ListRuns": ("viewer", lambda p: federation_pb2.ListRunsRequest(page=p), "int"),
 }
 
 
@@ -1346,6 +1435,176 @@ def _rollout_cases() -> Iterator[Case]:
     yield record, "rows-negative", "editor", lambda w: evaluation(rows=-1)
 
 
+F_ = federation_pb2
+
+
+def _run_request(**fields: Any) -> federation_pb2.CreateRunRequest:
+    values: dict[str, Any] = {"model_kind": "anomaly", "strategy": "fedavg", "rounds": 2}
+    values.update(fields)
+    return F_.CreateRunRequest(**values)
+
+
+def _federation_cases() -> Iterator[Case]:
+    register, create = FED + "RegisterNodeKey", FED + "CreateRun"
+    yield (
+        register,
+        "tenant-bad-chars",
+        "admin",
+        lambda w: F_.RegisterNodeKeyRequest(tenant=BAD_NAME, public_key=PROBE_KEY),
+    )
+    yield (
+        register,
+        "key-not-pem",
+        "admin",
+        lambda w: F_.RegisterNodeKeyRequest(tenant=w.b.name, public_key="ssh-rsa AAAA"),
+    )
+    yield register, "key-empty", "admin", lambda w: F_.RegisterNodeKeyRequest(tenant=w.b.name)
+    yield (
+        register,
+        "key-bad-base64",
+        "admin",
+        lambda w: F_.RegisterNodeKeyRequest(
+            tenant=w.b.name, public_key="-----BEGIN PUBLIC KEY-----\n@@@@\n-----END PUBLIC KEY-----\n"
+        ),
+    )
+    yield (
+        register,
+        "key-too-long",
+        "admin",
+        lambda w: F_.RegisterNodeKeyRequest(tenant=w.b.name, public_key=PROBE_KEY + "x" * 20_000),
+    )
+    yield (
+        register,
+        "description-too-long",
+        "admin",
+        lambda w: F_.RegisterNodeKeyRequest(tenant=w.b.name, public_key=PROBE_KEY, description="x" * 10_001),
+    )
+    yield FED + "ListNodeKeys", "admin-without-tenant", "admin", lambda w: F_.ListNodeKeysRequest()
+    yield FED + "ListNodeKeys", "tenant-bad-chars", "admin", lambda w: F_.ListNodeKeysRequest(tenant=BAD_NAME)
+    yield (
+        FED + "RevokeNodeKey",
+        "fingerprint-bad",
+        "admin",
+        lambda w: F_.RevokeNodeKeyRequest(tenant=w.b.name, fingerprint="xyz"),
+    )
+    yield (
+        FED + "RevokeNodeKey",
+        "tenant-bad-chars",
+        "admin",
+        lambda w: F_.RevokeNodeKeyRequest(tenant=BAD_NAME, fingerprint="0" * 64),
+    )
+    yield (
+        create,
+        "model-kind-unknown",
+        "admin",
+        lambda w: _run_request(model_kind="vibes", tenants=[w.a.name]),
+    )
+    yield create, "strategy-unknown", "admin", lambda w: _run_request(strategy="fedmagic", tenants=[w.a.name])
+    yield create, "rounds-zero", "admin", lambda w: _run_request(rounds=0, tenants=[w.a.name])
+    yield create, "rounds-too-many", "admin", lambda w: _run_request(rounds=100_000, tenants=[w.a.name])
+    yield create, "no-tenants", "admin", lambda w: _run_request()
+    yield create, "tenants-repeated", "admin", lambda w: _run_request(tenants=[w.a.name, w.a.name])
+    yield create, "tenant-bad-chars", "admin", lambda w: _run_request(tenants=[BAD_NAME])
+    yield (
+        create,
+        "privacy-mode-unknown",
+        "admin",
+        lambda w: _run_request(tenants=[w.a.name], privacy=F_.FederationPrivacy(mode="magic")),
+    )
+    yield (
+        create,
+        "dp-without-clipping",
+        "admin",
+        lambda w: _run_request(
+            tenants=[w.a.name], privacy=F_.FederationPrivacy(mode="central-server", noise_multiplier=1.0)
+        ),
+    )
+    yield (
+        create,
+        "noise-negative",
+        "admin",
+        lambda w: _run_request(
+            tenants=[w.a.name],
+            privacy=F_.FederationPrivacy(mode="local", noise_multiplier=-1, clipping_norm=1),
+        ),
+    )
+    yield (
+        create,
+        "noise-nan",
+        "admin",
+        lambda w: _run_request(
+            tenants=[w.a.name],
+            privacy=F_.FederationPrivacy(mode="local", noise_multiplier=NAN, clipping_norm=1),
+        ),
+    )
+    record, finish = FED + "RecordRound", FED + "FinishRun"
+    yield (
+        record,
+        "round-zero",
+        "admin",
+        lambda w: F_.RecordRoundRequest(id=w.a_run, round=F_.FederationRound()),
+    )
+    yield (
+        record,
+        "metric-nan",
+        "admin",
+        lambda w: F_.RecordRoundRequest(id=w.a_run, round=F_.FederationRound(round=1, metrics={"loss": NAN})),
+    )
+    yield (
+        record,
+        "bytes-negative",
+        "admin",
+        lambda w: F_.RecordRoundRequest(id=w.a_run, round=F_.FederationRound(round=1, bytes=-1)),
+    )
+    yield record, "id-zero", "admin", lambda w: F_.RecordRoundRequest(round=F_.FederationRound(round=1))
+    yield finish, "id-zero", "admin", lambda w: F_.FinishRunRequest(state=F_.FEDERATION_RUN_STATE_FAILED)
+    yield (
+        finish,
+        "state-running",
+        "admin",
+        lambda w: F_.FinishRunRequest(id=w.a_run, state=F_.FEDERATION_RUN_STATE_RUNNING),
+    )
+    yield (
+        finish,
+        "succeeded-without-result",
+        "admin",
+        lambda w: F_.FinishRunRequest(id=w.a_run, state=F_.FEDERATION_RUN_STATE_SUCCEEDED),
+    )
+    yield (
+        finish,
+        "epsilon-negative",
+        "admin",
+        lambda w: F_.FinishRunRequest(id=w.a_run, state=F_.FEDERATION_RUN_STATE_FAILED, epsilon=-1),
+    )
+    yield (
+        finish,
+        "result-model-bad-chars",
+        "admin",
+        lambda w: F_.FinishRunRequest(
+            id=w.a_run, state=F_.FEDERATION_RUN_STATE_SUCCEEDED, result_model=BAD_NAME, result_version=1
+        ),
+    )
+    yield FED + "GetRun", "id-zero", "viewer", lambda w: F_.GetRunRequest()
+    yield (
+        FED + "SetOptIn",
+        "model-kind-unknown",
+        "owner",
+        lambda w: F_.SetOptInRequest(model_kind="vibes", deployment=B_DEPLOYMENT),
+    )
+    yield (
+        FED + "SetOptIn",
+        "deployment-bad-chars",
+        "owner",
+        lambda w: F_.SetOptInRequest(model_kind="anomaly", deployment=BAD_NAME),
+    )
+    yield (
+        FED + "ListOptIns",
+        "model-kind-unknown",
+        "viewer",
+        lambda w: F_.ListOptInsRequest(model_kind="vibes"),
+    )
+
+
 _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
     # AdminService (the admin is the one who names tenants)
     (ADMIN + "CreateTenant", "name-bad-chars", "admin", lambda w: A_.CreateTenantRequest(name=BAD_NAME)),
@@ -1627,6 +1886,7 @@ _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
     *_agent_cases(),
     *_monitoring_cases(),
     *_rollout_cases(),
+    *_federation_cases(),
     *_paging_cases(),
 ]
 INVALID_CASES = [pytest.param(rpc, role, make, id=f"{short(rpc)}-{case}") for rpc, case, role, make in _CASES]

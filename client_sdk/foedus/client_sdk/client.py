@@ -24,6 +24,7 @@ from foedus.client_sdk.errors import (
     Unavailable,
     from_rpc_error,
 )
+from foedus.client_sdk.federation import FederationAPI
 from foedus.client_sdk.profile import compute_reference_profile
 from foedus.client_sdk.rollouts import RolloutsAPI
 from foedus.v1 import (
@@ -655,6 +656,7 @@ class Client:
         self.deployments = DeploymentsAPI(self._rpc)
         self.monitoring = MonitoringAPI(self._rpc)
         self.rollouts = RolloutsAPI(self._rpc)
+        self.federation = FederationAPI(self._rpc)
 
     @classmethod
     def connect(
@@ -722,6 +724,7 @@ class Client:
 __all__ = [
     "Client",
     "DeploymentsAPI",
+    "FederationAPI",
     "FoedusError",
     "KeysAPI",
     "MetricTuple",

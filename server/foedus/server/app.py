@@ -24,6 +24,7 @@ from foedus.server.artifacts.local import LocalBlobStore
 from foedus.server.config import ServerConfig
 from foedus.server.deployments.feed import ChangeFeed
 from foedus.server.deployments.service import DeploymentService
+from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
 from foedus.server.monitoring.service import MonitoringService
 from foedus.server.registry.gates import GateConfig
@@ -34,6 +35,7 @@ from foedus.server.servicers.admin import AdminServicer, KeyServicer
 from foedus.server.servicers.agent import AgentServicer
 from foedus.server.servicers.base import BlockingRunner
 from foedus.server.servicers.deployment import DeploymentServicer
+from foedus.server.servicers.federation import FederationServicer
 from foedus.server.servicers.monitoring import MonitoringServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.servicers.rollout import RolloutServicer, feed_key
@@ -43,6 +45,7 @@ from foedus.v1 import (
     admin_pb2_grpc,
     agent_pb2_grpc,
     deployment_pb2_grpc,
+    federation_pb2_grpc,
     monitoring_pb2_grpc,
     registry_pb2_grpc,
     rollout_pb2_grpc,
@@ -161,6 +164,9 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server
+    )
+    federation_pb2_grpc.add_FederationServiceServicer_to_server(
+        FederationServicer(FederationService(store), runner), server
     )
     rollouts = RolloutService(store, on_change=feed.notify)
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts, feed, runner), server)

@@ -32,6 +32,7 @@ from foedus.v1 import (
     agent_pb2,
     common_pb2,
     deployment_pb2,
+    federation_pb2,
     monitoring_pb2,
     registry_pb2,
     rollout_pb2,
@@ -39,7 +40,15 @@ from foedus.v1 import (
 
 log = logging.getLogger("foedus.server")
 
-SERVICE_MODULES = (admin_pb2, registry_pb2, deployment_pb2, agent_pb2, monitoring_pb2, rollout_pb2)
+SERVICE_MODULES = (
+    admin_pb2,
+    registry_pb2,
+    deployment_pb2,
+    agent_pb2,
+    monitoring_pb2,
+    rollout_pb2,
+    federation_pb2,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,16 @@ from foedus.server.store.records import (
     AuditRecord,
     DeploymentRecord,
     Evaluation,
+    FederationRunRecord,
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
     NewVersion,
+    NodeKeyRecord,
     NumberedInterval,
+    OptInRecord,
     Page,
     RolloutEventRecord,
     RolloutRecord,
@@ -334,6 +337,45 @@ class Store(abc.ABC):
     def acquire_lease(self, name: str, owner: str, now_us: int, ttl_us: int) -> bool:
         """Takes or renews the named lease for `owner` until now + ttl when it is free, expired or
         already `owner`'s; True when `owner` holds it afterwards."""
+
+    # --- federation ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_node_key(self, key: NodeKeyRecord) -> NodeKeyRecord:
+        """AlreadyExists when the fingerprint is registered (to any tenant); NotFound for an unknown tenant."""
+
+    @abc.abstractmethod
+    def list_node_keys(self, tenant: str | None, include_revoked: bool) -> list[NodeKeyRecord]:
+        """One tenant's keys (every tenant's with None), by tenant and registration time."""
+
+    @abc.abstractmethod
+    def revoke_node_key(self, tenant: str, fingerprint: str, now_us: int) -> NodeKeyRecord:
+        """NotFound unless the key is the tenant's; revoking twice keeps the first time."""
+
+    @abc.abstractmethod
+    def create_federation_run(self, run: FederationRunRecord) -> FederationRunRecord:
+        """Stores a run with its tenants; its id is assigned."""
+
+    @abc.abstractmethod
+    def get_federation_run(self, run_id: int, tenant: str | None) -> FederationRunRecord:
+        """NotFound for an unknown id, or for a tenant that did not take part (None: any)."""
+
+    @abc.abstractmethod
+    def update_federation_run(self, run: FederationRunRecord) -> FederationRunRecord:
+        """Writes state, history, result, message and times; NotFound for an unknown id."""
+
+    @abc.abstractmethod
+    def list_federation_runs(
+        self, tenant: str | None, page_token: str, page_size: int
+    ) -> Page[FederationRunRecord]:
+        """Newest first; only the runs `tenant` took part in (None: all)."""
+
+    @abc.abstractmethod
+    def set_opt_in(self, opt_in: OptInRecord, enabled: bool) -> None:
+        """Creates or replaces the tenant's opt-in for the kind, or removes it."""
+
+    @abc.abstractmethod
+    def list_opt_ins(self, tenant: str | None, model_kind: str | None) -> list[OptInRecord]:
+        """By tenant and kind."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -352,3 +352,50 @@ class NumberedInterval:
 
     id: int
     interval: IntervalRecord
+
+
+class FederationRunState(enum.IntEnum):
+    """Values match foedus.v1.FederationRunState."""
+
+    RUNNING = 1
+    SUCCEEDED = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeyRecord:
+    fingerprint: str
+    tenant: str
+    public_key: str
+    description: str
+    created_at_us: int
+    created_by: str
+    revoked_at_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FederationRunRecord:
+    id: int
+    model_kind: str
+    strategy: str
+    rounds: int
+    privacy: dict[str, object]
+    state: FederationRunState
+    tenants: tuple[str, ...]
+    history: tuple[dict[str, object], ...]
+    result_model: str
+    result_version: int
+    message: str
+    created_at_us: int
+    created_by: str
+    updated_at_us: int
+    finished_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class OptInRecord:
+    tenant: str
+    model_kind: str
+    deployment: str
+    created_at_us: int
+    created_by: str

@@ -253,3 +253,54 @@ leases = Table(
     Column("owner", String(128), nullable=False),
     Column("until_us", BigInteger, nullable=False),
 )
+
+
+node_keys = Table(
+    "node_keys",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+    Index("ix_node_keys_tenant", "tenant"),
+)
+
+federation_runs = Table(
+    "federation_runs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model_kind", String(32), nullable=False),
+    Column("strategy", String(32), nullable=False),
+    Column("rounds", Integer, nullable=False),
+    Column("privacy", JSON, nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("history", JSON, nullable=False),
+    Column("result_model", String(128), nullable=False),
+    Column("result_version", BigInteger, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Column("finished_at_us", BigInteger, nullable=False),
+)
+
+federation_run_tenants = Table(
+    "federation_run_tenants",
+    metadata,
+    Column("run_id", BigInteger, ForeignKey("federation_runs.id"), primary_key=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), primary_key=True),
+    Index("ix_federation_run_tenants_tenant", "tenant", "run_id"),
+)
+
+opt_ins = Table(
+    "federation_opt_ins",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.name"), primary_key=True),
+    Column("model_kind", String(32), primary_key=True),
+    Column("deployment", String(63), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+)

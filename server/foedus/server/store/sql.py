@@ -40,13 +40,17 @@ from foedus.server.store.records import (
     AuditRecord,
     DeploymentRecord,
     Evaluation,
+    FederationRunRecord,
+    FederationRunState,
     IntervalRecord,
     KeyRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
     NewVersion,
+    NodeKeyRecord,
     NumberedInterval,
+    OptInRecord,
     Page,
     Role,
     RolloutEventRecord,
@@ -65,12 +69,16 @@ from foedus.server.store.schema import (
     api_keys,
     audit_log,
     deployments,
+    federation_run_tenants,
+    federation_runs,
     intervals,
     leases,
     metric_chunks,
     model_aliases,
     model_versions,
     models,
+    node_keys,
+    opt_ins,
     rollout_events,
     rollouts,
     telemetry_batches,
@@ -1334,6 +1342,166 @@ class SqlStore(Store):
                 .values(owner=owner, until_us=until)
             )
             return bool(result.rowcount)
+
+    # --- federation ------------------------------------------------------------------------------
+    @staticmethod
+    def _node_key(row: Row[Any]) -> NodeKeyRecord:
+        return NodeKeyRecord(
+            row.fingerprint,
+            row.tenant,
+            row.public_key,
+            row.description,
+            row.created_at_us,
+            row.created_by,
+            row.revoked_at_us,
+        )
+
+    def add_node_key(self, key: NodeKeyRecord) -> NodeKeyRecord:
+        try:
+            with self._write() as conn:
+                if conn.execute(select(tenants.c.name).where(tenants.c.name == key.tenant)).first() is None:
+                    raise NotFound(f"tenant {key.tenant!r} not found")
+                conn.execute(insert(node_keys).values(**dataclasses.asdict(key)))
+        except IntegrityError as exc:
+            raise AlreadyExists("this public key is registered already") from exc
+        return key
+
+    def list_node_keys(self, tenant: str | None, include_revoked: bool) -> list[NodeKeyRecord]:
+        query = select(node_keys).order_by(
+            node_keys.c.tenant, node_keys.c.created_at_us, node_keys.c.fingerprint
+        )
+        if tenant is not None:
+            query = query.where(node_keys.c.tenant == tenant)
+        if not include_revoked:
+            query = query.where(node_keys.c.revoked_at_us.is_(None))
+        with self._read() as conn:
+            return [self._node_key(r) for r in conn.execute(query)]
+
+    def revoke_node_key(self, tenant: str, fingerprint: str, now_us: int) -> NodeKeyRecord:
+        where = and_(node_keys.c.tenant == tenant, node_keys.c.fingerprint == fingerprint)
+        with self._write() as conn:
+            row = conn.execute(select(node_keys).where(where)).first()
+            if row is None:
+                raise NotFound(f"node key {fingerprint!r} not found")
+            if row.revoked_at_us is None:
+                conn.execute(update(node_keys).where(where).values(revoked_at_us=now_us))
+            row = conn.execute(select(node_keys).where(where)).one()
+        return self._node_key(row)
+
+    @staticmethod
+    def _run(row: Row[Any], run_tenants: tuple[str, ...]) -> FederationRunRecord:
+        return FederationRunRecord(
+            id=int(row.id),
+            model_kind=row.model_kind,
+            strategy=row.strategy,
+            rounds=int(row.rounds),
+            privacy=dict(row.privacy),
+            state=FederationRunState(row.state),
+            tenants=run_tenants,
+            history=tuple(dict(h) for h in row.history),
+            result_model=row.result_model,
+            result_version=int(row.result_version),
+            message=row.message,
+            created_at_us=int(row.created_at_us),
+            created_by=row.created_by,
+            updated_at_us=int(row.updated_at_us),
+            finished_at_us=int(row.finished_at_us),
+        )
+
+    @staticmethod
+    def _run_tenants(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+        out: dict[int, list[str]] = {i: [] for i in ids}
+        if ids:
+            rows = conn.execute(
+                select(federation_run_tenants)
+                .where(federation_run_tenants.c.run_id.in_(list(ids)))
+                .order_by(federation_run_tenants.c.tenant)
+            )
+            for r in rows:
+                out[int(r.run_id)].append(r.tenant)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def create_federation_run(self, run: FederationRunRecord) -> FederationRunRecord:
+        values = dataclasses.asdict(run)
+        values.pop("id")
+        values.pop("tenants")
+        values["state"] = int(run.state)
+        values["history"] = list(run.history)
+        with self._write() as conn:
+            key = conn.execute(insert(federation_runs).values(**values)).inserted_primary_key
+            assert key is not None
+            run_id = int(key[0])
+            if run.tenants:
+                conn.execute(
+                    insert(federation_run_tenants), [{"run_id": run_id, "tenant": t} for t in run.tenants]
+                )
+        return dataclasses.replace(run, id=run_id)
+
+    def get_federation_run(self, run_id: int, tenant: str | None) -> FederationRunRecord:
+        with self._read() as conn:
+            row = conn.execute(select(federation_runs).where(federation_runs.c.id == run_id)).first()
+            run_tenants = self._run_tenants(conn, [run_id])[run_id]
+        if row is None or (tenant is not None and tenant not in run_tenants):
+            raise NotFound(f"federation run {run_id} not found")
+        return self._run(row, run_tenants)
+
+    def update_federation_run(self, run: FederationRunRecord) -> FederationRunRecord:
+        with self._write() as conn:
+            result = conn.execute(
+                update(federation_runs)
+                .where(federation_runs.c.id == run.id)
+                .values(
+                    state=int(run.state),
+                    history=list(run.history),
+                    privacy=run.privacy,
+                    result_model=run.result_model,
+                    result_version=run.result_version,
+                    message=run.message,
+                    updated_at_us=run.updated_at_us,
+                    finished_at_us=run.finished_at_us,
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"federation run {run.id} not found")
+        return run
+
+    def list_federation_runs(
+        self, tenant: str | None, page_token: str, page_size: int
+    ) -> Page[FederationRunRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        query = select(federation_runs).order_by(federation_runs.c.id.desc()).limit(size + 1)
+        if before is not None:
+            query = query.where(federation_runs.c.id < before)
+        if tenant is not None:
+            query = query.where(
+                federation_runs.c.id.in_(
+                    select(federation_run_tenants.c.run_id).where(federation_run_tenants.c.tenant == tenant)
+                )
+            )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+            run_tenants = self._run_tenants(conn, [int(r.id) for r in rows])
+        return _page([self._run(r, run_tenants[int(r.id)]) for r in rows], size, lambda r: r.id)
+
+    def set_opt_in(self, opt_in: OptInRecord, enabled: bool) -> None:
+        where = and_(opt_ins.c.tenant == opt_in.tenant, opt_ins.c.model_kind == opt_in.model_kind)
+        with self._write() as conn:
+            conn.execute(delete(opt_ins).where(where))
+            if enabled:
+                conn.execute(insert(opt_ins).values(**dataclasses.asdict(opt_in)))
+
+    def list_opt_ins(self, tenant: str | None, model_kind: str | None) -> list[OptInRecord]:
+        query = select(opt_ins).order_by(opt_ins.c.tenant, opt_ins.c.model_kind)
+        if tenant is not None:
+            query = query.where(opt_ins.c.tenant == tenant)
+        if model_kind is not None:
+            query = query.where(opt_ins.c.model_kind == model_kind)
+        with self._read() as conn:
+            return [
+                OptInRecord(r.tenant, r.model_kind, r.deployment, r.created_at_us, r.created_by)
+                for r in conn.execute(query)
+            ]
 
     def referenced_digests(self) -> set[str]:
         with self._read() as conn:

@@ -1,0 +1,1 @@
+"""Federated learning across tenants: SuperNode keys, runs, rounds, privacy and opt-ins."""
