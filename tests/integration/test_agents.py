@@ -406,3 +406,79 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
             1.1 * r.resources["process_memory_bytes"], rel=1e-3
         )
         assert "cpu_p90_next" in r.scores
+
+
+def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> None:
+    """The anomaly model (windowed autoencoder) and the resource model, trained with torch and
+    exported to ONNX by foedus.federation, are registered, assigned and run by a real agent; the
+    agent's scores equal the torch model's on the same intervals."""
+    pytest.importorskip("torch")
+    from foedus.client_sdk.agent.history import HISTORY_METRICS
+    from foedus.federation.anomaly import AnomalyConfig, AnomalyModel
+    from foedus.federation.resources import train_from_matrix
+
+    rng = np.random.default_rng(7)
+    t = np.arange(800)
+    requests = 40 + 10 * np.sin(t / 30) + rng.normal(0, 2, t.size)
+    history = np.column_stack(
+        [
+            requests,
+            np.clip(rng.normal(0.01, 0.003, t.size), 0, 1),
+            0.1 + 0.002 * requests + rng.normal(0, 0.005, t.size),
+            0.3 + 0.004 * requests + rng.normal(0, 0.01, t.size),
+            5 + 0.3 * requests + rng.normal(0, 1, t.size),
+            4e8 + 1e5 * requests + rng.normal(0, 1e5, t.size),
+        ]
+    )
+    config = AnomalyConfig(window=5, hidden=16, code=4, epochs=2, calibration_block=50)
+    anomaly = AnomalyModel.fit(history, feature_names=HISTORY_METRICS, config=config, search=False)
+    setup.owner.models.register("ops-anomaly", anomaly.export_onnx(tmp_path / "anomaly.onnx"))
+    summary = train_from_matrix(history, list(HISTORY_METRICS), tmp_path / "resource.onnx", seed=0)
+    setup.owner.models.register("ops-resource", tmp_path / "resource.onnx")
+    for name in ("ops-anomaly", "ops-resource"):
+        setup.owner.deployments.create(name, name, traffic={1: 1.0})
+    agent = setup.loop.start_agent(
+        AgentConfig(
+            deployment="iris-prod",
+            server=setup.server.target,
+            api_key=setup.agent_key,
+            listen="127.0.0.1:0",
+            data_dir=tmp_path / "ops-agent",
+            name="ops-agent",
+            interval_s=0.3,
+            anomaly_deployment="ops-anomaly",
+            resource_deployment="ops-resource",
+        )
+    )
+    setup.agents.append(agent)
+    wait_for(
+        lambda: agent.anomaly_scorer is not None and agent.resource_predictor is not None,
+        60,
+        "the trained ops models to load",
+    )
+    scorer, predictor = agent.anomaly_scorer, agent.resource_predictor
+    assert scorer is not None and predictor is not None
+    assert (scorer.window, scorer.features, scorer.threshold) == (
+        5,
+        HISTORY_METRICS,
+        pytest.approx(anomaly.threshold),
+    )
+    assert predictor.window == summary["window"]
+    # the agent's ONNX scorer and the torch model agree on the same intervals
+    rows = history[-12:]
+    assert scorer.score(rows) == pytest.approx(float(anomaly.score(rows)[-1]), rel=1e-4, abs=1e-5)
+    # and both models' outputs arrive as scores of the agent's intervals
+    channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+    setup.agent_channels.append(channel)
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    x, _ = iris_data()
+
+    def scored() -> bool:
+        stub.ModelInfer(request(x[:2]), timeout=10)
+        store = setup.server._server.store
+        found = [
+            r for r in store.query_intervals("acme", "iris-prod", None, 0, 2**62) if r.agent == "ops-agent"
+        ]
+        return any("cpu_p90_next" in r.scores and "anomaly" in r.scores for r in found)
+
+    wait_for(scored, 30, "intervals scored by both trained models")

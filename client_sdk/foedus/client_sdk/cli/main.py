@@ -14,9 +14,11 @@ from foedus.client_sdk.cli import (
     audit,
     deployment,
     exit_codes,
+    federation,
     key,
     metrics,
     model,
+    ops,
     report,
     rollout,
     server,
@@ -43,6 +45,8 @@ app.add_typer(alerts.app, name="alerts")
 app.add_typer(agent.app, name="agent")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(report.app, name="report")
+app.add_typer(ops.app, name="ops")
+app.add_typer(federation.app, name="federation")
 app.command("audit")(audit.audit)
 
 

@@ -1,0 +1,611 @@
+"""Multivariate windowed anomaly model that Foedus agents run (torch training, ONNX inference).
+
+Method
+    A dense autoencoder reconstructs a window of the last ``W`` steps of ``F`` metrics through a
+    narrow bottleneck (``code`` units). The metrics are normalised per feature with statistics of
+    the training series (centre = median; scale = max(IQR / 1.349, std / 2, ``min_scale``)), clipped
+    to ``±clip`` and missing values (NaN) replaced by the centre, all inside the model, so the
+    agent feeds raw metrics. The anomaly score of step t is the mean squared reconstruction error
+    of the last ``score_steps`` rows of the window ending at t, averaged over the features; the
+    per-feature terms of that mean are `feature_scores` (they sum to the score).
+
+Training and model selection
+    `AnomalyModel.fit` splits the (unlabelled) training series in time: the first
+    ``1 - validation_fraction`` trains each candidate of a small grid (`SEARCH_SPACE`: window,
+    hidden width, learning rate, enumerated with scikit-learn's ``ParameterGrid``) for
+    ``search_epochs``; the held-out tail judges it without labels. With ``selection="injection"``
+    (default) the criterion is how well the candidate's score separates the held-out windows from
+    copies with synthetic anomalies (1-3 metrics shifted by 2-5 robust scale units over the scored
+    rows; the same seeded injections for every candidate): the ROC AUC of the two score sets,
+    ties broken by the lower validation loss. Validation loss alone (``selection="loss"``) is
+    lowest for whatever reconstructs best, which with an autoencoder also means reconstructing
+    anomalies well. The chosen candidate is retrained on the whole training series for
+    ``epochs``. On SMD both criteria mostly pick the shortest window; see the evaluation notes in
+    `foedus.federation.evaluation.smd`.
+
+Threshold (no labels)
+    Block maxima: the training series' scores are cut into consecutive blocks of
+    ``calibration_block`` steps (default 1440, one day of 1-minute samples) and the threshold is
+    the median of the block maxima (`block_maxima_threshold`). On normal data of the same kind a
+    block's maximum exceeds it with probability 1/2: about one false alarm every other block.
+    Unlike a Peaks-Over-Threshold tail fit or a high quantile, the median of block maxima does not
+    move when anomalies sit in fewer than half of the blocks; unlabelled training series (SMD's
+    among them) do contain anomalies, which inflate the tail that POT extrapolates from (on SMD,
+    POT at risk 1e-3 on the same training scores gave a lower point-adjusted F1).
+
+Guarantees
+    * Online: the score at t depends only on steps ``t - W + 1 .. t``; before step ``W - 1`` the
+      window is padded with copies of the first step (`score`, `feature_scores`).
+    * Deterministic for a given seed (torch and numpy generators are seeded; CPU kernels).
+    * The ONNX graph (`export_onnx`) computes the same score as `score` (float32).
+
+Root cause
+    `explain` ranks features for one step either by exact Shapley values of the additive score
+    (``method="error"``: the score is a sum of per-feature error terms, and for an additive game
+    each player's Shapley value is its own term), or by Kernel SHAP over the raw metrics of the
+    scored step (``method="shap"``; the other rows of the window fixed, absent features set to
+    their training median), which also accounts for a metric's effect on the reconstruction of
+    the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+__all__ = [
+    "FEATURE_OUTPUT",
+    "INPUT_NAME",
+    "MODEL_KIND",
+    "OUTPUT_NAME",
+    "SEARCH_SPACE",
+    "AnomalyConfig",
+    "AnomalyModel",
+    "block_maxima_threshold",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+INPUT_NAME = "metrics"
+"""ONNX input: float32 [N, W, F] raw metrics, the window ending at the scored step."""
+OUTPUT_NAME = "score"
+"""ONNX output: float32 [N] anomaly score (an anomaly when ``>= foedus.threshold``)."""
+FEATURE_OUTPUT = "feature_scores"
+"""Second ONNX output: float32 [N, F] per-feature terms of the score (they sum to it)."""
+MODEL_KIND = "anomaly"
+SEARCH_SPACE: dict[str, list[Any]] = {
+    "window": [5, 10, 20],
+    "hidden": [64, 128, 256],
+    "lr": [1e-3, 3e-3],
+}
+"""The grid `AnomalyModel.fit` searches (each combination once) when ``search=True``."""
+_SAVE_VERSION = 1
+_SEARCH_VAL_STEPS = 3000
+_BATCH_SCORE = 4096
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Hyper-parameters of the model, its training and its threshold calibration."""
+
+    window: int = 10
+    """Steps per window W (the scored step is the last)."""
+    hidden: int = 128
+    """Width of the encoder's and decoder's hidden layer."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    epochs: int = 5
+    """Passes over the training windows for the final model."""
+    batch_size: int = 256
+    code: int = 8
+    """Bottleneck width; narrow so the model cannot learn the identity."""
+    score_steps: int = 3
+    """The score averages the errors of this many last rows of the window (1 = the scored step only)."""
+    validation_fraction: float = 0.2
+    """Trailing share of the training series held out to compare the search's candidates."""
+    search_epochs: int = 3
+    """Passes over the training windows for each search candidate."""
+    clip: float = 10.0
+    """Normalised metrics are clipped to ``[-clip, clip]`` so one runaway metric stays bounded."""
+    min_scale: float = 1e-2
+    """Floor on a feature's scale, in the metric's unit (SMD metrics are scaled to [0, 1])."""
+    calibration_block: int = 1440
+    """Steps per block for the block-maxima threshold (1440 = one day at one sample a minute)."""
+    selection: str = "injection"
+    """Search criterion: ``"injection"`` (separation of synthetic anomalies) or ``"loss"`` (validation loss)."""
+    weight_decay: float = 0.0
+    threads: int = 1
+    """torch CPU threads while fitting and scoring (restored afterwards)."""
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.hidden < 1 or self.code < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("window, hidden, code, epochs and batch_size must be positive")
+        if not 1 <= self.score_steps <= self.window:
+            raise ValueError("score_steps must be within 1..window")
+        if self.lr <= 0 or self.clip <= 0 or self.min_scale <= 0 or self.weight_decay < 0:
+            raise ValueError("lr, clip and min_scale must be positive, weight_decay not negative")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError("validation_fraction must be within (0, 1)")
+        if self.selection not in ("injection", "loss"):
+            raise ValueError("selection must be 'injection' or 'loss'")
+        if self.search_epochs < 1 or self.calibration_block < 1 or self.threads < 1:
+            raise ValueError("search_epochs, calibration_block and threads must be positive")
+
+
+def block_maxima_threshold(scores: npt.ArrayLike, block: int) -> float:
+    """Median of the maxima of consecutive `block`-step blocks of `scores` (the first, partial block dropped).
+
+    On normal data a block's maximum exceeds the result with probability 1/2, i.e. a step with
+    probability about ``ln 2 / block``; anomalies in fewer than half of the blocks leave it
+    unchanged. With fewer than `block` scores the maximum is returned.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("no finite scores")
+    n = s.size // block
+    if n == 0:
+        return float(s.max())
+    maxima = s[s.size - n * block :].reshape(n, block).max(axis=1)
+    return float(np.median(maxima))
+
+
+class _WindowAutoencoder(nn.Module):
+    """Dense autoencoder of a normalised (N, W, F) window through a `code`-wide bottleneck."""
+
+    def __init__(self, window: int, n_features: int, hidden: int, code: int) -> None:
+        super().__init__()
+        self.window = window
+        self.n_features = n_features
+        size = window * n_features
+        self.encoder = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, code), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, size))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(z.shape[0], self.window * self.n_features)
+        out: torch.Tensor = self.decoder(self.encoder(flat))
+        return out.reshape(z.shape[0], self.window, self.n_features)
+
+
+class _Scorer(nn.Module):
+    """Raw (N, W, F) window -> (score [N], per-feature terms [N, F]); what the ONNX graph holds."""
+
+    def __init__(
+        self,
+        net: _WindowAutoencoder,
+        center: FloatArray,
+        scale: FloatArray,
+        clip: float,
+        score_steps: int,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.clip = float(clip)
+        self.score_steps = int(score_steps)
+
+    def normalise(self, metrics: torch.Tensor) -> torch.Tensor:
+        center = self.get_buffer("center")
+        z = (metrics - center) / self.get_buffer("scale")
+        z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
+        return torch.clamp(z, -self.clip, self.clip)
+
+    def forward(self, metrics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.normalise(metrics)
+        err = (self.net(z) - z)[:, -self.score_steps :, :] ** 2
+        features = err.mean(dim=1) / float(self.net.n_features)
+        return features.sum(dim=1), features
+
+
+class _Threads:
+    """Sets torch's CPU thread count for a block and restores it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.previous = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def _robust_scale(train: FloatArray, min_scale: float) -> tuple[FloatArray, FloatArray]:
+    center = np.nanmedian(train, axis=0)
+    q25, q75 = np.nanquantile(train, [0.25, 0.75], axis=0)
+    std = np.nanstd(train, axis=0)
+    scale = np.maximum(np.maximum((q75 - q25) / 1.349, 0.5 * std), min_scale)
+    center = np.where(np.isfinite(center), center, 0.0)
+    scale = np.where(np.isfinite(scale), scale, min_scale)
+    return center, scale
+
+
+def _windows(x: np.ndarray, window: int, start: int, stop: int) -> np.ndarray:
+    """Windows ending at steps ``start .. stop - 1`` of `x`, edge-padded before step 0: (n, W, F)."""
+    lo = start - window + 1
+    part = x[lo:stop] if lo >= 0 else np.concatenate([np.repeat(x[:1], -lo, axis=0), x[:stop]], axis=0)
+    view = np.lib.stride_tricks.sliding_window_view(part, (window, x.shape[1]))[:, 0]
+    out: np.ndarray = np.array(view, copy=True)
+    return out
+
+
+def _full_windows(z: np.ndarray, window: int) -> torch.Tensor:
+    """Every complete window of a normalised series, (T - W + 1, W, F) float32."""
+    view = np.lib.stride_tricks.sliding_window_view(z, (window, z.shape[1]))[:, 0]
+    return torch.from_numpy(np.array(view, dtype=np.float32, copy=True))
+
+
+def _train(
+    windows: torch.Tensor,
+    config: AnomalyConfig,
+    n_features: int,
+    epochs: int,
+    seed: int,
+) -> _WindowAutoencoder:
+    torch.manual_seed(seed)
+    net = _WindowAutoencoder(config.window, n_features, config.hidden, config.code)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(windows.shape[0], generator=generator)
+        for i in range(0, order.numel(), config.batch_size):
+            batch = windows[order[i : i + config.batch_size]]
+            loss = torch.mean((net(batch) - batch) ** 2)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    net.eval()
+    return net
+
+
+def _injections(n_features: int, n: int, seed: int) -> torch.Tensor:
+    """Synthetic anomalies for model selection: per row, 1-3 features shifted by 2-5 scale units (either sign)."""
+    rng = np.random.default_rng([seed, 0x5EA7C4])
+    shifts = np.zeros((n, n_features), dtype=np.float32)
+    for row in range(n):
+        chosen = rng.choice(n_features, size=min(int(rng.integers(1, 4)), n_features), replace=False)
+        shifts[row, chosen] = rng.uniform(2.0, 5.0, size=chosen.size) * rng.choice(
+            [-1.0, 1.0], size=chosen.size
+        )
+    return torch.from_numpy(shifts)
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive score > negative score), ties counting one half (Mann-Whitney U / (n_pos n_neg))."""
+    both = np.concatenate([positive, negative])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, dtype=np.float64)
+    ranks[order] = np.arange(1, both.size + 1)
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]  # average ranks of ties
+    u = ranks[: positive.size].sum() - positive.size * (positive.size + 1) / 2.0
+    return float(u / (positive.size * negative.size))
+
+
+def _check_series(x: np.ndarray, n_features: int | None = None) -> FloatArray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"expected a (T, F) series, got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"expected {n_features} features, got {arr.shape[1]}")
+    return arr
+
+
+class AnomalyModel:
+    """A fitted window autoencoder with its normalisation, calibrated threshold and feature names.
+
+    Build it with `fit` (or `load`); score a raw (T, F) series with `score` / `feature_scores`,
+    explain a step with `explain`, ship it with `export_onnx`.
+    """
+
+    def __init__(
+        self,
+        net: _WindowAutoencoder,
+        *,
+        config: AnomalyConfig,
+        center: FloatArray,
+        scale: FloatArray,
+        threshold: float,
+        feature_names: Sequence[str],
+        search_results: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        self.config = config
+        self.window = config.window
+        self.n_features = int(center.shape[0])
+        if len(feature_names) != self.n_features:
+            raise ValueError(f"{len(feature_names)} feature names for {self.n_features} features")
+        self.feature_names = [str(n) for n in feature_names]
+        self.threshold = float(threshold)
+        self.center = np.asarray(center, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.search_results = [dict(r) for r in search_results]
+        """Each search candidate's parameters and validation loss (empty without a search)."""
+        self._scorer = _Scorer(net, self.center, self.scale, config.clip, config.score_steps).eval()
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        train: np.ndarray,
+        *,
+        feature_names: Sequence[str] | None = None,
+        config: AnomalyConfig | None = None,
+        search: bool = True,
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> AnomalyModel:
+        """Fits normalisation and autoencoder on an unlabelled (T, F) series and calibrates the threshold.
+
+        With `search`, window, hidden width and learning rate come from `SEARCH_SPACE` (the other
+        fields from `config`), chosen by ``config.selection`` on the trailing
+        ``validation_fraction`` of `train` (see the module notes); without it `config` is used as
+        is. No labels are involved anywhere. Needs at least ``2 * window`` training steps.
+        """
+        from sklearn.model_selection import ParameterGrid
+
+        base = config or AnomalyConfig()
+        x = _check_series(train)
+        if not np.isfinite(x).any(axis=0).all():
+            raise ValueError("every feature needs at least one finite training value")
+        n_features = x.shape[1]
+        names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(n_features)]
+        say = progress or (lambda _msg: None)
+        with _Threads(base.threads):
+            center, scale = _robust_scale(x, base.min_scale)
+            scorer_norm = _Scorer(_WindowAutoencoder(1, n_features, 1, 1), center, scale, base.clip, 1)
+            with torch.no_grad():
+                z = scorer_norm.normalise(torch.from_numpy(x.astype(np.float32))).numpy()
+            chosen = base
+            results: list[dict[str, Any]] = []
+            if search:
+                chosen, results = cls._search(z, base, list(ParameterGrid(SEARCH_SPACE)), seed, say)
+            if z.shape[0] < 2 * chosen.window:
+                raise ValueError(f"need at least {2 * chosen.window} training steps, got {z.shape[0]}")
+            started = time.perf_counter()
+            net = _train(_full_windows(z, chosen.window), chosen, n_features, chosen.epochs, seed)
+            say(
+                f"final model window={chosen.window} hidden={chosen.hidden} lr={chosen.lr:g} "
+                f"trained in {time.perf_counter() - started:.1f}s"
+            )
+            model = cls(
+                net,
+                config=chosen,
+                center=center,
+                scale=scale,
+                threshold=math.inf,
+                feature_names=names,
+                search_results=results,
+            )
+            train_scores = model.score(x)
+            model.threshold = block_maxima_threshold(train_scores, chosen.calibration_block)
+            say(f"threshold {model.threshold:.4g} (median of {chosen.calibration_block}-step block maxima)")
+            return model
+
+    @staticmethod
+    def _search(
+        z: np.ndarray,
+        base: AnomalyConfig,
+        grid: list[dict[str, Any]],
+        seed: int,
+        say: Callable[[str], None],
+    ) -> tuple[AnomalyConfig, list[dict[str, Any]]]:
+        n_fit = round(z.shape[0] * (1.0 - base.validation_fraction))
+        n_val = z.shape[0] - n_fit
+        steps = np.unique(
+            np.linspace(n_fit, z.shape[0] - 1, min(n_val, _SEARCH_VAL_STEPS)).round().astype(int)
+        )
+        injected = _injections(z.shape[1], steps.size, seed)
+        results: list[dict[str, Any]] = []
+        best: tuple[tuple[float, float], AnomalyConfig] | None = None
+        for params in grid:
+            if params.get("window", base.window) < base.score_steps:
+                continue
+            candidate = replace(base, **params)
+            w, k = candidate.window, candidate.score_steps
+            if n_fit < 2 * w or n_val < 1:
+                continue
+            started = time.perf_counter()
+            net = _train(_full_windows(z[:n_fit], w), candidate, z.shape[1], candidate.search_epochs, seed)
+            val = torch.from_numpy(_windows(z.astype(np.float32), w, 0, z.shape[0])[steps])
+            corrupted = val.clone()
+            corrupted[:, -k:, :] += injected[:, None, :]
+            corrupted = torch.clamp(corrupted, -candidate.clip, candidate.clip)
+            with torch.no_grad():
+                real = ((net(val) - val)[:, -k:, :] ** 2).mean(dim=(1, 2)).numpy()
+                fake = ((net(corrupted) - corrupted)[:, -k:, :] ** 2).mean(dim=(1, 2)).numpy()
+            loss = float(real.mean())
+            auc = _auc(fake, real)
+            results.append({**params, "val_loss": loss, "val_injection_auc": auc})
+            say(
+                f"search {params} val_loss={loss:.4f} injection_auc={auc:.4f} ({time.perf_counter() - started:.1f}s)"
+            )
+            key = (-auc, loss) if base.selection == "injection" else (loss, -auc)
+            if best is None or key < best[0]:
+                best = (key, candidate)
+        if best is None:
+            raise ValueError(f"training series of {z.shape[0]} steps is too short for the search")
+        return best[1], results
+
+    # ------------------------------------------------------------------ scoring
+    def _batches(self, x: FloatArray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = x.astype(np.float32)
+        with _Threads(self.config.threads), torch.no_grad():
+            for start in range(0, data.shape[0], _BATCH_SCORE):
+                stop = min(start + _BATCH_SCORE, data.shape[0])
+                windows = torch.from_numpy(_windows(data, self.window, start, stop))
+                yield self._scorer(windows)
+
+    def score(self, x: np.ndarray) -> FloatArray:
+        """Anomaly score per step of a raw (T, F) series; step t uses only steps up to t."""
+        arr = _check_series(x, self.n_features)
+        return np.concatenate([s.numpy() for s, _ in self._batches(arr)]).astype(np.float64)
+
+    def feature_scores(self, x: np.ndarray) -> FloatArray:
+        """Per-step, per-feature terms of the score, (T, F); each row sums to `score` of that step."""
+        arr = _check_series(x, self.n_features)
+        return np.concatenate([f.numpy() for _, f in self._batches(arr)]).astype(np.float64)
+
+    def predict(self, x: np.ndarray) -> npt.NDArray[np.bool_]:
+        """Whether each step's score reaches the calibrated threshold."""
+        return self.score(x) >= self.threshold
+
+    def window_at(self, x: np.ndarray, t: int) -> np.ndarray:
+        """The raw (W, F) window ending at step t (edge-padded before step 0), as the ONNX graph takes it."""
+        arr = _check_series(x, self.n_features)
+        if not 0 <= t < arr.shape[0]:
+            raise IndexError(f"step {t} outside 0..{arr.shape[0] - 1}")
+        window: np.ndarray = _windows(arr, self.window, t, t + 1)[0]
+        return window
+
+    # ------------------------------------------------------------------ explanation
+    def explain(
+        self,
+        x: np.ndarray,
+        t: int,
+        k: int = 5,
+        *,
+        method: str = "shap",
+        nsamples: int | None = None,
+        seed: int = 0,
+    ) -> list[tuple[int, float]]:
+        """Top-`k` (feature index, attribution) pairs for step t, largest attribution first.
+
+        ``method="error"``: each feature's term of the score (`feature_scores`), which is its exact
+        Shapley value for the additive score (players = per-feature error terms). ``method="shap"``:
+        Kernel SHAP (``shap.KernelExplainer``) of the score as a function of the raw metrics at
+        step t, the window's earlier rows fixed and an absent feature set to its training median;
+        attributions sum to ``score(x)[t] - score(window with step t at the medians)``. `nsamples`
+        is Kernel SHAP's coalition budget (default ``2 F + 2048``); sampling is seeded by `seed`.
+        """
+        window = self.window_at(x, t)
+        if method == "error":
+            with _Threads(self.config.threads), torch.no_grad():
+                _, feats = self._scorer(torch.from_numpy(window[None].astype(np.float32)))
+            values = feats.numpy()[0].astype(np.float64)
+        elif method == "shap":
+            values = self._kernel_shap(window, nsamples, seed)
+        else:
+            raise ValueError(f"unknown explanation method {method!r} (use 'shap' or 'error')")
+        order = np.argsort(-values, kind="stable")[: max(k, 0)]
+        return [(int(i), float(values[i])) for i in order]
+
+    def _kernel_shap(self, window: np.ndarray, nsamples: int | None, seed: int) -> FloatArray:
+        import shap
+
+        context = window.astype(np.float32)
+
+        def score_last(rows: np.ndarray) -> np.ndarray:
+            batch = np.repeat(context[None], rows.shape[0], axis=0)
+            batch[:, -1, :] = rows
+            with _Threads(self.config.threads), torch.no_grad():
+                scores, _ = self._scorer(torch.from_numpy(batch))
+            out: np.ndarray = scores.numpy().astype(np.float64)
+            return out
+
+        background = self.center[None, :].astype(np.float32)
+        budget = nsamples if nsamples is not None else 2 * self.n_features + 2048
+        state = np.random.get_state()
+        np.random.seed(seed % (2**32))
+        try:
+            explainer = shap.KernelExplainer(score_last, background)
+            values = explainer.shap_values(context[-1:], nsamples=budget, silent=True, l1_reg=False)
+        finally:
+            np.random.set_state(state)
+        return np.asarray(values, dtype=np.float64).reshape(-1)[: self.n_features]
+
+    # ------------------------------------------------------------------ export and persistence
+    def export_onnx(self, path: Path | str) -> Path:
+        """Writes the scorer as ONNX (opset 17) and returns the path.
+
+        Input ``metrics`` float32 [N, W, F]: raw metrics, the window ending at the scored step.
+        Outputs ``score`` float32 [N] and ``feature_scores`` float32 [N, F]. Normalisation,
+        clipping and NaN handling are in the graph. Metadata: ``foedus.kind=anomaly``,
+        ``foedus.window``, ``foedus.threshold``, ``foedus.features`` (comma-separated names),
+        ``foedus.score_steps``.
+        """
+        import onnx
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        example = torch.as_tensor(
+            np.repeat(self.center[None, None, :], self.window, axis=1), dtype=torch.float32
+        )
+        example = example.repeat(2, 1, 1)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                self._scorer,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME, FEATURE_OUTPUT],
+                dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}, FEATURE_OUTPUT: {0: "N"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        model = onnx.load(str(path))
+        meta = {
+            "foedus.kind": MODEL_KIND,
+            "foedus.window": str(self.window),
+            "foedus.threshold": repr(self.threshold),
+            "foedus.features": ",".join(self.feature_names),
+            "foedus.score_steps": str(self.config.score_steps),
+        }
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(path))
+        return path
+
+    def save(self, path: Path | str) -> Path:
+        """Saves weights, configuration, normalisation, threshold and names (``torch.save``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "version": _SAVE_VERSION,
+            "config": asdict(self.config),
+            "center": torch.as_tensor(self.center),
+            "scale": torch.as_tensor(self.scale),
+            "threshold": self.threshold,
+            "feature_names": list(self.feature_names),
+            "net": self._scorer.net.state_dict(),
+            "search_results": self.search_results,
+        }
+        torch.save(state, str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> AnomalyModel:
+        """Restores a model written by `save` (weights-only unpickling)."""
+        state: dict[str, Any] = torch.load(str(path), map_location="cpu", weights_only=True)
+        if state.get("version") != _SAVE_VERSION:
+            raise ValueError(f"unsupported anomaly model version {state.get('version')!r}")
+        config = AnomalyConfig(**state["config"])
+        center = state["center"].numpy().astype(np.float64)
+        net = _WindowAutoencoder(config.window, center.shape[0], config.hidden, config.code)
+        net.load_state_dict(state["net"])
+        net.eval()
+        return cls(
+            net,
+            config=config,
+            center=center,
+            scale=state["scale"].numpy().astype(np.float64),
+            threshold=float(state["threshold"]),
+            feature_names=state["feature_names"],
+            search_results=state.get("search_results", []),
+        )

@@ -1,0 +1,255 @@
+"""The agents' anomaly model: detection, ONNX parity, determinism, online scoring, calibration, root cause."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foedus.federation.anomaly import (
+    FEATURE_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SEARCH_SPACE,
+    AnomalyConfig,
+    AnomalyModel,
+    block_maxima_threshold,
+)
+from foedus.federation.evaluation.metrics import average_precision
+
+F = 8
+QUICK = AnomalyConfig(window=8, hidden=64, code=4, epochs=8, lr=3e-3, calibration_block=200)
+NAMES = ["cpu", "mem", "rps", "p50", "p99", "errors", "net_in", "net_out"]
+
+
+def _series(n: int, seed: int, start: int = 0) -> np.ndarray:
+    """Eight correlated raw metrics driven by two latent daily-like cycles, in very different units."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(start, start + n)
+    latent = np.stack([np.sin(2 * np.pi * t / 60), np.cos(2 * np.pi * t / 23)], axis=1)
+    mixing = np.random.default_rng(99).normal(size=(2, F))
+    x = latent @ mixing + 0.05 * rng.standard_normal((n, F))
+    units = np.array([1.0, 1e3, 50.0, 0.01, 0.1, 2.0, 1e6, 1e6])
+    offsets = np.array([50.0, 8e3, 400.0, 0.2, 1.5, 3.0, 5e7, 4e7])
+    return offsets + units * x
+
+
+def _inject(x: np.ndarray, start: int, length: int, feature: int, sigmas: float = 8.0) -> np.ndarray:
+    out = x.copy()
+    out[start : start + length, feature] += sigmas * x[:, feature].std()
+    return out
+
+
+@pytest.fixture(scope="module")
+def train() -> np.ndarray:
+    return _series(2400, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(train: np.ndarray) -> AnomalyModel:
+    return AnomalyModel.fit(train, feature_names=NAMES, config=QUICK, search=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def test_series() -> np.ndarray:
+    return _series(800, seed=2, start=2400)
+
+
+def test_detects_injected_anomalies_with_few_false_alarms(
+    model: AnomalyModel, test_series: np.ndarray
+) -> None:
+    x = _inject(_inject(test_series, 300, 15, feature=2), 600, 10, feature=5)
+    label = np.zeros(len(x), dtype=int)
+    label[300:315] = label[600:610] = 1
+    flags = model.predict(x)
+    assert flags[300:315].any() and flags[600:610].any()
+    assert flags[label == 0].mean() < 0.02
+    assert average_precision(model.score(x), label) > 0.8
+
+
+def test_feature_scores_sum_to_the_score(model: AnomalyModel, test_series: np.ndarray) -> None:
+    scores = model.score(test_series)
+    parts = model.feature_scores(test_series)
+    assert parts.shape == (len(test_series), F)
+    np.testing.assert_allclose(parts.sum(axis=1), scores, rtol=1e-5, atol=1e-7)
+    assert (parts >= 0).all()
+
+
+def test_onnx_graph_matches_torch_including_normalisation(
+    model: AnomalyModel, test_series: np.ndarray, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    path = model.export_onnx(tmp_path / "anomaly.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_NAME]
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME, FEATURE_OUTPUT]
+    x = _inject(test_series, 100, 5, feature=0)
+    steps = list(range(0, len(x), 3))
+    windows = np.stack([model.window_at(x, t) for t in steps]).astype(np.float32)  # raw metrics
+    score, parts = session.run(None, {INPUT_NAME: windows})
+    np.testing.assert_allclose(score, model.score(x)[steps], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(parts, model.feature_scores(x)[steps], rtol=1e-4, atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["foedus.kind"] == "anomaly"
+    assert int(meta["foedus.window"]) == model.window == windows.shape[1]
+    assert float(meta["foedus.threshold"]) == model.threshold
+    assert meta["foedus.features"].split(",") == NAMES
+
+
+def test_same_seed_same_model_other_seed_other_model(train: np.ndarray, test_series: np.ndarray) -> None:
+    config = AnomalyConfig(window=5, hidden=32, code=4, epochs=2, calibration_block=200)
+    a = AnomalyModel.fit(train, config=config, search=False, seed=7)
+    b = AnomalyModel.fit(train, config=config, search=False, seed=7)
+    c = AnomalyModel.fit(train, config=config, search=False, seed=8)
+    np.testing.assert_array_equal(a.score(test_series), b.score(test_series))
+    assert a.threshold == b.threshold
+    assert not np.array_equal(a.score(test_series), c.score(test_series))
+
+
+def test_online_score_at_t_ignores_later_data(model: AnomalyModel, test_series: np.ndarray) -> None:
+    full = model.score(test_series)
+    for t in [0, 1, model.window - 2, model.window - 1, 250]:
+        prefix = model.score(test_series[: t + 1])
+        np.testing.assert_allclose(prefix, full[: t + 1], rtol=1e-6, atol=1e-9)
+        altered = test_series.copy()
+        altered[t + 1 :] = altered[t + 1 :] * 3.0 + 17.0
+        np.testing.assert_allclose(model.score(altered)[: t + 1], full[: t + 1], rtol=1e-6, atol=1e-9)
+    # before a full window, the window is padded with copies of the first step
+    padded = np.repeat(test_series[:1], model.window, axis=0)
+    padded[-2:] = test_series[:2]
+    np.testing.assert_array_equal(model.window_at(test_series, 1), padded)
+
+
+def test_threshold_is_calibrated_on_training_scores_only(model: AnomalyModel, train: np.ndarray) -> None:
+    # fit takes no labels; the threshold is the median of the training scores' block maxima
+    expected = block_maxima_threshold(model.score(train), QUICK.calibration_block)
+    assert model.threshold == pytest.approx(expected)
+    assert (model.score(train) >= model.threshold).mean() < 0.01
+
+
+def test_block_maxima_threshold_ignores_anomalies_in_a_minority_of_blocks() -> None:
+    rng = np.random.default_rng(5)
+    clean = rng.standard_normal(100 * 50)
+    dirty = clean.copy()
+    for b in (3, 17, 40):  # huge anomalies in 3 of 50 blocks
+        dirty[b * 100 + 10 : b * 100 + 30] += 50.0
+    clean_maxima = clean.reshape(50, 100).max(axis=1)
+    assert block_maxima_threshold(clean, 100) == pytest.approx(np.median(clean_maxima))
+    shift = abs(block_maxima_threshold(dirty, 100) - block_maxima_threshold(clean, 100))
+    assert shift < 0.2  # the order statistics around the median move by one place at most
+    assert np.quantile(dirty, 0.999) - np.quantile(clean, 0.999) > 40.0  # a high quantile does not cope
+    assert block_maxima_threshold([1.0, 3.0], 100) == 3.0  # shorter than a block: the maximum
+
+
+@pytest.mark.parametrize("method", ["error", "shap"])
+def test_explain_ranks_the_faulty_feature_first(
+    model: AnomalyModel, test_series: np.ndarray, method: str
+) -> None:
+    x = _inject(test_series, 400, 12, feature=4)
+    top = model.explain(x, 405, k=3, method=method)
+    assert len(top) == 3
+    assert top[0][0] == 4
+    assert top[0][1] > 0 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_error_attributions_are_exact_shapley_values_of_the_additive_score(
+    model: AnomalyModel, test_series: np.ndarray
+) -> None:
+    # The score is v(S) = sum of the error terms of the features in S; Shapley values by enumeration.
+    x = _inject(test_series, 200, 5, feature=1)
+    terms = model.feature_scores(x)[202]
+
+    def v(coalition: tuple[int, ...]) -> float:
+        return float(sum(terms[i] for i in coalition))
+
+    shapley = np.zeros(F)
+    for i in range(F):
+        others = [j for j in range(F) if j != i]
+        for size in range(F):
+            weight = math.factorial(size) * math.factorial(F - size - 1) / math.factorial(F)
+            for subset in itertools.combinations(others, size):
+                shapley[i] += weight * (v((*subset, i)) - v(subset))
+    np.testing.assert_allclose(shapley, terms, rtol=1e-9, atol=1e-12)
+    explained = dict(model.explain(x, 202, k=F, method="error"))
+    np.testing.assert_allclose([explained[i] for i in range(F)], terms, rtol=1e-5, atol=1e-6)
+    assert sum(explained.values()) == pytest.approx(model.score(x)[202], rel=1e-5)
+
+
+@pytest.mark.parametrize("selection", ["injection", "loss"])
+def test_search_picks_the_best_candidate_by_its_unsupervised_criterion(
+    train: np.ndarray, selection: str
+) -> None:
+    config = AnomalyConfig(code=4, epochs=1, search_epochs=1, calibration_block=200, selection=selection)
+    fitted = AnomalyModel.fit(train[:1200], config=config, seed=0)
+    results = fitted.search_results
+    assert len(results) == math.prod(len(v) for v in SEARCH_SPACE.values())
+    if selection == "injection":
+        best = min(results, key=lambda r: (-r["val_injection_auc"], r["val_loss"]))
+    else:
+        best = min(results, key=lambda r: r["val_loss"])
+    assert (fitted.window, fitted.config.hidden, fitted.config.lr) == (
+        best["window"],
+        best["hidden"],
+        best["lr"],
+    )
+    assert all(math.isfinite(r["val_loss"]) and 0.5 < r["val_injection_auc"] <= 1.0 for r in results)
+
+
+def test_save_and_load_round_trip(model: AnomalyModel, test_series: np.ndarray, tmp_path: Path) -> None:
+    loaded = AnomalyModel.load(model.save(tmp_path / "model.pt"))
+    assert loaded.threshold == model.threshold and loaded.feature_names == NAMES
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(loaded.score(test_series), model.score(test_series))
+
+
+def test_missing_values_score_as_typical_and_bad_shapes_are_refused(
+    model: AnomalyModel, test_series: np.ndarray
+) -> None:
+    x = test_series.copy()
+    x[50, 3] = np.nan
+    assert np.isfinite(model.score(x)).all()
+    with pytest.raises(ValueError, match="features"):
+        model.score(test_series[:, :3])
+    with pytest.raises(ValueError, match="method"):
+        model.explain(test_series, 5, method="lime")
+    with pytest.raises(ValueError, match="score_steps"):
+        AnomalyConfig(window=2, score_steps=3)
+
+
+def _data_dir() -> Path | None:
+    configured = os.environ.get("FOEDUS_DATA_DIR")
+    if configured:
+        return Path(configured)
+    for ancestor in Path(__file__).resolve().parents:
+        candidate = ancestor / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def test_smd_evaluation_on_one_truncated_real_machine() -> None:
+    from foedus.federation.evaluation.smd import evaluate_smd, smd_dir
+
+    data_dir = _data_dir()
+    try:
+        smd_dir(data_dir or Path("/nonexistent"))
+    except FileNotFoundError as exc:
+        pytest.skip(f"SMD data absent: {exc}")
+    assert data_dir is not None
+    config = AnomalyConfig(epochs=2)
+    result = evaluate_smd(
+        data_dir, machines=["machine-1-2"], config=config, search=False, limit=8000, shap_points=0
+    )
+    for prefix in ("smd_", "iforest_smd_", "pca_smd_", "stat_smd_"):
+        for figure in ("f1_pa", "f1", "auc_pr"):
+            assert 0.0 <= result[prefix + figure] <= 1.0, prefix + figure
+    assert 0.0 <= result["smd_hitrate_150"] <= 1.0
+    assert result["smd_hitrate_150"] >= result["smd_hitrate_100"]
+    assert result["smd_f1_pa"] > 0.5
+    assert result["smd_machines"] == 1.0
