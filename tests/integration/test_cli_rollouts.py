@@ -99,3 +99,36 @@ def test_a_rollout_steered_from_the_shell(
 
     code, _, err = run(capsys, *me, "deployment", "windows", "web")
     assert code == exit_codes.INVALID and "hour" in err
+
+
+def test_federation_records_from_the_shell(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import base64
+
+    tenant = f"fed-{uuid.uuid4().hex[:8]}"
+    owner = server.create_tenant(tenant)
+    admin = ("--server", server.target, "--api-key", server.admin_key)
+    me = ("--server", server.target, "--api-key", owner)
+    key = tmp_path / "node.pub"
+    der = b"a supernode public key of tenant " + tenant.encode()
+    key.write_text(
+        f"-----BEGIN PUBLIC KEY-----\n{base64.b64encode(der).decode()}\n-----END PUBLIC KEY-----\n"
+    )
+    code, out, err = run(
+        capsys, *admin, "federation", "keys", "register", tenant, str(key), "--description", "dc1"
+    )
+    assert code == 0, err
+    assert re.search(rf"\b{tenant}\s+dc1\b", out), out
+    code, _, err = run(capsys, *me, "federation", "keys", "register", tenant, str(key))
+    assert code == exit_codes.DENIED, err  # only the admin registers keys
+    code, _, err = run(capsys, *admin, "federation", "keys", "register", tenant, str(key))
+    assert code == exit_codes.CONFLICT, err
+    code, out, _ = run(capsys, *me, "-o", "json", "federation", "keys", "list")
+    assert [k["tenant"] for k in json.loads(out)] == [tenant]
+    code, out, _ = run(capsys, *me, "federation", "runs", "list")
+    assert code == 0 and out.strip() == "(none)"
+    code, _, err = run(capsys, *me, "federation", "opt-in", "anomaly", "ghost-dep")
+    assert code == exit_codes.NOT_FOUND, err
+    code, _, err = run(capsys, *me, "federation", "opt-in", "vibes", "")
+    assert code == exit_codes.INVALID and "model_kind" in err
