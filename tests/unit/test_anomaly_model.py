@@ -253,3 +253,45 @@ def test_smd_evaluation_on_one_truncated_real_machine() -> None:
     assert result["smd_hitrate_150"] >= result["smd_hitrate_100"]
     assert result["smd_f1_pa"] > 0.5
     assert result["smd_machines"] == 1.0
+
+
+def test_federated_task_trains_a_shared_network_and_each_site_keeps_its_normalisation(tmp_path: Path) -> None:
+    """Two sites with the same behaviour at different levels: FedAvg over the real task lowers both
+    sites' reconstruction error, and each site's detector from the global weights (its own centre,
+    scale and threshold) flags an injected fault; the ONNX export matches torch."""
+    import onnxruntime as ort
+
+    from foedus.federation.anomaly import AnomalyConfig, AnomalyModel, federated_task
+    from foedus.federation.flower.task import LocalData
+
+    rng = np.random.default_rng(11)
+    t = np.arange(1500)
+    base = np.column_stack([np.sin(t / 15), np.cos(t / 15), np.sin(t / 15) * 0.5])
+
+    def site(level: float, spread: float) -> np.ndarray:
+        return (level + spread * base + rng.normal(0, 0.05 * spread, base.shape)).astype(np.float32)
+
+    sites = [site(10.0, 1.0), site(500.0, 40.0)]  # the same pattern, at very different levels
+    task = federated_task(features=3, window=8, hidden=32, code=4, lr=3e-3, batch_size=64, seed=1)
+    weights = task.initial_arrays()
+    data = [LocalData(train=x) for x in sites]
+    before = [task.evaluate(weights, d)["eval-loss"] for d in data]
+    for _ in range(3):  # FedAvg, weighted by the number of examples
+        updates = [task.train(weights, d, epochs=1) for d in data]
+        total = sum(m["num-examples"] for _, m in updates)
+        weights = {k: sum(u[k] * (m["num-examples"] / total) for u, m in updates) for k in weights}
+    after = [task.evaluate(weights, d)["eval-loss"] for d in data]
+    assert all(a < 0.7 * b for a, b in zip(after, before, strict=True)), (before, after)
+
+    config = AnomalyConfig(window=8, hidden=32, code=4, calibration_block=200)
+    for x in sites:
+        model = AnomalyModel.from_shared_weights(weights, x, config=config)
+        test = x[-300:].copy()
+        test[150:160, 1] += 8 * np.std(x[:, 1])
+        scores = model.score(test)
+        assert scores[150:160].max() > model.threshold > float(np.median(scores))
+        path = model.export_onnx(tmp_path / f"site-{int(x[0, 0])}.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        window = test[150 - 7 : 151][None].astype(np.float32)
+        got = session.run(["score"], {"metrics": window})[0][0]
+        assert got == pytest.approx(float(scores[150]), rel=1e-4, abs=1e-5)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -590,6 +590,26 @@ class AnomalyModel:
         return path
 
     @classmethod
+    def from_shared_weights(
+        cls,
+        weights: Mapping[str, np.ndarray],
+        train: np.ndarray,
+        *,
+        config: AnomalyConfig,
+        feature_names: Sequence[str] | None = None,
+    ) -> AnomalyModel:
+        """This site's detector from a federated run's global autoencoder `weights` (names as in
+        the network's state dict): centre, scale and threshold fitted on the site's own `train`."""
+        raw = _check_series(train)
+        net = _WindowAutoencoder(config.window, raw.shape[1], config.hidden, config.code)
+        net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+        center, scale = _robust_scale(raw, config.min_scale)
+        names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(raw.shape[1])]
+        model = cls(net, config=config, center=center, scale=scale, threshold=math.inf, feature_names=names)
+        model.threshold = block_maxima_threshold(model.score(raw), config.calibration_block)
+        return model
+
+    @classmethod
     def load(cls, path: Path | str) -> AnomalyModel:
         """Restores a model written by `save` (weights-only unpickling)."""
         state: dict[str, Any] = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -609,3 +629,53 @@ class AnomalyModel:
             feature_names=state["feature_names"],
             search_results=state.get("search_results", []),
         )
+
+
+# ------------------------------------------------------------------ federated training
+# The network is shared across organisations; each organisation keeps its own normalisation and
+# threshold. That is what the data allows: metric levels differ between sites (a busy cluster's
+# normal is another's incident), so centre and scale are fitted locally and never leave the site,
+# and only the autoencoder's weights are averaged. An organisation turns the global weights into
+# its own detector with `AnomalyModel.from_shared_weights`.
+
+
+def normalised_windows(x: np.ndarray, config: AnomalyConfig) -> np.ndarray:
+    """(T, W, F) float32 windows of `x` normalised with `x`'s own robust centre and scale, one
+    window ending at each step (edge-padded before the first), as the local training data."""
+    raw = _check_series(x)
+    center, scale = _robust_scale(raw, config.min_scale)
+    z = np.clip((np.nan_to_num(raw - center, nan=0.0)) / scale, -config.clip, config.clip)
+    return _windows(z.astype(np.float32), config.window, 0, z.shape[0]).astype(np.float32)
+
+
+def federated_task(
+    features: int = 6,
+    window: int = 10,
+    hidden: int = 128,
+    code: int = 8,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> Any:
+    """The anomaly model as a Flower task (`foedus.federation.flower.task.FederatedTask`).
+
+    Import string ``foedus.federation.anomaly:federated_task``; run-config options
+    ``task-options.features``, ``.window``, ``.hidden``, ``.code``, ``.lr``, ``.batch-size``,
+    ``.seed``. Each node normalises its own rows (see `normalised_windows`) and trains the shared
+    window autoencoder on them; evaluation reports the mean reconstruction error and, with labels,
+    the AUROC of the per-window error.
+    """
+    from foedus.federation.flower.task import TorchTask
+
+    config = AnomalyConfig(window=window, hidden=hidden, code=code, lr=lr, batch_size=batch_size)
+
+    def factory() -> nn.Module:
+        return _WindowAutoencoder(window, features, hidden, code)
+
+    def pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if matrix.shape[1] != features:
+            raise ValueError(f"the task is set up for {features} metrics; the data has {matrix.shape[1]}")
+        windows = normalised_windows(matrix, config)
+        return windows, windows
+
+    return TorchTask(factory, pairs=pairs, lr=lr, batch_size=batch_size, seed=seed)
