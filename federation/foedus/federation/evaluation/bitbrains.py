@@ -39,10 +39,8 @@ Run: ``python -m foedus.federation.evaluation.bitbrains [data_dir]`` prints the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -51,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foedus.federation.evaluation._cli import run_main
 from foedus.federation.resources import (
     DEFAULT_GAMMA,
     RESOURCES,
@@ -417,15 +416,7 @@ def evaluate_bitbrains(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    data_dir = Path(args[0]) if args else default_data_dir()
-    try:
-        figures = evaluate_bitbrains(data_dir, progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except FileNotFoundError as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2))
-    return 0
+    return run_main(evaluate_bitbrains, default_data_dir, argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ import importlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from foedus.client_sdk.agent.detector import AnomalyDetector
+from foedus.federation.evaluation._cli import run_main
 
 Progress = Callable[[str], None]
 FloatArray = npt.NDArray[np.float64]
@@ -475,15 +475,7 @@ def evaluate_nezha(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    data_dir = Path(args[0]) if args else default_data_dir()
-    try:
-        figures = evaluate_nezha(data_dir, progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except FileNotFoundError as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2))
-    return 0
+    return run_main(evaluate_nezha, default_data_dir, argv)
 
 
 if __name__ == "__main__":
