@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,169 @@ def opt_in(
         ("tenant", "kind", "deployment"),
         raw=[to_dict(o) for o in items],
     )
+
+
+def _pem(openssh_public_key: str) -> str:
+    """A SuperNode's OpenSSH public key line as the PEM the control plane registers."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_public_key(openssh_public_key.encode())
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+@app.command("run")
+def run_local(
+    ctx: typer.Context,
+    node: list[str] = typer.Option(
+        ...,
+        "--node",
+        help="TENANT=PATH: a tenant's SuperNode and its local data (.npz or an agent's directory); repeatable",
+    ),
+    model: str = typer.Option("anomaly", "--model", help="the ops model to train (anomaly)"),
+    rounds: int = typer.Option(3, "--rounds", min=1),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox or fedadam"),
+    features: int = typer.Option(6, "--features", min=1, help="metrics per row of the local data"),
+    window: int = typer.Option(10, "--window", min=1),
+    hidden: int = typer.Option(64, "--hidden", min=1),
+    dp_mode: str = typer.Option(
+        "", "--dp-mode", help="central-server, central-client or local (default: none)"
+    ),
+    dp_noise: float = typer.Option(1.0, "--dp-noise", help="noise multiplier"),
+    dp_clip: float = typer.Option(1.0, "--dp-clip", help="clipping norm"),
+    secagg: bool = typer.Option(False, "--secagg", help="SecAgg+ secure aggregation"),
+    result_model: str = typer.Option(
+        "federated-anomaly", "--result-model", help="platform-scope model of the result"
+    ),
+    workdir: Path = typer.Option(Path("foedus-federation"), "--workdir", help="keys, certificates and logs"),
+) -> None:
+    """Run a federated training on this machine: a SuperLink and one SuperNode per --node, with TLS
+    and SuperNode authentication (admin). The run, its rounds and privacy settings are recorded in
+    the control plane; the global weights are registered in the platform scope.
+
+    Each site keeps its own normalisation and threshold: `AnomalyModel.from_shared_weights` turns
+    the registered weights into a site's detector.
+    """
+    import tempfile
+
+    from foedus.client_sdk.errors import AlreadyExists, InvalidArgument, NotFound
+
+    try:
+        from foedus.federation.flower.runner import LocalFederation, NodeSpec
+        from foedus.federation.flower.task import DpConfig, RunSettings, SecAggConfig
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"federated runs need the federation extra: pip install 'foedus[federation]' ({exc})"
+        ) from exc
+    if model != "anomaly":
+        raise InvalidArgument("federated runs train the anomaly model for now (--model anomaly)")
+    nodes: list[NodeSpec] = []
+    for text in node:
+        tenant, sep, path = text.partition("=")
+        if not sep or not tenant or not path:
+            raise typer.BadParameter(f"{text!r} is not TENANT=PATH", param_hint="'--node'")
+        nodes.append(NodeSpec(name=tenant, data_path=Path(path)))
+    dp = DpConfig(mode=dp_mode, noise_multiplier=dp_noise, clipping_norm=dp_clip) if dp_mode else None  # type: ignore[arg-type]
+    g = globals_of(ctx)
+    with g.client() as admin:
+        for spec in nodes:
+            admin.tenants.get(spec.name)  # NotFound for an unknown tenant, before anything starts
+        with LocalFederation(workdir, nodes) as federation:
+            for spec in nodes:
+                with contextlib.suppress(AlreadyExists):
+                    admin.federation.register_node_key(
+                        spec.name,
+                        _pem(federation.keys[spec.name].public_key_line),
+                        description="local federation",
+                    )
+            privacy = {
+                "mode": dp_mode,
+                "noise_multiplier": dp_noise if dp else 0.0,
+                "clipping_norm": dp_clip if dp else 0.0,
+            }
+            record = admin.federation.create_run(
+                model,
+                [n.name for n in nodes],
+                strategy=strategy,
+                rounds=rounds,
+                privacy={**privacy, "secagg": secagg},
+            )
+            typer.echo(
+                f"federated run {record.id}: {len(nodes)} organisations, {rounds} rounds, {strategy}",
+                err=True,
+            )
+            settings = RunSettings(
+                task="foedus.federation.anomaly:federated_task",
+                task_options={"features": features, "window": window, "hidden": hidden},
+                rounds=rounds,
+                strategy=strategy,
+                min_nodes=len(nodes),
+                dp=dp,
+                secagg=SecAggConfig() if secagg else None,
+            )
+            result = federation.run(settings)
+        for r in result.rounds:
+            metrics = {
+                k: float(v)
+                for k, v in (("train_loss", r.train_loss), ("eval_loss", r.eval_loss))
+                if v is not None
+            }
+            admin.federation.record_round(
+                record.id,
+                r.round,
+                metrics,
+                nodes=r.train_nodes,
+                size=r.bytes_sent + r.bytes_received,
+                seconds=r.elapsed_s,
+            )
+            typer.echo(
+                f"  round {r.round}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), err=True
+            )
+        if not result.ok:
+            done = admin.federation.finish_run(
+                record.id, succeeded=False, message=f"{result.status}: {result.details}"[:10_000]
+            )
+            emit(ctx, [_run_row(done)], RUN_COLUMNS, raw=to_dict(done))
+            raise typer.Exit(1)
+        with contextlib.suppress(AlreadyExists):
+            admin.tenants.create("platform", display_name="platform scope (shared models)", owner_key=False)
+        created = admin.keys.create("editor", tenant="platform", description=f"federated run {record.id}")
+        editor = created.secret
+        epsilon = float(result.privacy.get("epsilon", 0.0) or 0.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "weights.npz"
+            import numpy as np
+
+            np.savez(weights, **result.final_weights())  # type: ignore[arg-type]
+            with type(admin).connect(g.server, api_key=editor) as platform:
+                try:
+                    platform.models.get(result_model)
+                except NotFound:
+                    platform.models.create(
+                        result_model, description="federated ops model (shared autoencoder weights)"
+                    )
+                version = platform.models.register(
+                    result_model,
+                    weights,
+                    framework="custom",
+                    create_model=False,
+                    lineage={
+                        "federation_run": str(record.id),
+                        "rounds": str(rounds),
+                        "strategy": strategy,
+                        "organisations": str(len(nodes)),
+                        "privacy": dp_mode or "none",
+                        "secagg": str(secagg).lower(),
+                        "task": f"anomaly window={window} hidden={hidden} features={features}",
+                    },
+                )
+            admin.keys.revoke(created.key.key_id, tenant="platform")  # the key served this run only
+        done = admin.federation.finish_run(
+            record.id,
+            succeeded=True,
+            result_model=result_model,
+            result_version=version.version,
+            epsilon=epsilon,
+        )
+    emit(ctx, [_run_row(done)], RUN_COLUMNS, raw=to_dict(done))
