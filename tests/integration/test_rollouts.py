@@ -215,9 +215,9 @@ def test_bad_version_is_rolled_back_once_also_across_a_restart(rig: Rig) -> None
     assert phase_name(done.phase) == "rolled_back", done.reason
     assert "regression" in done.reason
     assert done.analysis["candidate_p99_ms"] > done.analysis["stable_p99_ms"]
-    # decided by the analysis inside the first step (which needs 30 s), not by a deadline
+    # decided by the analysis inside the first step (it never advanced), not by a deadline
     assert done.step == 0
-    assert done.finished_at.ToMicroseconds() - done.started_at.ToMicroseconds() < 30e6
+    assert kinds(c.rollouts.events(r.id)).count("step") == 0
     deployment = c.deployments.get("iris-prod")
     assert [(t.version, t.weight) for t in deployment.traffic] == [(1, 100.0)]
     assert rig.load.failures == []
