@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import pytest
 from foedus_testdata import iris_data, iris_onnx
 
 pytest.importorskip("onnxruntime")
+
+from testkit import wait_for
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.agent.runtime import Agent, AgentConfig
@@ -62,13 +64,6 @@ class AgentLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def request(x: np.ndarray) -> inference_pb2.ModelInferRequest:

@@ -9,19 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import run_cli as run
 
 from foedus.client_sdk.cli import exit_codes
-from foedus.client_sdk.cli.main import main
 from foedus.client_sdk.testing import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_a_tenant_workflow_from_the_shell(

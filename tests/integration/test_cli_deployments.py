@@ -10,20 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import run_cli as run
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.agent.histogram import LatencyHistogram
 from foedus.client_sdk.cli import exit_codes
-from foedus.client_sdk.cli.main import main
 from foedus.client_sdk.testing import LocalServer
 from foedus.v1 import agent_pb2, agent_pb2_grpc
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def report(client: Client, deployment: str, version: int, latencies_ms: np.ndarray) -> None:

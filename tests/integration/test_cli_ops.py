@@ -7,19 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import run_cli as run
 
 from foedus.client_sdk.cli import exit_codes
-from foedus.client_sdk.cli.main import main
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def series(rng: np.random.Generator, n: int) -> np.ndarray:

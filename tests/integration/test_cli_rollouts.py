@@ -8,17 +8,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from testkit import run_cli as run
 
 from foedus.client_sdk.cli import exit_codes
-from foedus.client_sdk.cli.main import main
 from foedus.client_sdk.testing import LocalServer
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_a_rollout_steered_from_the_shell(

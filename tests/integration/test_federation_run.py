@@ -9,21 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import run_cli as run
 
 from foedus.client_sdk import Client
-from foedus.client_sdk.cli.main import main
 from foedus.client_sdk.testing import LocalServer
 
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_a_federated_run_is_recorded_and_its_result_registered(

@@ -11,7 +11,7 @@ import csv
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from foedus_testdata import iris_data, iris_onnx, slow_iris_onnx
+from testkit import wait_for
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.agent.histogram import latency_bucket_index
@@ -32,13 +33,6 @@ from foedus.v1 import agent_pb2, agent_pb2_grpc, rollout_pb2
 TICK_S = 0.2
 HOUR_MS = 3_600_000
 TAXI = Path(__file__).resolve().parents[1] / "data" / "nyc_taxi" / "nyc_taxi_2014-09-08_2014-11-16.csv"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass

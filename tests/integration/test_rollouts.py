@@ -11,7 +11,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from foedus_testdata import iris_data, iris_onnx, slow_iris_onnx
 from serverproc import ServerPool, ServerProcess
 
 pytest.importorskip("onnxruntime")
+
+from testkit import wait_for
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.agent.runtime import Agent, AgentConfig
@@ -38,13 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Load:

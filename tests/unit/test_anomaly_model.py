@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import shared_data_dir
 
 from foedus.federation.anomaly import (
     FEATURE_OUTPUT,
@@ -222,21 +222,10 @@ def test_missing_values_score_as_typical_and_bad_shapes_are_refused(
         AnomalyConfig(window=2, score_steps=3)
 
 
-def _data_dir() -> Path | None:
-    configured = os.environ.get("FOEDUS_DATA_DIR")
-    if configured:
-        return Path(configured)
-    for ancestor in Path(__file__).resolve().parents:
-        candidate = ancestor / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def test_smd_evaluation_on_one_truncated_real_machine() -> None:
     from foedus.federation.evaluation.smd import evaluate_smd, smd_dir
 
-    data_dir = _data_dir()
+    data_dir = shared_data_dir()
     try:
         smd_dir(data_dir or Path("/nonexistent"))
     except FileNotFoundError as exc:

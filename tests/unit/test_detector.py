@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import shared_data_dir
 
 from foedus.client_sdk.agent.detector import DEFAULT_THRESHOLD, AnomalyDetector, DetectorConfig
 
 NAB_SERIES = "realKnownCause/machine_temperature_system_failure.csv"
 METRICS = ["requests", "errors", "p50_ms", "p99_ms", "cpu"]
-
-
-def _data_dir() -> Path | None:
-    """FOEDUS_DATA_DIR, else the nearest `shared/data` beside the repository or above it."""
-    configured = os.environ.get("FOEDUS_DATA_DIR")
-    if configured:
-        return Path(configured)
-    for ancestor in Path(__file__).resolve().parents:
-        candidate = ancestor / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def _normal_intervals(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -127,7 +114,7 @@ def test_state_survives_a_restart() -> None:
 
 
 def test_flags_the_labelled_failures_of_a_real_machine_temperature_series() -> None:
-    data_dir = _data_dir()
+    data_dir = shared_data_dir()
     series = data_dir / "nab" / "data" / NAB_SERIES if data_dir else None
     labels = data_dir / "nab" / "labels" / "combined_windows.json" if data_dir else None
     if series is None or labels is None or not series.is_file() or not labels.is_file():

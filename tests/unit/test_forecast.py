@@ -8,12 +8,12 @@ import dataclasses
 import datetime as dt
 import itertools
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import shared_data_dir
 
 from foedus.server.rollouts.forecast import (
     HOUR_MS,
@@ -30,18 +30,6 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "nyc_taxi" / "nyc_taxi_2
 NAB_SERIES = Path("nab") / "data" / "realKnownCause" / "nyc_taxi.csv"
 WEEK_MS = 168 * HOUR_MS
 DAY_MS = 24 * HOUR_MS
-
-
-def _data_dir() -> Path | None:
-    """FOEDUS_DATA_DIR, else the nearest `shared/data` beside the repository or above it."""
-    configured = os.environ.get("FOEDUS_DATA_DIR")
-    if configured:
-        return Path(configured)
-    for ancestor in Path(__file__).resolve().parents:
-        candidate = ancestor / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def _load_taxi(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +56,7 @@ def taxi() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def taxi_full() -> tuple[np.ndarray, np.ndarray]:
     """The whole NAB series (July 2014 to January 2015) from the shared data folder."""
-    data = _data_dir()
+    data = shared_data_dir()
     if data is None or not (data / NAB_SERIES).is_file():
         pytest.skip(f"{NAB_SERIES} not found; set FOEDUS_DATA_DIR to the shared data folder")
     return _load_taxi(data / NAB_SERIES)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from testkit import shared_data_dir
 
 from foedus.federation import univariate
 from foedus.federation.evaluation import nab
@@ -22,17 +22,6 @@ STANDARD = nab.CostMatrix(tp=1.0, fp=0.11, fn=1.0)
 LOW_FN = nab.CostMatrix(tp=1.0, fp=0.11, fn=2.0)
 N = 1000  # probation: floor(0.15 * 1000) = 150 rows
 WINDOW = (400, 499)  # 100 rows
-
-
-def _data_dir() -> Path | None:
-    configured = os.environ.get("FOEDUS_DATA_DIR")
-    if configured:
-        return Path(configured)
-    for ancestor in Path(__file__).resolve().parents:
-        candidate = ancestor / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def _detections(*rows: int, n: int = N) -> np.ndarray:
@@ -368,7 +357,7 @@ def test_rest_period_post_processing() -> None:
 
 @pytest.mark.slow
 def test_real_nab_null_and_perfect_scores() -> None:
-    data_dir = _data_dir()
+    data_dir = shared_data_dir()
     nab_dir = None if data_dir is None else nab.resolve_nab_dir(data_dir)
     if nab_dir is None:
         pytest.skip("NAB data not found (set FOEDUS_DATA_DIR to a folder holding nab/)")
