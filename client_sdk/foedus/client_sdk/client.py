@@ -67,6 +67,16 @@ class TlsConfig:
     server_name: str | None = None
     """Name to check the server's certificate against, when it differs from the target's host."""
 
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The gRPC channel credentials these settings describe (files are read now)."""
+        if (self.client_cert is None) != (self.client_key is None):
+            raise InvalidArgument("client_cert and client_key go together")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_cert),
+            private_key=_read(self.client_key),
+            certificate_chain=_read(self.client_cert),
+        )
+
 
 def _read(path: str | Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
@@ -684,14 +694,9 @@ class Client:
         ]
         if tls:
             config = tls if isinstance(tls, TlsConfig) else TlsConfig()
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(config.ca_cert),
-                private_key=_read(config.client_key),
-                certificate_chain=_read(config.client_cert),
-            )
             if config.server_name:
                 opts.append(("grpc.ssl_target_name_override", config.server_name))
-            channel = grpc.secure_channel(target, credentials, options=opts)
+            channel = grpc.secure_channel(target, config.channel_credentials(), options=opts)
         else:
             channel = grpc.insecure_channel(target, options=opts)
         return cls(channel, api_key, timeout=timeout, chunk_size=chunk_size)

@@ -21,12 +21,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from foedus.client_sdk.client import Client
+from foedus.client_sdk.client import Client, TlsConfig
 
 
 class LocalServer:
-    def __init__(self, data_dir: str | Path | None = None, **settings: Any) -> None:
-        """`settings` are ServerConfig fields (e.g. `db="postgresql://..."`, `latency_runs=5`)."""
+    def __init__(
+        self, data_dir: str | Path | None = None, *, client_tls: TlsConfig | None = None, **settings: Any
+    ) -> None:
+        """`settings` are ServerConfig fields (e.g. `db="postgresql://..."`, `latency_runs=5`);
+        `client_tls` is what `client()` and `create_tenant()` connect with (for a TLS server)."""
+        self.client_tls = client_tls
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="foedus-test-")
@@ -39,6 +43,8 @@ class LocalServer:
         )
         self._server: Any = None
         self.target = ""
+        self.health_target = ""
+        """HOST:PORT of the plaintext health listener, when `health_listen` is set."""
         self.admin_key = ""
 
     def start(self) -> LocalServer:
@@ -60,6 +66,9 @@ class LocalServer:
 
         self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=60)
         self.target = self._server.target
+        if self._server.health_port:
+            host = config.health_listen.rpartition(":")[0]
+            self.health_target = f"{host}:{self._server.health_port}"
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self
 
@@ -81,7 +90,7 @@ class LocalServer:
 
     def client(self, api_key: str | None = None) -> Client:
         """A client with the given key (default: the platform admin key)."""
-        return Client.connect(self.target, api_key=api_key or self.admin_key)
+        return Client.connect(self.target, api_key=api_key or self.admin_key, tls=self.client_tls)
 
     def create_tenant(self, name: str) -> str:
         """Creates a tenant and returns the secret of its first owner key."""

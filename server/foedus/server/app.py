@@ -70,6 +70,9 @@ class FoedusServer:
     controller: RolloutController
     background: bool = True
     """Run background work (garbage collection); with several workers only the first one does."""
+    health_server: grpc.aio.Server | None = None
+    """The plaintext listener that serves only grpc.health.v1 (config.health_listen)."""
+    health_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -83,6 +86,8 @@ class FoedusServer:
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for service in _service_names():
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -97,6 +102,8 @@ class FoedusServer:
             task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         self.executor.shutdown(wait=True)
         self.store.close()
 
@@ -182,7 +189,9 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     reflection.enable_server_reflection(_service_names(), server)
     if config.tls_cert:
         credentials = grpc.ssl_server_credentials(
-            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+            require_client_auth=bool(config.tls_client_ca),
         )
         port = server.add_secure_port(config.listen, credentials)
     else:
@@ -190,6 +199,16 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     if port == 0:
         store.close()
         raise OSError(f"could not bind {config.listen}")
+    health_server, health_port = None, 0
+    if config.health_listen:
+        # Kubernetes' gRPC probes and a plain grpc_health_probe speak no TLS: they get a listener
+        # of their own that serves the health service and nothing else.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(config.health_listen)
+        if health_port == 0:
+            store.close()
+            raise OSError(f"could not bind {config.health_listen}")
     return FoedusServer(
         config=config,
         grpc_server=server,
@@ -202,6 +221,8 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         admin_key_id=admin_key_id,
         controller=controller,
         background=background,
+        health_server=health_server,
+        health_port=health_port,
     )
 
 

@@ -31,6 +31,13 @@ class ServerConfig:
     """PEM certificate chain of the server; with tls_key, the server speaks TLS only."""
     tls_key: str = ""
     """PEM private key of the server."""
+    tls_client_ca: str = ""
+    """PEM CA bundle for mutual TLS: when set, every client (agents, SDK, CLI, a load balancer)
+    must present a certificate signed by one of these CAs, and the handshake fails without one.
+    API keys are still checked on top."""
+    health_listen: str = ""
+    """HOST:PORT of an extra plaintext listener serving only grpc.health.v1, for probes that speak
+    no TLS (Kubernetes gRPC probes, grpc_health_probe without certificates); empty: none."""
     allow_insecure: bool = False
     """Allow plaintext on a non-loopback address (behind a TLS-terminating proxy, say)."""
     max_artifact_bytes: int = 8 * 1024**3
@@ -59,8 +66,14 @@ class ServerConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
+        if self.health_listen:
+            h_host, _, h_port = self.health_listen.rpartition(":")
+            if not h_host or not h_port.isdigit() or int(h_port) > 65535:
+                raise ConfigError(f"health_listen must be HOST:PORT, got {self.health_listen!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if not self.tls_cert and not self.allow_insecure and not _is_loopback(host):
             raise ConfigError(
                 f"refusing plaintext on non-loopback address {host}: give tls_cert and tls_key, "

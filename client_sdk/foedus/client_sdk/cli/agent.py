@@ -55,6 +55,7 @@ def run(
     if not g.api_key:
         typer.echo("error: no API key: pass --api-key or set FOEDUS_API_KEY (an agent-role key)", err=True)
         raise typer.Exit(4)
+    tls = g.tls_config()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = AgentConfig(
         deployment=deployment,
@@ -68,6 +69,7 @@ def run(
         history_retention_s=history_days * 86_400,
         anomaly_deployment=anomaly_deployment,
         resource_deployment=resource_deployment,
+        channel_credentials=tls.channel_credentials() if tls is not None else None,
     )
 
     async def main() -> None:

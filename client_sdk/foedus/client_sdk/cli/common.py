@@ -25,6 +25,16 @@ class Globals:
     output: str
     tls: bool
     ca_cert: str | None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def tls_config(self) -> TlsConfig | None:
+        """TLS settings from --tls, --ca-cert and --client-cert/--client-key; None is plaintext."""
+        if bool(self.client_cert) != bool(self.client_key):
+            raise InvalidArgument("--client-cert and --client-key go together")
+        if not (self.tls or self.ca_cert or self.client_cert):
+            return None
+        return TlsConfig(ca_cert=self.ca_cert, client_cert=self.client_cert, client_key=self.client_key)
 
     def client(self) -> Client:
         key = self.api_key
@@ -33,8 +43,7 @@ class Globals:
                 "no API key: pass --api-key, set FOEDUS_API_KEY, or FOEDUS_API_KEY_FILE "
                 "(the admin key is in DATA_DIR/admin.key)"
             )
-        tls: TlsConfig | bool = TlsConfig(ca_cert=self.ca_cert) if self.ca_cert else self.tls
-        return Client.connect(self.server, api_key=key, tls=tls)
+        return Client.connect(self.server, api_key=key, tls=self.tls_config())
 
 
 def resolve_key(api_key: str | None, api_key_file: str | None) -> str | None:

@@ -12,6 +12,7 @@ from foedus.client_sdk.cli import (
     agent,
     alerts,
     audit,
+    certs,
     deployment,
     exit_codes,
     federation,
@@ -47,6 +48,7 @@ app.add_typer(rollout.app, name="rollout")
 app.add_typer(report.app, name="report")
 app.add_typer(ops.app, name="ops")
 app.add_typer(federation.app, name="federation")
+app.add_typer(certs.app, name="certs")
 app.command("audit")(audit.audit)
 
 
@@ -72,11 +74,26 @@ def options(
     ),
     tls: bool = typer.Option(False, "--tls", envvar="FOEDUS_TLS", help="connect with TLS (system CA roots)"),
     ca_cert: str | None = typer.Option(
-        None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS"
+        None, "--ca-cert", envvar="FOEDUS_CA_CERT", help="PEM CA file for TLS (implies --tls)"
+    ),
+    client_cert: str | None = typer.Option(
+        None,
+        "--client-cert",
+        envvar="FOEDUS_CLIENT_CERT",
+        help="PEM client certificate, for a server that requires mutual TLS (implies --tls)",
+    ),
+    client_key: str | None = typer.Option(
+        None, "--client-key", envvar="FOEDUS_CLIENT_KEY", help="PEM private key of --client-cert"
     ),
 ) -> None:
     ctx.obj = Globals(
-        server=server_, api_key=resolve_key(api_key, api_key_file), output=output, tls=tls, ca_cert=ca_cert
+        server=server_,
+        api_key=resolve_key(api_key, api_key_file),
+        output=output,
+        tls=tls,
+        ca_cert=ca_cert,
+        client_cert=client_cert,
+        client_key=client_key,
     )
 
 

@@ -29,6 +29,16 @@ def start(
     ),
     tls_cert: str | None = typer.Option(None, "--tls-cert", help="PEM certificate chain; serve TLS only"),
     tls_key: str | None = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert"),
+    tls_client_ca: str | None = typer.Option(
+        None,
+        "--tls-client-ca",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    ),
+    health_listen: str | None = typer.Option(
+        None,
+        "--health-listen",
+        help="HOST:PORT of a plaintext listener serving only grpc.health.v1 (for probes without TLS)",
+    ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="server processes sharing the port, up to one per core [default 1]"
     ),
@@ -53,6 +63,8 @@ def start(
             db=db,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            health_listen=health_listen,
             allow_insecure=insecure,
             workers=workers,
         )

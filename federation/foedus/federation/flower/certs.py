@@ -13,17 +13,21 @@ federation brings its own PKI. The files are what Flower 1.42 expects:
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from foedus.client_sdk.pki import (
+    CertificateUsage,
+    issue,
+    new_ca,
+    write_certificate,
+    write_private,
+    write_private_key,
+)
 
 __all__ = ["NodeKeyPair", "TlsFiles", "generate_node_keys", "generate_tls"]
 
@@ -52,24 +56,6 @@ class NodeKeyPair:
         return self.public_key.read_text(encoding="ascii").strip()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-
-
-def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
-
-
 def generate_tls(
     directory: Path,
     *,
@@ -85,70 +71,17 @@ def generate_tls(
     """
     if not hosts:
         raise ValueError("the server certificate needs at least one host name or address")
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    not_before = now - dt.timedelta(minutes=5)
-    not_after = now + dt.timedelta(days=valid_days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Foedus development CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_san(hosts), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    pem = serialization.Encoding.PEM
+    ca = new_ca(valid_days=valid_days)
+    server = issue(ca, common_name, CertificateUsage.SERVER, hosts=hosts, valid_days=valid_days)
     files = TlsFiles(
         ca_cert=directory / "ca.crt",
         server_cert=directory / "server.pem",
         server_key=directory / "server.key",
     )
-    files.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    files.server_cert.write_bytes(server_cert.public_bytes(pem))
-    key_format = serialization.PrivateFormat.PKCS8
-    no_password = serialization.NoEncryption()
-    _write_private(directory / "ca.key", ca_key.private_bytes(pem, key_format, no_password))
-    _write_private(files.server_key, server_key.private_bytes(pem, key_format, no_password))
+    write_certificate(files.ca_cert, ca.cert)
+    write_certificate(files.server_cert, server.cert)
+    write_private_key(directory / "ca.key", ca.key)
+    write_private_key(files.server_key, server.key)
     return files
 
 
@@ -163,7 +96,7 @@ def generate_node_keys(directory: Path, name: str) -> NodeKeyPair:
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     pair = NodeKeyPair(private_key=directory / name, public_key=directory / f"{name}.pub")
-    _write_private(
+    write_private(
         pair.private_key,
         key.private_bytes(
             serialization.Encoding.PEM,
