@@ -262,6 +262,7 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
         deployment=n.deployment, metric="requests", start_unix_ms=now_ms() - 3_600_000
     ),
     MON + "ListAlerts": lambda n: monitoring_pb2.ListAlertsRequest(deployment=n.deployment),
+    MON + "GetDriftReport": lambda n: monitoring_pb2.GetDriftReportRequest(deployment=n.deployment),
     REG + "RecordEvaluation": lambda n: registry_pb2.RecordEvaluationRequest(
         model=n.model,
         version=n.version,
@@ -345,6 +346,7 @@ ISOLATION: dict[str, str] = {
     MON + "GetDeploymentStatus": "names",
     MON + "QueryMetrics": "names",
     MON + "ListAlerts": "names",
+    MON + "GetDriftReport": "names",
     REG + "RecordEvaluation": "names",
     **{
         ROL + name: "names"
@@ -763,6 +765,7 @@ def test_policy_matrix_matches_the_proto() -> None:
     assert allowed_roles(WATCH) == {"agent"}
     assert allowed_roles(TELEMETRY) == {"agent", "editor", "owner"}
     assert allowed_roles(MON + "QueryMetrics") == {"viewer", "editor", "owner"}
+    assert allowed_roles(MON + "GetDriftReport") == {"viewer", "editor", "owner"}
 
 
 # --- 3. tenant isolation ---------------------------------------------------------------------------
@@ -1278,6 +1281,30 @@ def _monitoring_cases() -> Iterator[Case]:
     yield query, "end-negative", "viewer", lambda w: _query(end_unix_ms=-1)
     yield query, "end-before-start", "viewer", lambda w: _query(end_unix_ms=now_ms() - 7_200_000)
     yield query, "too-many-steps", "viewer", lambda w: _query(start_unix_ms=1, step_s=1)
+    yield from _drift_cases()
+
+
+def _drift(**fields: Any) -> monitoring_pb2.GetDriftReportRequest:
+    return M_.GetDriftReportRequest(**{"deployment": B_DEPLOYMENT, **fields})
+
+
+def _drift_cases() -> Iterator[Case]:
+    rpc = MON + "GetDriftReport"
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield rpc, f"deployment-{case}", "viewer", lambda w, d=name: _drift(deployment=d)
+    bad: dict[str, dict[str, Any]] = {
+        "version-negative": {"version": -1},
+        "window-negative": {"window_s": -1},
+        "window-over-31-days": {"window_s": 31 * 86_400 + 1},
+        "end-negative": {"end_unix_ms": -1},
+        "method-unknown": {"method": "magic"},
+        "p-value-over-1": {"thresholds": M_.DriftThresholds(p_value=1.5)},
+        "drift-share-over-1": {"thresholds": M_.DriftThresholds(drift_share=2.0)},
+        "js-negative": {"thresholds": M_.DriftThresholds(js_distance=-0.1)},
+        "wasserstein-nan": {"thresholds": M_.DriftThresholds(wasserstein=float("nan"))},
+    }
+    for case, fields in bad.items():
+        yield rpc, case, "viewer", lambda w, f=fields: _drift(**f)
 
 
 O_ = rollout_pb2

@@ -1,4 +1,4 @@
-"""Foedus client SDK: the registry, tenancy, deployment and monitoring APIs, and the CLI."""
+"""Foedus client SDK: the registry, tenancy, deployment and monitoring APIs, drift, and the CLI."""
 
 from foedus.client_sdk.client import (
     Client,
@@ -9,6 +9,7 @@ from foedus.client_sdk.client import (
     TenantsAPI,
     TlsConfig,
 )
+from foedus.client_sdk.drift import DriftReport, DriftThresholds, compare_datasets
 from foedus.client_sdk.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -30,6 +31,8 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "DeploymentsAPI",
+    "DriftReport",
+    "DriftThresholds",
     "FailedPrecondition",
     "FoedusError",
     "IntegrityError",
@@ -45,5 +48,6 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
+    "compare_datasets",
     "compute_reference_profile",
 ]

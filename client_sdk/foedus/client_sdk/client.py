@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from foedus.client_sdk.drift import DriftThresholds, thresholds_message
 from foedus.client_sdk.errors import (
     FoedusError,
     IntegrityError,
@@ -521,6 +522,34 @@ class MonitoringAPI:
             return resp.alerts, resp.next_page_token
 
         return _pages(fetch, limit)
+
+    def drift(
+        self,
+        deployment: str,
+        *,
+        version: int = 0,
+        window_s: int = 3600,
+        end_unix_ms: int = 0,
+        method: str = "auto",
+        thresholds: DriftThresholds | None = None,
+    ) -> monitoring_pb2.GetDriftReportResponse:
+        """Input drift of one version over the `window_s` seconds before `end_unix_ms` (0: now).
+
+        The agents' counts of every input feature on the version's reference-profile bins against
+        the profile's own counts: PSI, Jensen-Shannon, chi-square, KS and Wasserstein per feature,
+        each feature's verdict by `method` (see `foedus.client_sdk.drift`), and whether the dataset
+        drifted. `version=0` is the version with the largest traffic weight. The same computation
+        on two in-memory datasets is `foedus.client_sdk.drift.compare_datasets`.
+        """
+        req = monitoring_pb2.GetDriftReportRequest(
+            deployment=deployment,
+            version=version,
+            window_s=window_s,
+            end_unix_ms=end_unix_ms,
+            method=method,
+            thresholds=thresholds_message(thresholds or DriftThresholds()),
+        )
+        return self._rpc(self._stub.GetDriftReport, req)
 
     def log_metrics(
         self,

@@ -18,7 +18,8 @@ DEFAULT_BINS = 10
 DEFAULT_MAX_CATEGORIES = 20
 
 
-def _columns(data: Any, feature_names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
+def table_columns(data: Any, feature_names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
+    """(name, column) pairs of a 2-D array, a mapping of name -> column, or a DataFrame."""
     if isinstance(data, Mapping):
         return [(str(k), np.asarray(v)) for k, v in data.items()]
     if hasattr(data, "columns") and hasattr(data, "__getitem__"):  # a pandas or polars DataFrame
@@ -43,8 +44,13 @@ def _numeric(values: np.ndarray, bins: int, fp: common_pb2.FeatureProfile) -> No
         edges = np.array([0.0, 1.0])
     else:
         edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, bins + 1)))
-        if edges.size < 2:  # a constant feature: one bin around its value
-            edges = np.array([edges[0], np.nextafter(edges[0], np.inf)])
+        if edges.size < bins + 1:
+            # Tied quantiles: a feature with at most `bins` distinct values gets one bin per value,
+            # [v_i, v_i+1), the last one [v_k, next float], so that a 0/1 or constant feature keeps
+            # its distribution instead of sharing one closed bin.
+            distinct = np.unique(x)
+            if distinct.size <= bins:
+                edges = np.append(distinct, np.nextafter(distinct[-1], np.inf))
     # Bin i holds [edges[i], edges[i+1]); the last bin is closed on the right.
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
     counts = np.bincount(idx, minlength=edges.size - 1)
@@ -71,12 +77,13 @@ def compute_reference_profile(
 ) -> common_pb2.ReferenceProfile:
     """Profiles a reference sample: a 2-D array, a mapping of name -> column, or a DataFrame.
 
-    Numeric columns (int, float, bool) get up to `bins` quantile bins; other columns are
-    categorical, keeping the `max_categories` most frequent values.
+    Numeric columns (int, float, bool) get up to `bins` quantile bins (one bin per value when they
+    hold at most `bins` distinct values); other columns are categorical, keeping the
+    `max_categories` most frequent values.
     """
     if bins < 1:
         raise ValueError("bins must be at least 1")
-    columns = _columns(data, feature_names)
+    columns = table_columns(data, feature_names)
     lengths = {len(v) for _, v in columns}
     if len(lengths) > 1:
         raise ValueError("all reference columns must have the same length")

@@ -49,6 +49,11 @@ class MonitoringServiceStub:
                 request_serializer=foedus_dot_v1_dot_monitoring__pb2.ListAlertsRequest.SerializeToString,
                 response_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListAlertsResponse.FromString,
                 _registered_method=True)
+        self.GetDriftReport = channel.unary_unary(
+                '/foedus.v1.MonitoringService/GetDriftReport',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServiceServicer:
@@ -76,6 +81,15 @@ class MonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDriftReport(self, request, context):
+        """Input drift of one version of a deployment over a window: the agents' counts of every input
+        feature on the version's reference-profile bins against the profile's own counts (PSI,
+        Jensen-Shannon, chi-square, KS and Wasserstein per feature, and a dataset-level verdict).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
                     servicer.ListAlerts,
                     request_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListAlertsRequest.FromString,
                     response_serializer=foedus_dot_v1_dot_monitoring__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'GetDriftReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDriftReport,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class MonitoringService:
             '/foedus.v1.MonitoringService/ListAlerts',
             foedus_dot_v1_dot_monitoring__pb2.ListAlertsRequest.SerializeToString,
             foedus_dot_v1_dot_monitoring__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDriftReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/GetDriftReport',
+            foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,7 @@ from foedus.client_sdk.cli import (
     audit,
     certs,
     deployment,
+    drift,
     exit_codes,
     federation,
     key,
@@ -46,6 +47,7 @@ app.add_typer(alerts.app, name="alerts")
 app.add_typer(agent.app, name="agent")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(report.app, name="report")
+app.add_typer(drift.app, name="drift")
 app.add_typer(ops.app, name="ops")
 app.add_typer(federation.app, name="federation")
 app.add_typer(certs.app, name="certs")

@@ -1,16 +1,18 @@
-"""Monitoring rules: what agents may report, and how reports become status, series and alerts."""
+"""Monitoring rules: what agents may report, and how reports become status, series, alerts and drift."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from foedus.client_sdk import drift
 from foedus.client_sdk.agent.histogram import NUM_BUCKETS, LatencyHistogram
 from foedus.server import validation
-from foedus.server.errors import InvalidArgument
+from foedus.server.errors import FailedPrecondition, InvalidArgument
 from foedus.server.store.base import Store
 from foedus.server.store.records import (
     AgentRecord,
@@ -19,6 +21,7 @@ from foedus.server.store.records import (
     IntervalRecord,
     MetricSeriesRecord,
     Page,
+    ReferenceProfile,
 )
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import now_us
@@ -28,6 +31,8 @@ MAX_METRICS = 1_000_000
 MAX_ALERTS = 1_000
 DAY_MS = 86_400_000
 INTERVAL_METRICS = ("requests", "errors", "invalid", "latency_p50_ms", "latency_p99_ms")
+DEFAULT_DRIFT_WINDOW_S = 3600
+MAX_WINDOW_S = 31 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,77 @@ class VersionStats:
     latency_p99_ms: float
     requests_per_s: float
     max_anomaly_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DriftResult:
+    deployment: str
+    model: str
+    version: int
+    start_ms: int
+    end_ms: int
+    intervals: int
+    report: drift.DriftReport
+
+
+def profile_counts(profile: ReferenceProfile) -> list[drift.FeatureCounts]:
+    """A stored reference profile's own counts, in the layout of `drift.FeatureCounts`."""
+    out = []
+    for f in profile.features:
+        if f.kind == "numeric":
+            counts = np.asarray([f.underflow, *f.counts, f.overflow], dtype=np.int64)
+            out.append(drift.FeatureCounts(f.name, np.asarray(f.edges, dtype=np.float64), counts, f.missing))
+        else:
+            counts = np.asarray([*f.counts, f.other], dtype=np.int64)
+            out.append(drift.FeatureCounts(f.name, None, counts, f.missing))
+    return out
+
+
+def interval_counts(
+    reference: list[drift.FeatureCounts], intervals: list[IntervalRecord]
+) -> dict[str, drift.FeatureCounts]:
+    """The agents' feature counts summed over intervals, for the features of `reference`.
+
+    Counts that do not fit the reference bins (another bin count, or labels instead of bins) are
+    left out, as are features the profile does not have.
+    """
+    by_name = {f.name: f for f in reference}
+    sums: dict[str, list[int]] = {}
+    for interval in intervals:
+        for item in interval.features:
+            ref = by_name.get(str(item.get("name", "")))
+            counts = item.get("counts")
+            if ref is None or not isinstance(counts, list) or "categories" in item:
+                continue
+            if ref.edges is not None:
+                row = [item.get("underflow", 0), *counts, item.get("overflow", 0)]
+            else:
+                row = [*counts, item.get("other", 0)]
+            if len(row) != ref.counts.size:
+                continue
+            row.append(item.get("missing", 0))
+            values = [int(x) if isinstance(x, int | float) else 0 for x in row]
+            old = sums.get(ref.name)
+            sums[ref.name] = values if old is None else [a + b for a, b in zip(old, values, strict=True)]
+    return {
+        name: drift.FeatureCounts(name, by_name[name].edges, np.asarray(v[:-1], dtype=np.int64), v[-1])
+        for name, v in sums.items()
+    }
+
+
+def drift_thresholds(given: dict[str, float]) -> drift.DriftThresholds:
+    """Thresholds from the given non-zero values, defaults for the others; InvalidArgument if out of range."""
+    unknown = set(given) - set(drift.API_THRESHOLDS)
+    if unknown:
+        raise InvalidArgument(f"unknown drift thresholds: {', '.join(sorted(unknown))}")
+    # 0 (a field left unset) means the default; NaN is kept, for validate() to refuse.
+    chosen = {name: value for name, value in given.items() if value != 0.0}
+    thresholds = dataclasses.replace(drift.DriftThresholds(), **chosen)  # type: ignore[arg-type]
+    try:
+        thresholds.validate()
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return thresholds
 
 
 def _histogram(latency: dict[str, object]) -> LatencyHistogram:
@@ -219,6 +295,49 @@ class MonitoringService:
         for row in rows:
             buckets.setdefault(start_ms + (row.start_ms - start_ms) // step_ms * step_ms, []).append(row)
         return [(t, _aggregate(metric, items)) for t, items in sorted(buckets.items())]  # type: ignore[arg-type]
+
+    def drift(
+        self,
+        caller: Principal,
+        deployment: str,
+        version: int,
+        window_s: int,
+        end_ms: int,
+        method: str,
+        thresholds: dict[str, float],
+    ) -> DriftResult:
+        """Input drift of a version over [end - window, end): the agents' counts against its profile.
+
+        Version 0 is the one with the largest traffic weight. FailedPrecondition when the version
+        was registered without a reference profile."""
+        tenant = caller.own_tenant()
+        validation.deployment_name(deployment)
+        if version < 0 or end_ms < 0:
+            raise InvalidArgument("version and end_unix_ms must not be negative")
+        if window_s < 0 or window_s > MAX_WINDOW_S:
+            raise InvalidArgument("window_s must be between 0 and 31 days (0 means an hour)")
+        if method not in ("", *drift.METHODS):
+            raise InvalidArgument(f"unknown drift method {method!r}: use one of {', '.join(drift.METHODS)}")
+        limits = drift_thresholds(thresholds)
+        record = self._store.get_deployment(tenant, deployment)
+        if version == 0:
+            if not record.traffic:
+                raise FailedPrecondition(f"deployment {deployment!r} serves no version; give one")
+            version = max(record.traffic, key=lambda vw: (vw[1], vw[0]))[0]
+        profile = self._store.get_version(tenant, record.model, version).reference_profile
+        if profile is None or not profile.features:
+            raise FailedPrecondition(
+                f"version {version} of model {record.model!r} has no reference profile: register it "
+                "with reference data to get drift reports"
+            )
+        end_ms = end_ms or self._clock() // 1000 + 1
+        start_ms = max(0, end_ms - (window_s or DEFAULT_DRIFT_WINDOW_S) * 1000)
+        intervals = self._store.query_intervals(tenant, deployment, version, start_ms, end_ms)
+        reference = profile_counts(profile)
+        report = drift.drift_report(
+            reference, interval_counts(reference, intervals), method=method or "auto", thresholds=limits
+        )
+        return DriftResult(deployment, record.model, version, start_ms, end_ms, len(intervals), report)
 
     def alerts(
         self, caller: Principal, deployment: str, page_token: str, page_size: int

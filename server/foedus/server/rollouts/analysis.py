@@ -94,6 +94,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from foedus.client_sdk import drift
 from foedus.client_sdk.agent.histogram import (
     BUCKET_EDGES_MS,
     BUCKET_GROWTH,
@@ -103,6 +104,7 @@ from foedus.client_sdk.agent.histogram import (
     OVERFLOW_BUCKET,
     UNDERFLOW_BUCKET,
 )
+from foedus.client_sdk.drift import population_stability_index
 
 __all__ = [
     "METRICS",
@@ -124,7 +126,6 @@ METRICS: Final[tuple[str, ...]] = (ERROR_RATE, LATENCY_P99, LATENCY_P50, ANOMALY
 
 _LATENCY_QUANTILES: Final = {LATENCY_P99: 0.99, LATENCY_P50: 0.5}
 _STATE_FORMAT: Final = 1
-_PSI_EPSILON: Final = 1e-4
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -410,45 +411,9 @@ def _binomial_upper_bound(successes: int, trials: int, alpha: float) -> float:
     return high
 
 
-def population_stability_index(
-    expected: npt.ArrayLike, actual: npt.ArrayLike, eps: float = _PSI_EPSILON
-) -> float:
-    """PSI = sum (a - e) ln(a / e) over bins of two count arrays, shares floored at `eps`.
-
-    Symmetric in its arguments; 0 for identical shares; 0.1 and 0.25 are the usual "moderate" and
-    "large" shift marks. NaN if either array is empty (all zero).
-    """
-    e = np.asarray(expected, dtype=np.float64).ravel()
-    a = np.asarray(actual, dtype=np.float64).ravel()
-    if e.shape != a.shape:
-        raise ValueError(f"count arrays differ in length: {e.size} and {a.size}")
-    if e.sum() <= 0.0 or a.sum() <= 0.0:
-        return math.nan
-    pe = np.maximum(e / e.sum(), eps)
-    pa = np.maximum(a / a.sum(), eps)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
-
-
 def jensen_shannon_distance(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike) -> float:
-    """Jensen-Shannon distance (square root of the divergence, base 2: within [0, 1]) of two count arrays.
-
-    NaN if either array is empty (all zero).
-    """
-    p = np.asarray(p_counts, dtype=np.float64).ravel()
-    q = np.asarray(q_counts, dtype=np.float64).ravel()
-    if p.shape != q.shape:
-        raise ValueError(f"count arrays differ in length: {p.size} and {q.size}")
-    if p.sum() <= 0.0 or q.sum() <= 0.0:
-        return math.nan
-    p = p / p.sum()
-    q = q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(x: FloatArray) -> float:
-        inside = x > 0.0
-        return float(np.sum(x[inside] * np.log2(x[inside] / m[inside])))
-
-    return math.sqrt(max(0.0, 0.5 * kl(p) + 0.5 * kl(q)))
+    """Jensen-Shannon distance, base 2 (within [0, 1]), of two count arrays; NaN if either is empty."""
+    return drift.jensen_shannon_distance(p_counts, q_counts, base=2.0)
 
 
 def _quantiles_ms(latency: IntArray, qs: tuple[float, ...]) -> list[float]:

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from foedus.client_sdk import drift
 from foedus.client_sdk.agent.histogram import NUM_BUCKETS, LatencyHistogram
 from foedus.server import validation
 from foedus.server.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from foedus.server.monitoring.service import profile_counts
 from foedus.server.rollouts import dora
-from foedus.server.rollouts.analysis import CanaryAnalysis, Verdict, VersionWindow, population_stability_index
+from foedus.server.rollouts.analysis import CanaryAnalysis, Verdict, VersionWindow
 from foedus.server.rollouts.forecast import (
     LoadForecast,
     NotEnoughHistory,
@@ -714,10 +716,12 @@ class RolloutService:
             state["trend"] = trend
 
     def _input_drift(self, rollout: RolloutRecord, state: dict[str, object]) -> dict[str, float]:
-        """Evidence: PSI of the candidate's input features (as served) against its reference profile.
+        """Evidence: drift of the candidate's input features (as served) against its reference profile.
 
         Reported, not tested: candidate and stable see the same inputs, so input drift says whether
-        the candidate serves data like what it was trained on, not which version is better."""
+        the candidate serves data like what it was trained on, not which version is better. The
+        figures are those of the drift report (`foedus.client_sdk.drift`, default method and
+        thresholds): the largest PSI and its feature, and how many features drifted."""
         features = _dict(state, "features")
         if not features:
             return {}
@@ -727,19 +731,24 @@ class RolloutService:
         if profile is None:
             return {}
         out: dict[str, float] = {}
-        for i, ref in enumerate(profile.features):
+        drifted = 0
+        for i, ref in enumerate(profile_counts(profile)):
             row = features.get(ref.name)
-            if not isinstance(row, list) or len(row) != 3 + len(ref.counts):
+            numeric = ref.edges is not None
+            if not isinstance(row, list) or len(row) != ref.counts.size + (1 if numeric else 2):
                 continue
             under, over, other, *bins = row
-            if ref.kind == "numeric":
-                expected, served = [ref.underflow, *ref.counts, ref.overflow], [under, *bins, over]
-            else:
-                expected, served = [*ref.counts, ref.other], [*bins, other]
-            if sum(served) > 0:
-                psi = population_stability_index(expected, served)
-                if math.isfinite(psi) and psi > out.get("input_psi_max", -1.0):
-                    out.update(input_psi_max=psi, input_psi_max_feature=float(i))
+            served = [under, *bins, over] if numeric else [*bins, other]
+            if sum(served) <= 0:
+                continue
+            verdict = drift.feature_drift(
+                ref, drift.FeatureCounts(ref.name, ref.edges, np.asarray(served, dtype=np.int64))
+            )
+            drifted += verdict.drifted
+            if math.isfinite(verdict.psi) and verdict.psi > out.get("input_psi_max", -1.0):
+                out.update(input_psi_max=verdict.psi, input_psi_max_feature=float(i))
+        if out:
+            out["input_drifted_features"] = float(drifted)
         return out
 
     def _breach(self, spec: RolloutSpec, state: dict[str, object]) -> tuple[str, dict[str, float]] | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from foedus.client_sdk.drift import API_THRESHOLDS, thresholds_message
 from foedus.server.interceptors import current_principal
 from foedus.server.monitoring.service import MonitoringService
 from foedus.server.servicers import convert
@@ -75,4 +76,54 @@ class MonitoringServicer(ServicerBase, monitoring_pb2_grpc.MonitoringServiceServ
         )
         return monitoring_pb2.ListAlertsResponse(
             alerts=[convert.alert(a) for a in page.items], next_page_token=page.next_token
+        )
+
+    async def GetDriftReport(
+        self, request: monitoring_pb2.GetDriftReportRequest, context: Ctx
+    ) -> monitoring_pb2.GetDriftReportResponse:
+        # In the thread pool: an hour of intervals from many agents is more than a cheap read.
+        result = await self.run(
+            self._monitoring.drift,
+            current_principal(),
+            request.deployment,
+            request.version,
+            request.window_s,
+            request.end_unix_ms,
+            request.method,
+            {name: getattr(request.thresholds, name) for name in API_THRESHOLDS},
+        )
+        report = result.report
+        return monitoring_pb2.GetDriftReportResponse(
+            deployment=result.deployment,
+            model=result.model,
+            version=result.version,
+            start_unix_ms=result.start_ms,
+            end_unix_ms=result.end_ms,
+            intervals=result.intervals,
+            features=[
+                monitoring_pb2.FeatureDrift(
+                    name=f.name,
+                    kind=f.kind,
+                    method=f.method,
+                    score=f.score,
+                    threshold=f.threshold,
+                    drifted=f.drifted,
+                    reference_count=f.reference_count,
+                    current_count=f.current_count,
+                    current_missing=f.current_missing,
+                    psi=f.psi,
+                    js_distance=f.js_distance,
+                    chi2=f.chi2,
+                    chi2_p_value=f.chi2_p_value,
+                    ks_statistic=f.ks_statistic,
+                    ks_p_value=f.ks_p_value,
+                    wasserstein=f.wasserstein,
+                )
+                for f in report.features
+            ],
+            compared_features=report.compared_features,
+            drifted_features=report.drifted_features,
+            drift_share=report.drift_share,
+            dataset_drift=report.dataset_drift,
+            thresholds=thresholds_message(report.thresholds),
         )
