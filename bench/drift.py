@@ -33,8 +33,8 @@ What is timed (wall clock, best of `--repeats`, this machine, both sides single 
 
 Agreement: with Evidently's default tests (Wasserstein normed for numeric features with more than 5
 values, Jensen-Shannon for the others, thresholds 0.1) and Foedus's default method "auto" (the same
-rule on the reference bins), the features each side flags are compared; every disagreement is
-printed with both scores. On the employment data the same is done with p-value tests (Evidently
+rule on the reference bins; the run stops if the two pick different tests for a feature), the
+features each side flags are compared; every disagreement is printed with both scores. On the employment data the same is done with p-value tests (Evidently
 num_method "ks", cat_method "chisquare"; Foedus "ks" on AGEP, "chi2" on the others), reported apart.
 
 JSON: drift_s, evidently_drift_s, drift_ratio, binning_s, profile_s, sdk_compare_s, sdk_ratio,
@@ -235,13 +235,24 @@ def count_current(
     return out
 
 
+EVIDENTLY_METHODS = {
+    "wasserstein": "Wasserstein distance (normed)",
+    "js": "Jensen-Shannon distance",
+    "ks": "ks",
+    "chi2": "chisquare",
+}
+"""Foedus's method names -> the names Evidently's snapshot gives the same tests."""
+
+
 def disagreements(
     label: str, foedus: dict[str, tuple[bool, str, float]], evidently: dict[str, dict[str, Any]]
 ) -> int:
-    """Prints and counts the features flagged by one side only."""
+    """Prints and counts the features flagged by one side only; a test chosen differently fails."""
     n = 0
     for name, (drifted, method, score) in foedus.items():
         e = evidently[name]
+        if EVIDENTLY_METHODS[method] != e["method"]:
+            raise AssertionError(f"{label} {name}: Foedus tests with {method}, Evidently with {e['method']}")
         if drifted != e["drifted"]:
             n += 1
             log(
