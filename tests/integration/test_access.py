@@ -301,6 +301,7 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
     FED + "ListRuns": lambda n: federation_pb2.ListRunsRequest(),
     FED + "SetOptIn": lambda n: federation_pb2.SetOptInRequest(model_kind="anomaly", deployment=n.deployment),
     FED + "ListOptIns": lambda n: federation_pb2.ListOptInsRequest(),
+    FED + "DeliverResult": lambda n: federation_pb2.DeliverResultRequest(id=n.run),
 }
 # A PEM public key (the DER bytes need not be a real key for the registry: it fingerprints them).
 PROBE_KEY = (
@@ -362,6 +363,7 @@ ISOLATION: dict[str, str] = {
     FED + "ListRuns": "scoped",
     FED + "SetOptIn": "names",
     FED + "ListOptIns": "scoped",
+    FED + "DeliverResult": "platform",
 }
 
 
@@ -1610,6 +1612,14 @@ def _federation_cases() -> Iterator[Case]:
         lambda w: F_.FinishRunRequest(
             id=w.a_run, state=F_.FEDERATION_RUN_STATE_SUCCEEDED, result_model=BAD_NAME, result_version=1
         ),
+    )
+    yield FED + "DeliverResult", "id-zero", "admin", lambda w: F_.DeliverResultRequest()
+    yield FED + "DeliverResult", "id-negative", "admin", lambda w: F_.DeliverResultRequest(id=-3)
+    yield (
+        FED + "DeliverResult",
+        "step-weight-zero",
+        "admin",
+        lambda w: F_.DeliverResultRequest(id=w.a_run, steps=[rollout_pb2.CanaryStep(weight=0.0)]),
     )
     yield FED + "GetRun", "id-zero", "viewer", lambda w: F_.GetRunRequest()
     yield (

@@ -1,5 +1,6 @@
 """`foedus federation run`: a local federation of two tenants' SuperNodes (TLS, SuperNode
-authentication), recorded in the control plane, the result registered in the platform scope."""
+authentication), recorded in the control plane, the result registered in the platform scope as
+an ONNX detector and, with --rollout, sent as a canary to the deployments of opted-in tenants."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
 
     tenants = [f"org-{uuid.uuid4().hex[:6]}" for _ in range(2)]
     owners = {t: server.create_tenant(t) for t in tenants}
+    bystander = f"org-{uuid.uuid4().hex[:6]}"  # opted in, took no part, its deployment serves nothing
+    owners[bystander] = server.create_tenant(bystander)
     rng = np.random.default_rng(5)
     t = np.arange(1200)
     base = np.column_stack([np.sin(t / 15), np.cos(t / 15), 0.5 * np.sin(t / 15)])
@@ -35,6 +38,21 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
         path = tmp_path / f"{tenant}.npz"
         np.savez(path, train=x)
         paths.append(path)
+    # the first tenant runs its own detector (window 5, 3 metrics) and opts in to federated ones
+    config = AnomalyConfig(window=5, hidden=16, code=8, epochs=1, calibration_block=200)
+    own = AnomalyModel.fit(np.load(paths[0])["train"], config=config, search=False)
+    with Client.connect(server.target, api_key=owners[tenants[0]]) as client:
+        stable = client.models.register(
+            "ops-anomaly", own.export_onnx(tmp_path / "own.onnx"), framework="onnx", create_model=True
+        )
+        client.deployments.create("ops", "ops-anomaly", traffic={stable.version: 1.0})
+        client.federation.opt_in("anomaly", "ops")
+    with Client.connect(server.target, api_key=owners[bystander]) as client:
+        client.models.register(
+            "ops-anomaly", own.export_onnx(tmp_path / "own.onnx"), framework="onnx", create_model=True
+        )
+        client.deployments.create("ops", "ops-anomaly", traffic={})
+        client.federation.opt_in("anomaly", "ops")
     admin = ("--server", server.target, "--api-key", server.admin_key)
     nodes = [
         arg for tenant, path in zip(tenants, paths, strict=True) for arg in ("--node", f"{tenant}={path}")
@@ -57,8 +75,10 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
         "16",
         "--workdir",
         str(tmp_path / "federation"),
+        "--rollout",
     )
     assert code == 0, err
+    assert "skipped: the deployment serves no version yet" in err
     recorded = json.loads(out)
     assert recorded["state"] == "FEDERATION_RUN_STATE_SUCCEEDED"
     assert sorted(recorded["tenants"]) == sorted(tenants)
@@ -70,18 +90,34 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
         [seen] = [r for r in client.federation.runs() if r.id == int(recorded["id"])]
         assert (list(seen.tenants), seen.tenant_count) == ([tenants[0]], 2)
         assert [k.tenant for k in client.federation.node_keys()] == [tenants[0]]
-    # the registered weights become a site's own detector
+    # the registered ONNX detector: the global weights with the sites' averaged calibration
     with server.client() as root:
         viewer = root.keys.create("viewer", tenant="platform").secret
     with Client.connect(server.target, api_key=viewer) as platform:
         version = platform.models.get_version("federated-anomaly", int(recorded["result_version"]))
         assert version.lineage.properties["federation_run"] == str(recorded["id"])
         assert version.lineage.properties["organisations"] == "2"
-        weights_path = platform.models.download("federated-anomaly", tmp_path, version.version)
-    with np.load(weights_path) as archive:
-        weights = {k: archive[k] for k in archive.files}
+        assert version.artifact.framework == "onnx"
+        onnx_path = platform.models.download("federated-anomaly", tmp_path, version.version)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["foedus.kind"] == "anomaly" and meta["foedus.window"] == "5"
     local = np.load(paths[0])["train"]
-    model = AnomalyModel.from_shared_weights(
-        weights, local, config=AnomalyConfig(window=5, hidden=16, code=8, calibration_block=200)
-    )
-    assert np.isfinite(model.threshold) and model.score(local[:50]).shape == (50,)
+    windows = np.stack([local[i : i + 5] for i in range(100)]).astype(np.float32)
+    scores = session.run(["score"], {"metrics": windows})[0]
+    assert scores.shape == (100,) and np.isfinite(scores).all()
+    # the calibration averages the two sites' levels (about 10 and 20): the centre lies between
+    last = recorded["history"][-1]["metrics"]
+    assert 10.0 < last["calib-center-0"] < 20.0
+    # the opted-in tenant got it as a new version of its model, in a canary rollout
+    with Client.connect(server.target, api_key=owners[tenants[0]]) as client:
+        [rollout] = client.rollouts.list(deployment="ops")
+        assert (rollout.stable_version, rollout.candidate_version) == (stable.version, stable.version + 1)
+        delivered = client.models.get_version("ops-anomaly", rollout.candidate_version)
+        assert delivered.lineage.properties["federation_run"] == str(recorded["id"])
+        assert delivered.lineage.parent_version == stable.version
+    # the tenant that did not opt in got nothing; the run is still its own to see
+    with Client.connect(server.target, api_key=owners[tenants[1]]) as client:
+        assert client.rollouts.list() == [] and client.models.list() == []

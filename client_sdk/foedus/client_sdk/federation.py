@@ -4,9 +4,10 @@ federated learning; the training itself runs on Flower's SuperLink and SuperNode
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from foedus.client_sdk.rollouts import Step, canary_steps
 from foedus.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 
 if TYPE_CHECKING:
@@ -127,3 +128,12 @@ class FederationAPI:
         return list(
             self._rpc(self._stub.ListOptIns, federation_pb2.ListOptInsRequest(model_kind=model_kind)).opt_ins
         )
+
+    def deliver_result(
+        self, run_id: int, *, steps: Sequence[Step] = ()
+    ) -> builtins.list[federation_pb2.Delivery]:
+        """Send a succeeded run's result to every opted-in tenant's deployment as a canary rollout
+        (admin); one entry per opted-in tenant, with the reason where it was skipped. `steps` as
+        for `client.rollouts.start` (default: 10, 25, 50, 100 percent)."""
+        req = federation_pb2.DeliverResultRequest(id=run_id, steps=canary_steps(steps))
+        return list(self._rpc(self._stub.DeliverResult, req).deliveries)

@@ -51,7 +51,7 @@ def strategy_name(strategy: int) -> str:
     return STRATEGY_NAMES.get(strategy, "unknown")  # type: ignore[call-overload, no-any-return]
 
 
-def _steps(steps: Sequence[Step]) -> list[rollout_pb2.CanaryStep]:
+def canary_steps(steps: Sequence[Step]) -> list[rollout_pb2.CanaryStep]:
     out = []
     for step in steps:
         parts = (step,) if isinstance(step, int | float) else tuple(step)
@@ -107,7 +107,7 @@ class RolloutsAPI:
             deployment=deployment,
             version=version,
             strategy=STRATEGIES[strategy],
-            steps=_steps(steps),
+            steps=canary_steps(steps),
             preview_s=preview_s,
             post_switch_s=post_switch_s,
             ab_weight=ab_weight,

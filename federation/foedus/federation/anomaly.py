@@ -72,6 +72,11 @@ __all__ = [
     "AnomalyConfig",
     "AnomalyModel",
     "block_maxima_threshold",
+    "calibration_metrics",
+    "federated_task",
+    "global_model",
+    "normalised_series",
+    "normalised_windows",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -639,13 +644,20 @@ class AnomalyModel:
 # its own detector with `AnomalyModel.from_shared_weights`.
 
 
-def normalised_windows(x: np.ndarray, config: AnomalyConfig) -> np.ndarray:
-    """(T, W, F) float32 windows of `x` normalised with `x`'s own robust centre and scale, one
-    window ending at each step (edge-padded before the first), as the local training data."""
+def normalised_series(x: np.ndarray, config: AnomalyConfig) -> np.ndarray:
+    """(T, F) float32: `x` normalised with its own robust centre and scale and clipped, as
+    `AnomalyModel.from_shared_weights` normalises a site's series."""
     raw = _check_series(x)
     center, scale = _robust_scale(raw, config.min_scale)
     z = np.clip((np.nan_to_num(raw - center, nan=0.0)) / scale, -config.clip, config.clip)
-    return _windows(z.astype(np.float32), config.window, 0, z.shape[0]).astype(np.float32)
+    return z.astype(np.float32)
+
+
+def normalised_windows(x: np.ndarray, config: AnomalyConfig) -> np.ndarray:
+    """(T, W, F) float32 windows of `x` normalised with `x`'s own robust centre and scale, one
+    window ending at each step (edge-padded before the first), as the local training data."""
+    z = normalised_series(x, config)
+    return _windows(z, config.window, 0, z.shape[0]).astype(np.float32)
 
 
 def federated_task(
@@ -656,18 +668,32 @@ def federated_task(
     lr: float = 1e-3,
     batch_size: int = 256,
     seed: int = 0,
+    normalise: bool = True,
 ) -> Any:
     """The anomaly model as a Flower task (`foedus.federation.flower.task.FederatedTask`).
 
     Import string ``foedus.federation.anomaly:federated_task``; run-config options
     ``task-options.features``, ``.window``, ``.hidden``, ``.code``, ``.lr``, ``.batch-size``,
-    ``.seed``. Each node normalises its own rows (see `normalised_windows`) and trains the shared
-    window autoencoder on them; evaluation reports the mean reconstruction error and, with labels,
-    the AUROC of the per-window error.
+    ``.seed``, ``.normalise``. Each node normalises its own rows (see `normalised_windows`) and
+    trains the shared window autoencoder on them; evaluation reports the mean reconstruction error
+    and, with labels, the AUROC of the per-window error, and the site's calibration for the global
+    weights (`calibration_metrics`: its centre, scale and threshold; the ServerApp averages them,
+    weighted by rows, into the calibration of the platform's model). With ``normalise=False`` the rows are
+    taken as already normalised (an organisation with several machines normalises each machine's
+    series on its own, as `AnomalyModel.from_shared_weights` does, and stacks them); they are
+    only clipped.
     """
-    from foedus.federation.flower.task import TorchTask
+    from foedus.federation.flower.task import LocalData, Metrics, NamedArrays, TorchTask
 
     config = AnomalyConfig(window=window, hidden=hidden, code=code, lr=lr, batch_size=batch_size)
+
+    class AnomalyTask(TorchTask):
+        def evaluate(self, arrays: NamedArrays, data: LocalData) -> Metrics:
+            metrics = super().evaluate(arrays, data)
+            if normalise:
+                site = AnomalyModel.from_shared_weights(arrays, data.train, config=config)
+                metrics.update(calibration_metrics(site.center, site.scale, site.threshold))
+            return metrics
 
     def factory() -> nn.Module:
         return _WindowAutoencoder(window, features, hidden, code)
@@ -675,7 +701,61 @@ def federated_task(
     def pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if matrix.shape[1] != features:
             raise ValueError(f"the task is set up for {features} metrics; the data has {matrix.shape[1]}")
-        windows = normalised_windows(matrix, config)
+        if normalise:
+            windows = normalised_windows(matrix, config)
+        else:
+            z = np.clip(np.nan_to_num(np.asarray(matrix, dtype=np.float32)), -config.clip, config.clip)
+            windows = _windows(z, window, 0, z.shape[0]).astype(np.float32)
         return windows, windows
 
-    return TorchTask(factory, pairs=pairs, lr=lr, batch_size=batch_size, seed=seed)
+    return AnomalyTask(factory, pairs=pairs, lr=lr, batch_size=batch_size, seed=seed)
+
+
+CALIBRATION_PREFIX = "calib-"
+"""Evaluation metrics of the anomaly task that carry a site's calibration (see `calibration_metrics`)."""
+
+
+def calibration_metrics(center: npt.ArrayLike, scale: npt.ArrayLike, threshold: float) -> dict[str, float]:
+    """A site's calibration of the global weights as flat metrics: ``calib-center-<i>``,
+    ``calib-scale-<i>`` per feature and ``calib-threshold``.
+
+    Flower averages evaluation metrics over the nodes weighted by their rows, so the run's
+    aggregate is the example-weighted mean of the sites' calibrations; no site's own figures
+    reach the other sites.
+    """
+    out = {f"{CALIBRATION_PREFIX}center-{i}": float(v) for i, v in enumerate(np.ravel(center))}
+    out.update({f"{CALIBRATION_PREFIX}scale-{i}": float(v) for i, v in enumerate(np.ravel(scale))})
+    out[f"{CALIBRATION_PREFIX}threshold"] = float(threshold)
+    return out
+
+
+def global_model(
+    weights: Mapping[str, np.ndarray],
+    metrics: Mapping[str, float],
+    *,
+    config: AnomalyConfig,
+    feature_names: Sequence[str] | None = None,
+) -> AnomalyModel:
+    """The platform's detector from a federated run: the global autoencoder `weights` with the
+    run's aggregated calibration (`metrics`: the last round's evaluation metrics, holding
+    `calibration_metrics` averaged over the sites). A site that wants its own normalisation and
+    threshold uses `AnomalyModel.from_shared_weights` on its own history instead."""
+    n = sum(1 for key in metrics if key.startswith(f"{CALIBRATION_PREFIX}center-"))
+    if n == 0 or f"{CALIBRATION_PREFIX}threshold" not in metrics:
+        raise ValueError("the metrics hold no calibration (calib-center-*, calib-scale-*, calib-threshold)")
+    try:
+        center = np.array([metrics[f"{CALIBRATION_PREFIX}center-{i}"] for i in range(n)], dtype=np.float64)
+        scale = np.array([metrics[f"{CALIBRATION_PREFIX}scale-{i}"] for i in range(n)], dtype=np.float64)
+    except KeyError as exc:
+        raise ValueError(f"the calibration metrics are incomplete: {exc} is missing") from None
+    net = _WindowAutoencoder(config.window, n, config.hidden, config.code)
+    net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(n)]
+    return AnomalyModel(
+        net,
+        config=config,
+        center=center,
+        scale=np.maximum(scale, config.min_scale),
+        threshold=float(metrics[f"{CALIBRATION_PREFIX}threshold"]),
+        feature_names=names,
+    )

@@ -8,6 +8,7 @@ the results. Training data never reaches the control plane; only the aggregate m
 
 from collections import abc as _abc
 from foedus.v1 import common_pb2 as _common_pb2
+from foedus.v1 import rollout_pb2 as _rollout_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -723,3 +724,87 @@ class ListOptInsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOptInsResponse: _TypeAlias = ListOptInsResponse  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """What one opted-in tenant got from DeliverResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    deployment: _builtins.str
+    model: _builtins.str
+    """The tenant's model and the version the result became (0 when skipped)."""
+    version: _builtins.int
+    rollout_id: _builtins.int
+    """The canary rollout started (0 when none)."""
+    skipped: _builtins.str
+    """Why nothing was delivered (empty when delivered)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        rollout_id: _builtins.int = ...,
+        skipped: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "model", b"model", "rollout_id", b"rollout_id", "skipped", b"skipped", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class DeliverResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_rollout_pb2.CanaryStep]:
+        """The canary's steps (empty: the default 10, 25, 50, 100 percent, a minute and 100 requests each)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        steps: _abc.Iterable[_rollout_pb2.CanaryStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverResultRequest: _TypeAlias = DeliverResultRequest  # noqa: Y015
+
+@_typing.final
+class DeliverResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverResultResponse: _TypeAlias = DeliverResultResponse  # noqa: Y015

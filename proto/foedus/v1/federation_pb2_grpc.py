@@ -84,6 +84,11 @@ class FederationServiceStub:
                 request_serializer=foedus_dot_v1_dot_federation__pb2.ListOptInsRequest.SerializeToString,
                 response_deserializer=foedus_dot_v1_dot_federation__pb2.ListOptInsResponse.FromString,
                 _registered_method=True)
+        self.DeliverResult = channel.unary_unary(
+                '/foedus.v1.FederationService/DeliverResult',
+                request_serializer=foedus_dot_v1_dot_federation__pb2.DeliverResultRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_federation__pb2.DeliverResultResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServiceServicer:
@@ -154,6 +159,15 @@ class FederationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverResult(self, request, context):
+        """Sends a succeeded run's result to every tenant that opted in to its kind: the result becomes
+        a new version of the model the opted-in deployment serves (the platform's artifact, shared,
+        not copied), and a canary rollout of it starts there, with the normal analysis.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +220,11 @@ def add_FederationServiceServicer_to_server(servicer, server):
                     servicer.ListOptIns,
                     request_deserializer=foedus_dot_v1_dot_federation__pb2.ListOptInsRequest.FromString,
                     response_serializer=foedus_dot_v1_dot_federation__pb2.ListOptInsResponse.SerializeToString,
+            ),
+            'DeliverResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverResult,
+                    request_deserializer=foedus_dot_v1_dot_federation__pb2.DeliverResultRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_federation__pb2.DeliverResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +497,33 @@ class FederationService:
             '/foedus.v1.FederationService/ListOptIns',
             foedus_dot_v1_dot_federation__pb2.ListOptInsRequest.SerializeToString,
             foedus_dot_v1_dot_federation__pb2.ListOptInsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.FederationService/DeliverResult',
+            foedus_dot_v1_dot_federation__pb2.DeliverResultRequest.SerializeToString,
+            foedus_dot_v1_dot_federation__pb2.DeliverResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class FederationServiceStub:
     """Opts a deployment of the caller's tenant in (or out) of a kind's federated models."""
     ListOptIns: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListOptInsRequest, _federation_pb2.ListOptInsResponse]
     """The caller's tenant's opt-ins, or every tenant's for the admin."""
+    DeliverResult: _grpc.UnaryUnaryMultiCallable[_federation_pb2.DeliverResultRequest, _federation_pb2.DeliverResultResponse]
+    """Sends a succeeded run's result to every tenant that opted in to its kind: the result becomes
+    a new version of the model the opted-in deployment serves (the platform's artifact, shared,
+    not copied), and a canary rollout of it starts there, with the normal analysis.
+    """
 
 @_typing.type_check_only
 class FederationServiceAsyncStub(FederationServiceStub):
@@ -68,6 +73,11 @@ class FederationServiceAsyncStub(FederationServiceStub):
     """Opts a deployment of the caller's tenant in (or out) of a kind's federated models."""
     ListOptIns: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListOptInsRequest, _federation_pb2.ListOptInsResponse]  # type: ignore[assignment]
     """The caller's tenant's opt-ins, or every tenant's for the admin."""
+    DeliverResult: _aio.UnaryUnaryMultiCallable[_federation_pb2.DeliverResultRequest, _federation_pb2.DeliverResultResponse]  # type: ignore[assignment]
+    """Sends a succeeded run's result to every tenant that opted in to its kind: the result becomes
+    a new version of the model the opted-in deployment serves (the platform's artifact, shared,
+    not copied), and a canary rollout of it starts there, with the normal analysis.
+    """
 
 class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -144,5 +154,16 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.ListOptInsResponse, _abc.Awaitable[_federation_pb2.ListOptInsResponse]]:
         """The caller's tenant's opt-ins, or every tenant's for the admin."""
+
+    @_abc_1.abstractmethod
+    def DeliverResult(
+        self,
+        request: _federation_pb2.DeliverResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.DeliverResultResponse, _abc.Awaitable[_federation_pb2.DeliverResultResponse]]:
+        """Sends a succeeded run's result to every tenant that opted in to its kind: the result becomes
+        a new version of the model the opted-in deployment serves (the platform's artifact, shared,
+        not copied), and a canary rollout of it starts there, with the normal analysis.
+        """
 
 def add_FederationServiceServicer_to_server(servicer: FederationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

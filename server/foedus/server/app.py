@@ -172,10 +172,10 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server
     )
-    federation_pb2_grpc.add_FederationServiceServicer_to_server(
-        FederationServicer(FederationService(store), runner), server
-    )
     rollouts = RolloutService(store, on_change=feed.notify)
+    federation_pb2_grpc.add_FederationServiceServicer_to_server(
+        FederationServicer(FederationService(store, rollouts=rollouts), runner), server
+    )
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts, feed, runner), server)
     controller = RolloutController(
         rollouts,

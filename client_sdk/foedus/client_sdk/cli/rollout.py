@@ -109,6 +109,28 @@ def _watch(ctx: typer.Context, rollout_id: int, timeout: float | None) -> None:
     raise typer.Exit(_outcome_code(final))
 
 
+def parse_steps(texts: list[str]) -> list[tuple[float, int, int]]:
+    """`--step WEIGHT[:MIN_SECONDS[:MIN_REQUESTS]]` values as (weight, seconds, requests); 0 = default."""
+    steps: list[tuple[float, int, int]] = []
+    for text in texts:
+        parts = text.split(":")
+        try:
+            if len(parts) > 3:
+                raise ValueError(text)
+            steps.append(
+                (
+                    float(parts[0]),
+                    int(parts[1]) if len(parts) > 1 else 0,
+                    int(parts[2]) if len(parts) > 2 else 0,
+                )
+            )
+        except (ValueError, IndexError):
+            raise typer.BadParameter(
+                f"{text!r} is not WEIGHT[:MIN_SECONDS[:MIN_REQUESTS]]", param_hint="'--step'"
+            ) from None
+    return steps
+
+
 @app.command("start")
 def start(
     ctx: typer.Context,
@@ -167,21 +189,7 @@ def start(
     wait: bool = typer.Option(False, "--wait", help="watch until it finishes; exit 9 unless promoted"),
 ) -> None:
     """Start a rollout, e.g. `foedus rollout start web 4 --step 10:60 --step 50:120 --step 100 --wait`."""
-    steps: list[tuple[float, int, int]] = []
-    for text in step:
-        parts = text.split(":")
-        try:
-            steps.append(
-                (
-                    float(parts[0]),
-                    int(parts[1]) if len(parts) > 1 else 0,
-                    int(parts[2]) if len(parts) > 2 else 0,
-                )
-            )
-        except (ValueError, IndexError):
-            raise typer.BadParameter(
-                f"{text!r} is not WEIGHT[:MIN_SECONDS[:MIN_REQUESTS]]", param_hint="'--step'"
-            ) from None
+    steps = parse_steps(step)
     analysis: dict[str, Any] = {}
     for key, value in (
         ("alpha", alpha),

@@ -8,7 +8,7 @@ Everything runs as real processes with TLS and SuperNode authentication on:
   Runtime (ServerAppIo) APIs over HTTPS on one address (``--host``/``--port``). The SuperNodes'
   public keys are registered through the Control API with ``flwr supernode register``; a
   SuperNode whose key is not registered cannot activate (the SuperLink answers 412 and the
-  SuperNode exits with code 305).
+  SuperNode logs Flower's exit code 305 and exits).
 * :func:`start_supernode` starts ``flower-supernode`` with ``--root-certificates`` (the CA),
   ``--auth-supernode-private-key`` and the node config (``data-path``, ...). Its Runtime API
   for its own ClientApp processes listens on a free loopback port. SuperNodes never install app
@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,7 @@ __all__ = [
     "RunResult",
     "RunnerError",
     "SuperLink",
+    "SuperLinkClient",
     "flower_env",
     "free_port",
     "pid_alive",
@@ -81,7 +82,8 @@ SECAGG_APP = (
     "foedus.federation.flower.client_app:secagg_app",
 )
 REJECTED_EXIT_CODE = 305
-"""``flower-supernode``'s exit code when it cannot activate (e.g. its key is not registered)."""
+"""The Flower exit code ``flower-supernode`` logs (``Exit Code: 305``; the process exits with status 1)
+when it cannot activate, e.g. because its key is not registered."""
 
 
 class RunnerError(RuntimeError):
@@ -303,20 +305,14 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} into a Flower config (bool, int, float, str only)")
 
 
-class SuperLink(Process):
-    """The SuperLink process plus what the ``flwr`` CLI needs to talk to it."""
+class SuperLinkClient:
+    """What the ``flwr`` CLI needs to talk to a SuperLink over TLS: its address and CA certificate.
 
-    def __init__(
-        self,
-        command: list[str],
-        log_path: Path,
-        env: Mapping[str, str],
-        *,
-        address: str,
-        ca_cert: Path,
-        cli_home: Path,
-    ) -> None:
-        super().__init__("superlink", command, log_path, env)
+    The CLI's own configuration (``$FLWR_HOME/config.toml``) lives in ``cli_home``; a SuperLink
+    started elsewhere (``foedus federation superlink`` on another machine) is reached the same way.
+    """
+
+    def __init__(self, *, address: str, ca_cert: Path, cli_home: Path) -> None:
         self.address = address
         self.ca_cert = ca_cert
         self.cli_home = cli_home
@@ -382,6 +378,23 @@ class SuperLink(Process):
     def nodes(self) -> list[dict[str, Any]]:
         """``flwr supernode ls``: the registered SuperNodes and their status."""
         return list(self.flwr_json("supernode", "ls").get("nodes", []))
+
+
+class SuperLink(Process, SuperLinkClient):
+    """The SuperLink process plus what the ``flwr`` CLI needs to talk to it."""
+
+    def __init__(
+        self,
+        command: list[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        *,
+        address: str,
+        ca_cert: Path,
+        cli_home: Path,
+    ) -> None:
+        Process.__init__(self, "superlink", command, log_path, env)
+        SuperLinkClient.__init__(self, address=address, ca_cert=ca_cert, cli_home=cli_home)
 
 
 def start_superlink(
@@ -603,13 +616,17 @@ class RunResult:
 
 def run(
     app_dir: Path,
-    superlink: SuperLink,
+    superlink: SuperLinkClient,
     *,
     run_config: Mapping[str, Any] | None = None,
     result_dir: Path | None = None,
     timeout: float = 600.0,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> RunResult:
     """Submit the app with ``flwr run`` and wait for the run to end; collect its results.
+
+    ``on_round`` is called with each round's record as soon as the ServerApp has written it
+    (every second the runner looks at the run's ``summary.json``), in order, each round once.
 
     ``run_config`` overrides keys of the app's ``[tool.flwr.app.config]`` (passed as a TOML file
     to ``--run-config``); ``result_dir`` (default: ``<app_dir>-results/<n>``, beside the app
@@ -648,10 +665,25 @@ def run(
             stdin=subprocess.DEVNULL,
             env=flower_env(superlink.cli_home),
         )
+        reported = 0
+
+        def report_rounds() -> None:
+            nonlocal reported
+            if on_round is None:
+                return
+            try:
+                done = json.loads((result_dir / "summary.json").read_text(encoding="utf-8")).get("rounds", [])
+            except (OSError, ValueError):
+                return  # not written yet, or caught mid-write: the next look gets it
+            for entry in done[reported:]:
+                on_round(RoundRecord.from_dict(entry))
+            reported = max(reported, len(done))
+
         try:
             while True:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    follower.wait(max(0.1, deadline - time.monotonic()))
+                    follower.wait(max(0.1, min(1.0, deadline - time.monotonic())))
+                report_rounds()
                 if follower.poll() is not None:
                     info = _run_info(superlink, run_id)
                     if _finished(info) or time.monotonic() >= deadline:
@@ -663,6 +695,7 @@ def run(
             if timed_out:
                 superlink.flwr("stop", str(run_id), CONNECTION_NAME, check=False)
                 info = _run_info(superlink, run_id, attempts=10)
+            report_rounds()
         finally:
             if follower.poll() is None:
                 follower.terminate()
@@ -683,7 +716,7 @@ def _finished(info: Mapping[str, Any]) -> bool:
     return str(info.get("status", "")).startswith("finished")
 
 
-def _run_info(superlink: SuperLink, run_id: int, attempts: int = 3) -> dict[str, Any]:
+def _run_info(superlink: SuperLinkClient, run_id: int, attempts: int = 3) -> dict[str, Any]:
     """``flwr ls --run-id``'s entry for the run, asked a few times until it shows a final status."""
     info: dict[str, Any] = {}
     for attempt in range(attempts):
@@ -846,8 +879,9 @@ class LocalFederation:
         *,
         timeout: float = 600.0,
         run_config: Mapping[str, Any] | None = None,
+        on_round: Callable[[RoundRecord], None] | None = None,
     ) -> RunResult:
-        """Write the app directory for ``settings`` and run it on this federation."""
+        """Write the app directory for ``settings`` and run it on this federation (see :func:`run`)."""
         if self.superlink is None:
             raise RunnerError("the federation is not started")
         with self._lock:
@@ -860,6 +894,7 @@ class LocalFederation:
             run_config=run_config,
             result_dir=base / "result",
             timeout=timeout,
+            on_round=on_round,
         )
         for process in (self.superlink, *self.supernodes.values()):
             process.remember_descendants()

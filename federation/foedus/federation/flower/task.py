@@ -612,7 +612,12 @@ class SecAggConfig:
     ``num_shares`` / ``reconstruction_threshold``: a float in (0, 1] is a fraction of the sampled
     nodes / of the shares, an int is an absolute count. Updates are clipped to
     ``[-clipping_range, clipping_range]`` and quantised to ``quantization_range`` levels; each
-    node's weight (its number of examples) is capped at ``max_weight``.
+    node's weight (its number of examples) is capped at ``max_weight``. Each node scales its
+    weights by ``examples / max_weight`` before quantising, so ``max_weight`` should be at least
+    the largest node's number of examples (else the weights are capped and the average is no
+    longer weighted by examples: nodes above it count as equals) and not far above it (the
+    quantisation step is fixed, so small scaled weights lose precision). Set it to the largest
+    node's rows when they are known.
     """
 
     num_shares: float | int = 1.0
@@ -752,7 +757,7 @@ class RunSettings:
             secagg = SecAggConfig(
                 num_shares=get("secagg-num-shares", 1.0),
                 reconstruction_threshold=get("secagg-reconstruction-threshold", 0.67),
-                max_weight=float(get("secagg-max-weight", 10_000.0)),
+                max_weight=float(get("secagg-max-weight", SecAggConfig.max_weight)),
                 clipping_range=float(get("secagg-clipping-range", 8.0)),
                 quantization_range=int(get("secagg-quantization-range", 2**22)),
             )

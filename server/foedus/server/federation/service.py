@@ -14,17 +14,25 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from foedus.server import validation
-from foedus.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from foedus.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from foedus.server.rollouts.spec import DEFAULT_STEPS, CanaryStep, RolloutSpec, validate
 from foedus.server.store.base import Store
 from foedus.server.store.records import (
     FederationRunRecord,
     FederationRunState,
+    Lineage,
+    NewVersion,
     NodeKeyRecord,
     OptInRecord,
     Page,
+    Role,
+    Signature,
     TenantState,
+    TensorSpec,
+    VersionState,
 )
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import now_us
@@ -54,9 +62,49 @@ def fingerprint(public_key: str) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _compatible(a: Signature, b: Signature) -> bool:
+    """Same tensors (names, types, ranks) and the same last dimension (an ops model's features);
+    the leading dimensions (batch, window length) may differ: agents read the window from the
+    model's metadata."""
+
+    def same(x: tuple[TensorSpec, ...], y: tuple[TensorSpec, ...]) -> bool:
+        return len(x) == len(y) and all(
+            p.name == q.name
+            and p.dtype == q.dtype
+            and len(p.shape) == len(q.shape)
+            and p.shape[-1:] == q.shape[-1:]
+            for p, q in zip(x, y, strict=True)
+        )
+
+    return same(a.inputs, b.inputs) and same(a.outputs, b.outputs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one opted-in tenant got from `FederationService.deliver_result`."""
+
+    tenant: str
+    deployment: str
+    model: str = ""
+    version: int = 0
+    rollout_id: int = 0
+    skipped: str = ""
+
+
+class RolloutStarter(Protocol):
+    def start(self, caller: Principal, spec: RolloutSpec) -> Any: ...
+
+
 class FederationService:
-    def __init__(self, store: Store, *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        rollouts: RolloutStarter | None = None,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
         self._store = store
+        self._rollouts = rollouts
         self._clock = clock
 
     # --- node keys -----------------------------------------------------------------------------
@@ -264,3 +312,114 @@ class FederationService:
         if model_kind and model_kind not in MODEL_KINDS:
             raise InvalidArgument(f"model_kind must be one of {', '.join(MODEL_KINDS)}")
         return self._store.list_opt_ins(None if caller.is_admin else caller.own_tenant(), model_kind or None)
+
+    # --- delivery ------------------------------------------------------------------------------
+    def deliver_result(
+        self, caller: Principal, run_id: int, steps: Sequence[CanaryStep] = ()
+    ) -> list[Delivery]:
+        """Give a succeeded run's result to every tenant opted in to its kind, through a canary.
+
+        The platform's version becomes the next version of the model the opted-in deployment
+        serves (the artifact is content-addressed, so it is shared, not copied), with lineage
+        naming the run and the platform version; then a canary rollout with the default steps
+        and analysis starts on the deployment. A tenant whose deployment cannot take it (it
+        serves nothing yet, has a rollout going, or expects other inputs) is skipped with the
+        reason; the others still get it.
+        """
+        if run_id <= 0:
+            raise InvalidArgument("the run id must be a positive number")
+        if steps:  # the same checks as a rollout's, before anything is delivered
+            validate(RolloutSpec(deployment="probe", version=1, steps=tuple(steps)))
+        run = self._store.get_federation_run(run_id, None)
+        if run.state != FederationRunState.SUCCEEDED or not run.result_model:
+            raise FailedPrecondition(
+                f"federation run {run_id} has no registered result to deliver ({run.state.name.lower()})"
+            )
+        if self._rollouts is None:
+            raise FailedPrecondition("this server cannot start rollouts")
+        result = self._store.get_version(PLATFORM_TENANT, run.result_model, run.result_version)
+        out: list[Delivery] = []
+        for opt in self._store.list_opt_ins(None, run.model_kind):
+            if opt.tenant == PLATFORM_TENANT or not opt.deployment:
+                continue
+            try:
+                out.append(self._deliver(caller, run, result, opt, tuple(steps)))
+            except DomainError as exc:
+                out.append(Delivery(opt.tenant, opt.deployment, skipped=str(exc)))
+        return out
+
+    def _deliver(
+        self,
+        caller: Principal,
+        run: FederationRunRecord,
+        result: Any,
+        opt: OptInRecord,
+        steps: tuple[CanaryStep, ...],
+    ) -> Delivery:
+        tenant = opt.tenant
+        if self._store.get_tenant(tenant).state != TenantState.ACTIVE:
+            return Delivery(tenant, opt.deployment, skipped="the tenant is disabled")
+        deployment = self._store.get_deployment(tenant, opt.deployment)
+        active = self._store.list_rollouts(tenant, opt.deployment, True, "", 1).items
+        if active:
+            return Delivery(
+                tenant,
+                opt.deployment,
+                deployment.model,
+                skipped=f"the deployment has an active rollout ({active[0].id})",
+            )
+        live = [v for v, w in deployment.traffic if w > 0]
+        if len(live) != 1:
+            why = "serves no version yet" if not live else "splits its traffic between versions"
+            return Delivery(tenant, opt.deployment, deployment.model, skipped=f"the deployment {why}")
+        stable = self._store.get_version(tenant, deployment.model, live[0])
+        if stable.signature.inputs and not _compatible(stable.signature, result.signature):
+            return Delivery(
+                tenant,
+                opt.deployment,
+                deployment.model,
+                skipped=f"the result's inputs and outputs differ from version {stable.version}'s",
+            )
+        lineage = Lineage(
+            data_fingerprint=result.lineage.data_fingerprint,
+            code_revision=result.lineage.code_revision,
+            parent_version=stable.version,
+            properties={
+                **result.lineage.properties,
+                "federation_run": str(run.id),
+                "platform_model": run.result_model,
+                "platform_version": str(run.result_version),
+            },
+        )
+        spec = RolloutSpec(
+            deployment=opt.deployment,
+            version=stable.version + 1,  # checked before the version exists; set below
+            steps=steps or tuple(CanaryStep(w, d, n) for w, d, n in DEFAULT_STEPS),
+            description=f"federated run {run.id}",
+        )
+        validate(spec)
+        version = self._store.create_version(
+            tenant,
+            deployment.model,
+            NewVersion(
+                description=f"federated {run.model_kind} model of run {run.id}",
+                tags={"federated": "true"},
+                artifact_sha256=result.artifact_sha256,
+                artifact_size=result.artifact_size,
+                framework=result.framework,
+                onnx_opset=result.onnx_opset,
+                signature=result.signature,
+                latency=result.latency,
+                lineage=lineage,
+                reference_profile=stable.reference_profile,
+                created_by=caller.key_id,
+            ),
+            create_model=False,
+            aliases=(),
+            now_us=self._clock(),
+        )
+        assert version.state == VersionState.READY
+        acting = Principal(key_id=caller.key_id, role=Role.OWNER, tenant=tenant)
+        assert self._rollouts is not None
+        rollout = self._rollouts.start(acting, dataclasses.replace(spec, version=version.version))
+        return Delivery(tenant, opt.deployment, deployment.model, version.version, int(rollout.id))

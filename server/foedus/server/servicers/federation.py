@@ -9,6 +9,7 @@ import grpc
 from foedus.server.errors import InvalidArgument
 from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import current_call, current_principal
+from foedus.server.rollouts.spec import CanaryStep
 from foedus.server.servicers import convert
 from foedus.server.servicers.base import BlockingRunner, ServicerBase
 from foedus.server.store.records import FederationRunRecord, FederationRunState, NodeKeyRecord, OptInRecord
@@ -161,8 +162,6 @@ class FederationServicer(ServicerBase, federation_pb2_grpc.FederationServiceServ
         current_call().resource = f"federation/runs/{request.id}"
         if request.id <= 0:
             raise InvalidArgument("the run id must be a positive number")
-        if request.id <= 0:
-            raise InvalidArgument("the run id must be a positive number")
         if request.state not in FederationRunState._value2member_map_:
             raise InvalidArgument("a run finishes as SUCCEEDED or FAILED")
         rec = await self.run(
@@ -210,3 +209,30 @@ class FederationServicer(ServicerBase, federation_pb2_grpc.FederationServiceServ
     ) -> federation_pb2.ListOptInsResponse:
         items = await self.read(self._federation.list_opt_ins, current_principal(), request.model_kind)
         return federation_pb2.ListOptInsResponse(opt_ins=[opt_in(o) for o in items])
+
+    async def DeliverResult(
+        self, request: federation_pb2.DeliverResultRequest, context: Ctx
+    ) -> federation_pb2.DeliverResultResponse:
+        current_call().resource = f"federation/runs/{request.id}"
+        steps = tuple(
+            CanaryStep(s.weight, s.min_duration_s or 60, s.min_requests or 100) for s in request.steps
+        )
+        done = await self.run(self._federation.deliver_result, current_principal(), request.id, steps)
+        current_call().detail = ", ".join(
+            f"{d.tenant}/{d.deployment}: "
+            + (f"v{d.version} rollout {d.rollout_id}" if d.version else "skipped")
+            for d in done
+        )[:1000]
+        return federation_pb2.DeliverResultResponse(
+            deliveries=[
+                federation_pb2.Delivery(
+                    tenant=d.tenant,
+                    deployment=d.deployment,
+                    model=d.model,
+                    version=d.version,
+                    rollout_id=d.rollout_id,
+                    skipped=d.skipped,
+                )
+                for d in done
+            ]
+        )
