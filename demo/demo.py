@@ -6,12 +6,15 @@ registered in two versions with lineage and a reference profile; aliases moved; 
 downloaded, verified and served with onnxruntime; tenant isolation shown; two agents serving the
 model under replayed traffic, raising alerts on a slow release; then progressive rollouts: a good
 version, gated on an offline evaluation, promoted step by step, and a bad one (slower, failing on
-some rows) rolled back automatically with the evidence of the decision, and the DORA report.
+some rows) rolled back automatically with the evidence of the decision, and the DORA report;
+finally three organisations federate the anomaly detector of their servers' metrics (SMD, when
+../shared/data is there) with Flower, and the result reaches their deployments as canaries.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -285,6 +288,121 @@ def rollouts(
     foedus_cli(*env_args, "report", "dora", "--days", "1")
 
 
+def federation(server: Any, workdir: Path) -> None:
+    """Three organisations train the anomaly detector of their servers' metrics together with
+    Flower (each one's data stays in its own SuperNode), the result is registered in the platform
+    scope and delivered to each organisation's detector deployment as a canary rollout; one
+    organisation's agent serves it under replayed traffic until the canary's verdict."""
+    import asyncio
+    import threading
+
+    import grpc
+
+    from foedus.client_sdk import Client
+    from foedus.client_sdk.agent.runtime import Agent, AgentConfig
+    from foedus.federation.anomaly import AnomalyConfig, AnomalyModel
+    from foedus.federation.evaluation.smd import available_machines, default_data_dir, load_machine
+    from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
+    from foedus.v1 import rollout_pb2
+
+    finished = (
+        rollout_pb2.ROLLOUT_PHASE_SUCCEEDED,
+        rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
+        rollout_pb2.ROLLOUT_PHASE_ABORTED,
+    )
+    try:
+        machines = available_machines(default_data_dir())
+    except FileNotFoundError as exc:
+        step(f"Federated learning: skipped, no server metrics to learn from ({exc})")
+        return
+    step("Three organisations learn one anomaly detector of their servers' metrics together")
+    orgs = {"acme": machines[0], "globex": machines[len(machines) // 2], "initech": machines[-1]}
+    window, steps = 5, 3000
+    config = AnomalyConfig(window=window, hidden=32, code=4, epochs=2, calibration_block=720)
+    owners: dict[str, str] = {}
+    with server.client() as admin:
+        existing = {t.name for t in admin.tenants.list()}
+        for org in orgs:
+            if org not in existing:
+                admin.tenants.create(org)
+            owners[org] = admin.keys.create("owner", tenant=org, description="demo: federation").secret
+    tests: dict[str, np.ndarray] = {}
+    nodes: list[str] = []
+    for org, name in orgs.items():
+        machine = load_machine(default_data_dir(), name, limit=steps)
+        tests[org] = machine.test.astype(np.float32)
+        data = workdir / f"{org}-history.npz"
+        np.savez(data, train=machine.train.astype(np.float32))
+        nodes += ["--node", f"{org}={data}"]
+        own = AnomalyModel.fit(machine.train, config=config, search=False).export_onnx(
+            workdir / f"{org}-own.onnx"
+        )
+        with Client.connect(server.target, api_key=owners[org]) as client:
+            v1 = client.models.register("ops-anomaly", own, framework="onnx", create_model=True)
+            client.deployments.create("ops-anomaly", "ops-anomaly", traffic={v1.version: 1.0})
+            client.federation.opt_in("anomaly", "ops-anomaly")
+        print(f"   {org}: SMD {name} ({steps} one-minute steps x 38 metrics), its own detector v1, opted in")
+    step(
+        "`foedus federation run`: a SuperLink and three SuperNodes (TLS, SuperNode keys), 3 rounds of FedAvg"
+    )
+    admin_args = ("--server", server.target, "--api-key", server.admin_key)
+    foedus_cli(
+        *admin_args, "federation", "run", *nodes, "--features", "38", "--window", str(window),
+        "--hidden", "32", "--rounds", "3", "--workdir", str(workdir / "federation"),
+        "--rollout", "--step", "50:3:40", "--step", "100:3:40",
+    )  # fmt: skip
+
+    step("Acme's agent serves its detector; the federated version is the canary, under replayed metrics")
+    with Client.connect(server.target, api_key=owners["acme"]) as acme:
+        active = acme.rollouts.list(deployment="ops-anomaly", active_only=True)
+        if not active:
+            print("   (no canary was started for acme)")
+            return
+        rollout = active[0]
+        agent_key = acme.keys.create("agent", description="demo: detector agent").secret
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+
+        async def go() -> Agent:
+            agent = Agent(
+                AgentConfig(
+                    deployment="ops-anomaly",
+                    server=server.target,
+                    api_key=agent_key,
+                    listen="127.0.0.1:0",
+                    data_dir=workdir / "acme-agent",
+                    name="acme-detector",
+                    interval_s=0.5,
+                )
+            )
+            await agent.start()
+            return agent
+
+        agent = asyncio.run_coroutine_threadsafe(go(), loop).result(60)
+        channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        series, i = tests["acme"], 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            rows = series[i % (len(series) - window) :][:window][None]
+            req = inference_pb2.ModelInferRequest(model_name="ops-anomaly")
+            req.inputs.add(name="metrics", datatype="FP32", shape=list(rows.shape))
+            req.raw_input_contents.append(rows.astype("<f4").tobytes())
+            with contextlib.suppress(grpc.RpcError):
+                stub.ModelInfer(req, timeout=10)
+            i += 1
+            if i % 50 == 0:
+                rollout = acme.rollouts.get(rollout.id)
+                if rollout.phase in finished:
+                    break
+            time.sleep(0.005)
+        rollout = acme.rollouts.get(rollout.id)
+        channel.close()
+        asyncio.run_coroutine_threadsafe(agent.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+    foedus_cli("--server", server.target, "--api-key", owners["acme"], "rollout", "status", str(rollout.id))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -418,6 +536,7 @@ def main() -> None:
             print(f"   {entry.method.rsplit('/', 1)[1]:<20} {entry.resource:<32} {entry.outcome}")
 
         run_agents(server, acme_client, acme.owner_key_secret, x_test, y_test, workdir)
+        federation(server, workdir)
         acme_client.close()
         globex_client.close()
     print(f"\nDemo finished in {time.perf_counter() - started:.1f} s.")

@@ -42,6 +42,11 @@ def _key_row(k: Any) -> dict[str, Any]:
     }
 
 
+def _metrics_text(metrics: Any) -> str:
+    """A round's metrics for a table: the calibration (``calib-*``, per feature) only in JSON."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.startswith("calib-"))
+
+
 def _run_row(r: Any) -> dict[str, Any]:
     p = r.privacy
     privacy = p.mode or "none"
@@ -62,7 +67,7 @@ def _run_row(r: Any) -> dict[str, Any]:
         + (f" (+{r.tenant_count - len(r.tenants)})" if r.tenant_count > len(r.tenants) else ""),
         "privacy": privacy,
         "result": f"{r.result_model} v{r.result_version}" if r.result_model else "",
-        "last_round": ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.metrics.items())) if last else "",
+        "last_round": _metrics_text(last.metrics) if last else "",
     }
 
 
@@ -154,7 +159,7 @@ def runs_get(ctx: typer.Context, run: int) -> None:
             "nodes": h.nodes,
             "bytes": h.bytes,
             "seconds": f"{h.seconds:.2f}",
-            "metrics": ", ".join(f"{k}={v:.4g}" for k, v in sorted(h.metrics.items())),
+            "metrics": _metrics_text(h.metrics),
         }
         for h in r.history
     ]
