@@ -1,34 +1,42 @@
-"""Federated vs local-only vs centralised training of the anomaly model on SMD organisations.
+"""Federated vs local-only vs centralised training of the ops models, on real data split into organisations.
 
-The Server Machine Dataset's three machine groups (``machine-1-*``, ``machine-2-*``,
-``machine-3-*``: 8, 9 and 11 servers of one internet company's clusters) play three
-organisations. Each machine's training series is normalised with its own robust centre and scale
-(`foedus.federation.anomaly.normalised_series`, what a site's detector does) and an
-organisation's machines are stacked into its local data set. Then, with the same network,
-optimiser and number of passes over the data:
+Anomaly model, on the Server Machine Dataset. Its machine groups play organisations; the data here
+holds groups 1 and 2 (14 machines), so the machines in name order are cut into three runs of
+neighbouring servers (5, 5 and 4 machines). Each machine's training series is normalised with its
+own robust centre and scale (`foedus.federation.anomaly.normalised_series`, what a site's detector
+does) and an organisation's machines are stacked into its local data set. Then, with the same
+network, optimiser and batches (the federated task's own training step):
 
-* **local**: each organisation trains alone on its own machines (``rounds`` epochs);
-* **central**: one network trained on every organisation's data pooled (``rounds`` epochs),
-  the upper reference that federation must approach without pooling;
-* **fed**: Flower's deployment engine, a SuperLink and three SuperNodes as real processes with
-  TLS and SuperNode authentication, ``rounds`` rounds of FedAvg with one local epoch each;
+* **local**: each organisation trains alone on its own machines for ``epochs`` epochs;
+* **central**: one network trained on every organisation's data pooled for ``epochs`` epochs, the
+  reference federation must approach without pooling;
+* **fed**: Flower's deployment engine, a SuperLink and one SuperNode per organisation as real
+  processes with TLS and SuperNode authentication, ``rounds`` rounds of FedAvg with
+  ``local_epochs`` local epochs each (defaults 15 and 1: with three organisations of about equal
+  size, each node then takes as many optimiser steps as pooled training takes in 5 epochs);
+* **secagg_fed**: the same with SecAgg+ secure aggregation (Flower's legacy workflow), first seed;
 * **dp_fed**: the same with central differential privacy (server-side fixed clipping and
-  Gaussian noise; ε after all rounds reported);
-* **secagg_fed**: the same with SecAgg+ secure aggregation (Flower's legacy workflow).
+  Gaussian noise; the ε after all rounds reported), first seed.
 
-Every resulting network is then evaluated on every machine of every organisation: the machine's
+Every resulting network is evaluated on every machine of every organisation: the machine's
 detector is `AnomalyModel.from_shared_weights` (the machine's own normalisation and block-maxima
 threshold from its training series; no label chooses anything), and its test steps are scored
 with F1 with and without point adjustment, and AUC-PR. ``local_*`` evaluates each organisation's
 own model on its own machines (what an organisation alone would run); ``local_cross_*`` its
-model on the other organisations' machines. Means are over machines.
+model on the other organisations' machines. Means are over machines, then over ``seeds``
+(``*_sd``: the standard deviation over seeds).
+
+Resource model, on the Bitbrains VMs cut into ``resource_organisations`` organisations: per VM the
+first 70% trains, the rest tests; local / central / fed as above with the resource model's
+federated task; scored by the mean pinball loss of the p50 and p90 of the next hour's CPU and
+memory peaks and by the p90s' coverage (0.9 is calibrated), means over organisations.
 
 Also reported: each federated run's mean round time (``round_s``: wall-clock seconds of a round,
 training and evaluation), and bytes per round: record payloads both ways as Flower counts them
 (``round_bytes``) and the SuperLink's own count of bytes on the wire (``round_wire_bytes``, TLS
 and HTTP included).
 
-    python bench/federation_eval.py [--data-dir DIR] [--rounds 5] [--json PATH]
+    python bench/federation_eval.py [--data-dir DIR] [--epochs 5] [--rounds 15] [--seeds 0,1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -163,6 +171,7 @@ def federate(
     *,
     dp: DpConfig | None = None,
     secagg: bool = False,
+    local_epochs: int = 1,
 ) -> RunResult:
     rows = max(int(np.load(o.data_path)["train"].shape[0]) for o in orgs)
     started = time.perf_counter()
@@ -175,7 +184,7 @@ def federate(
         dp=dp,
         secagg=SecAggConfig(max_weight=float(rows)) if secagg else False,  # weights by rows, uncapped
         task_options=options,
-        local_epochs=1,
+        local_epochs=local_epochs,
         timeout=3600.0,
     )
     if not result.ok:
@@ -196,6 +205,165 @@ def federate(
     return result
 
 
+RESOURCE_TASK_REF = "foedus.federation.resources:federated_task"
+
+
+def resource_evaluation(args: argparse.Namespace, workdir: Path, out: dict[str, float]) -> None:
+    """The resource model on Bitbrains VMs split into organisations: pinball loss and p90 coverage
+    of the next hour's CPU and memory peaks on each organisation's test period."""
+    import torch
+
+    from foedus.federation.evaluation.bitbrains import load_bitbrains
+    from foedus.federation.flower.task import set_weights
+    from foedus.federation.resources import ResourceConfig, federated_rows, federated_task, quantile_metrics
+
+    series = load_bitbrains(args.data_dir)
+    config = ResourceConfig()
+    n_in = len(config.feature_spec().names())
+    parts = np.array_split(np.arange(len(series)), args.resource_organisations)
+    orgs: list[tuple[str, Path, np.ndarray]] = []
+    for number, idx in enumerate(parts, start=1):
+        vms = [series[i] for i in idx]
+        split = [round(len(s) * (1.0 - args.resource_test_fraction)) for s in vms]
+        train = federated_rows(vms, config, [(0, b) for b in split])
+        test = federated_rows(vms, config, [(b, len(s)) for b, s in zip(split, vms, strict=True)])
+        path = workdir / f"vm-org-{number}.npz"
+        np.savez(path, train=train)
+        orgs.append((f"vm-org-{number}", path, test))
+        say(f"vm-org-{number}: {len(vms)} VMs, {len(train)} training rows, {len(test)} test rows")
+    options: dict[str, Any] = {"seed": 0}
+    task = federated_task(seed=0)
+
+    def scores(label: str, weights_of: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        rows = []
+        for name, _, test in orgs:
+            model = task.build()
+            set_weights(model, weights_of[name])
+            model.eval()
+            with torch.no_grad():
+                pred = model(torch.from_numpy(test[:, :n_in])).numpy()
+            rows.append(quantile_metrics(pred, test[:, n_in:]))
+        for key in ("pinball", "p90_coverage"):
+            out[f"resource_{label}_{key}"] = float(np.mean([r[key] for r in rows]))
+        say(
+            f"resource {label}: pinball {out[f'resource_{label}_pinball']:.4f}, "
+            f"p90 coverage {out[f'resource_{label}_p90_coverage']:.3f}"
+        )
+
+    def fit(paths: Sequence[Path]) -> dict[str, np.ndarray]:
+        train = np.concatenate([np.load(p)["train"] for p in paths])
+        weights, _ = task.train(task.initial_arrays(), LocalData(train=train), epochs=args.epochs)
+        return dict(weights)
+
+    central = fit([p for _, p, _ in orgs])
+    scores("central", {name: central for name, _, _ in orgs})
+    scores("local", {name: fit([path]) for name, path, _ in orgs})
+    started = time.perf_counter()
+    result = run_federation(
+        RESOURCE_TASK_REF,
+        [NodeSpec(name=name, data_path=path) for name, path, _ in orgs],
+        workdir=workdir / "resource_fed",
+        rounds=args.rounds,
+        strategy="fedavg",
+        task_options=options,
+        local_epochs=args.local_epochs,
+        timeout=3600.0,
+    )
+    if not result.ok:
+        raise SystemExit(f"resource federation did not complete: {result.status} {result.details}")
+    fed = result.final_weights()
+    scores("fed", {name: fed for name, _, _ in orgs})
+    out["resource_fed_seconds"] = time.perf_counter() - started
+    out["resource_round_s"] = float(np.mean([r.elapsed_s for r in result.rounds]))
+    out["resource_round_bytes"] = float(np.mean([r.bytes_sent + r.bytes_received for r in result.rounds]))
+    out["resource_organisations"] = float(len(orgs))
+    out["resource_vms"] = float(len(series))
+    out["resource_fed_vs_central_pinball"] = out["resource_fed_pinball"] / out["resource_central_pinball"]
+    out["resource_fed_vs_local_pinball"] = out["resource_fed_pinball"] / out["resource_local_pinball"]
+
+
+def anomaly_evaluation(
+    args: argparse.Namespace,
+    config: AnomalyConfig,
+    seeds: Sequence[int],
+    workdir: Path,
+    out: dict[str, float],
+) -> None:
+    """Local, federated and pooled training of the anomaly model on SMD organisations (module notes)."""
+    orgs = organisations(args.data_dir, workdir, config, args.organisations, args.limit)
+    if len(orgs) < 2:
+        raise SystemExit(f"need at least two SMD machine groups under {args.data_dir}")
+    features = orgs[0].machines[0].train.shape[1]
+    out["organisations"] = float(len(orgs))
+    out["machines"] = float(sum(len(o.machines) for o in orgs))
+
+    for seed in seeds:
+        options = task_options(config, features, seed)
+        started = time.perf_counter()
+        central = train_in_process(options, [o.data_path for o in orgs], args.epochs)
+        out[f"central_train_s_s{seed}"] = time.perf_counter() - started
+        evaluate_all(f"central_s{seed}", dict.fromkeys((o.name for o in orgs), central), orgs, config, out)
+
+        local = {o.name: train_in_process(options, [o.data_path], args.epochs) for o in orgs}
+        evaluate_all(f"local_s{seed}", local, orgs, config, out)
+        cross: list[dict[str, float]] = []
+        for org in orgs:
+            for other in orgs:
+                if other is not org:
+                    cross += [evaluate(local[org.name], m, config) for m in other.machines]
+        out[f"local_cross_s{seed}_f1"] = mean_of(cross, "f1")
+        out[f"local_cross_s{seed}_f1_pa"] = mean_of(cross, "f1_pa")
+
+        fed = federate(
+            f"fed_s{seed}", orgs, options, args.rounds, workdir, out, local_epochs=args.local_epochs
+        ).final_weights()
+        evaluate_all(f"fed_s{seed}", dict.fromkeys((o.name for o in orgs), fed), orgs, config, out)
+    for mode in ("central", "local", "local_cross", "fed"):
+        for key in ("f1", "f1_pa", "auc_pr"):
+            values = [out[f"{mode}_s{seed}_{key}"] for seed in seeds if f"{mode}_s{seed}_{key}" in out]
+            if values:
+                out[f"{mode}_{key}"] = float(np.mean(values))
+                out[f"{mode}_{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    for key in ("round_s", "round_bytes", "round_wire_bytes"):
+        out[key] = float(np.mean([out[f"fed_s{seed}_{key}"] for seed in seeds]))
+
+    first = seeds[0]
+    options = task_options(config, features, first)
+    if not args.skip_secagg:
+        secagg = federate(
+            "secagg_fed",
+            orgs,
+            options,
+            args.rounds,
+            workdir,
+            out,
+            secagg=True,
+            local_epochs=args.local_epochs,
+        )
+        weights = secagg.final_weights()
+        evaluate_all("secagg_fed", dict.fromkeys((o.name for o in orgs), weights), orgs, config, out)
+        fed_first = _reload_fed(workdir, first)
+        if fed_first is not None:  # the same seed without SecAgg+: quantisation is all that differs
+            out["secagg_weight_max_abs_diff"] = max(
+                float(np.max(np.abs(weights[k] - fed_first[k]))) for k in weights
+            )
+    if not args.skip_dp:
+        dp = DpConfig(mode="central-server", noise_multiplier=args.dp_noise, clipping_norm=args.dp_clip)
+        out["dp_noise_multiplier"] = args.dp_noise
+        out["dp_clipping_norm"] = args.dp_clip
+        dp_weights = federate(
+            "dp_fed", orgs, options, args.rounds, workdir, out, dp=dp, local_epochs=args.local_epochs
+        ).final_weights()
+        evaluate_all("dp_fed", dict.fromkeys((o.name for o in orgs), dp_weights), orgs, config, out)
+        # the cost of the noise: against the federated run of the same seed without DP
+        out["dp_f1_cost"] = out[f"fed_s{first}_f1"] - out["dp_fed_f1"]
+        out["dp_f1_pa_cost"] = out[f"fed_s{first}_f1_pa"] - out["dp_fed_f1_pa"]
+
+    for key in ("f1", "f1_pa"):
+        out[f"fed_vs_central_{key}"] = out[f"fed_{key}"] / out[f"central_{key}"]
+        out[f"fed_vs_local_{key}"] = out[f"fed_{key}"] / out[f"local_{key}"]
+
+
 def _reload_fed(workdir: Path, seed: int) -> dict[str, np.ndarray] | None:
     """The final weights of the plain federated run of `seed` (for comparing SecAgg+'s)."""
     found = sorted((workdir / f"fed_s{seed}").glob("runs/run-*/result/final_weights.npz"))
@@ -211,8 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-dir", type=Path, default=default_data_dir(), help="holds smd/ (default: %(default)s)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="federated rounds = epochs of local and central training"
+        "--epochs", type=int, default=5, help="epochs of local-only and pooled training (default %(default)s)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=15,
+        help="federated rounds (default %(default)s: with three organisations and one local epoch, each "
+        "node takes as many optimiser steps as pooled training does in --epochs)",
+    )
+    parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per federated round")
     parser.add_argument(
         "--organisations", type=int, default=3, help="how many organisations (default: %(default)s)"
     )
@@ -229,6 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dp-clip", type=float, default=2.0, help="central DP clipping norm (L2 of an update)"
     )
     parser.add_argument("--skip-dp", action="store_true")
+    parser.add_argument("--skip-anomaly", action="store_true", help="only the resource model")
+    parser.add_argument("--skip-resource", action="store_true", help="only the anomaly model")
+    parser.add_argument("--resource-organisations", type=int, default=3)
+    parser.add_argument("--resource-test-fraction", type=float, default=0.3)
     parser.add_argument("--skip-secagg", action="store_true")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keys, logs and data (default: a temporary folder)"
@@ -244,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--seeds names no seed")
     os.environ.setdefault("FOEDUS_TORCH_THREADS", "1")
     out: dict[str, float] = {
+        "epochs": float(args.epochs),
+        "local_epochs": float(args.local_epochs),
         "rounds": float(args.rounds),
         "window": float(config.window),
         "seeds": float(len(seeds)),
@@ -251,67 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="foedus-fed-eval-") as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        orgs = organisations(args.data_dir, workdir, config, args.organisations, args.limit)
-        if len(orgs) < 2:
-            raise SystemExit(f"need at least two SMD machine groups under {args.data_dir}")
-        features = orgs[0].machines[0].train.shape[1]
-        out["organisations"] = float(len(orgs))
-        out["machines"] = float(sum(len(o.machines) for o in orgs))
-
-        for seed in seeds:
-            options = task_options(config, features, seed)
-            started = time.perf_counter()
-            central = train_in_process(options, [o.data_path for o in orgs], args.rounds)
-            out[f"central_train_s_s{seed}"] = time.perf_counter() - started
-            evaluate_all(
-                f"central_s{seed}", dict.fromkeys((o.name for o in orgs), central), orgs, config, out
-            )
-
-            local = {o.name: train_in_process(options, [o.data_path], args.rounds) for o in orgs}
-            evaluate_all(f"local_s{seed}", local, orgs, config, out)
-            cross: list[dict[str, float]] = []
-            for org in orgs:
-                for other in orgs:
-                    if other is not org:
-                        cross += [evaluate(local[org.name], m, config) for m in other.machines]
-            out[f"local_cross_s{seed}_f1"] = mean_of(cross, "f1")
-            out[f"local_cross_s{seed}_f1_pa"] = mean_of(cross, "f1_pa")
-
-            fed = federate(f"fed_s{seed}", orgs, options, args.rounds, workdir, out).final_weights()
-            evaluate_all(f"fed_s{seed}", dict.fromkeys((o.name for o in orgs), fed), orgs, config, out)
-        for mode in ("central", "local", "local_cross", "fed"):
-            for key in ("f1", "f1_pa", "auc_pr"):
-                values = [out[f"{mode}_s{seed}_{key}"] for seed in seeds if f"{mode}_s{seed}_{key}" in out]
-                if values:
-                    out[f"{mode}_{key}"] = float(np.mean(values))
-                    out[f"{mode}_{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        for key in ("round_s", "round_bytes", "round_wire_bytes"):
-            out[key] = float(np.mean([out[f"fed_s{seed}_{key}"] for seed in seeds]))
-
-        first = seeds[0]
-        options = task_options(config, features, first)
-        if not args.skip_secagg:
-            secagg = federate("secagg_fed", orgs, options, args.rounds, workdir, out, secagg=True)
-            weights = secagg.final_weights()
-            evaluate_all("secagg_fed", dict.fromkeys((o.name for o in orgs), weights), orgs, config, out)
-            fed_first = _reload_fed(workdir, first)
-            if fed_first is not None:  # the same seed without SecAgg+: quantisation is all that differs
-                out["secagg_weight_max_abs_diff"] = max(
-                    float(np.max(np.abs(weights[k] - fed_first[k]))) for k in weights
-                )
-        if not args.skip_dp:
-            dp = DpConfig(mode="central-server", noise_multiplier=args.dp_noise, clipping_norm=args.dp_clip)
-            out["dp_noise_multiplier"] = args.dp_noise
-            out["dp_clipping_norm"] = args.dp_clip
-            dp_weights = federate("dp_fed", orgs, options, args.rounds, workdir, out, dp=dp).final_weights()
-            evaluate_all("dp_fed", dict.fromkeys((o.name for o in orgs), dp_weights), orgs, config, out)
-            # the cost of the noise: against the federated run of the same seed without DP
-            out["dp_f1_cost"] = out[f"fed_s{first}_f1"] - out["dp_fed_f1"]
-            out["dp_f1_pa_cost"] = out[f"fed_s{first}_f1_pa"] - out["dp_fed_f1_pa"]
-
-    for key in ("f1", "f1_pa"):
-        out[f"fed_vs_central_{key}"] = out[f"fed_{key}"] / out[f"central_{key}"]
-        out[f"fed_vs_local_{key}"] = out[f"fed_{key}"] / out[f"local_{key}"]
+        if not args.skip_anomaly:
+            anomaly_evaluation(args, config, seeds, workdir, out)
+        if not args.skip_resource:
+            resource_evaluation(args, workdir, out)
     print(json.dumps(out, indent=2, sort_keys=True))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")

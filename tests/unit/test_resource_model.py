@@ -695,3 +695,48 @@ def test_real_nezha_baselines() -> None:
         # statistical detector (which fires for as long as a shift lasts)
         assert out["nezha_recall"] >= 0.3
         assert out["nezha_false_alerts_per_h"] < 0.75 * out["stat_nezha_false_alerts_per_h"]
+
+
+# ------------------------------------------------------------------ federated task
+def test_federated_task_standardises_once_then_learns_the_quantiles() -> None:
+    from foedus.federation.flower.task import LocalData, set_weights
+    from foedus.federation.resources import federated_rows, federated_task, quantile_metrics
+
+    rng = np.random.default_rng(3)
+    series = [synthetic(rng, level=level) for level in (10.0, 40.0)]
+    rows = federated_rows(series, SMALL, [(0, 900), (0, 900)])
+    test = federated_rows(series, SMALL, [(900, 1200), (900, 1200)])
+    n_in = len(SMALL.feature_spec().names())
+    assert rows.shape[1] == n_in + 2 and np.isfinite(rows).all()
+    task = federated_task(hidden=16, lags=3, horizon=4, day=48, lr=3e-3, batch_size=64)
+    start = task.initial_arrays()
+    assert not start["net.x_mean"].any()  # unset until a node sees its rows
+
+    def metrics(weights: dict[str, np.ndarray]) -> dict[str, float]:
+        model = task.build()
+        set_weights(model, weights)
+        model.eval()
+        with torch.no_grad():
+            pred = model(torch.from_numpy(test[:, :n_in])).numpy()
+        return quantile_metrics(pred, test[:, n_in:])
+
+    first, _ = task.train(start, LocalData(train=rows), epochs=3)
+    assert first["net.x_mean"].any() and (first["net.x_std"] != 1.0).any()  # set from the rows
+    second, _ = task.train(first, LocalData(train=rows[: len(rows) // 2]), epochs=1)
+    np.testing.assert_array_equal(second["net.x_mean"], first["net.x_mean"])  # then fixed
+    before, after = metrics(dict(start)), metrics(dict(first))
+    assert after["pinball"] < 0.5 * before["pinball"]
+    assert 0.7 < after["p90_coverage"] <= 1.0
+    with pytest.raises(ValueError, match="feature columns"):
+        task.train(start, LocalData(train=rows[:, :-1]), epochs=1)
+
+
+def test_quantile_metrics_pinball_and_coverage() -> None:
+    from foedus.federation.resources import quantile_metrics
+
+    peaks = np.array([[10.0, 20.0], [30.0, 40.0]])
+    exact = np.array([[10.0, 10.0, 20.0, 20.0], [30.0, 30.0, 40.0, 40.0]])
+    assert quantile_metrics(exact, peaks) == {"pinball": 0.0, "p90_coverage": 1.0}
+    low = exact - 10.0  # every prediction 10 below: pinball q * 10, p90s cover nothing
+    got = quantile_metrics(low, peaks)
+    assert got["pinball"] == pytest.approx(10.0 * (0.5 + 0.9) / 2) and got["p90_coverage"] == 0.0

@@ -1256,6 +1256,116 @@ def train_from_matrix(
     }
 
 
+# ------------------------------------------------------------------ federated training
+class _QuantileHeads(nn.Module):
+    """`_QuantileNet` with one output tensor (N, 4), `OUTPUT_NAMES` order, for the federated task."""
+
+    def __init__(self, net: _QuantileNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net.quantiles(x)
+        return out
+
+
+def federated_rows(
+    series: Sequence[UsageSeries], config: ResourceConfig, bounds: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """One organisation's training matrix for the federated task: each row holds the raw feature
+    row (`FeatureSpec.names` order) and then the next window's CPU and memory peaks, for the samples
+    of each series in its ``[start, end)`` bounds (targets never reach past ``end``)."""
+    x, y = _rows(series, config.feature_spec(), bounds)
+    return np.concatenate([x, y], axis=1).astype(np.float32)
+
+
+def federated_task(
+    hidden: int = 64,
+    depth: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+    lags: int = 6,
+    horizon: int = 12,
+    day: int = 288,
+    relative: bool = True,
+) -> Any:
+    """The resource model as a Flower task (`foedus.federation.flower.task.FederatedTask`).
+
+    Import string ``foedus.federation.resources:federated_task``; run-config options are the
+    keyword arguments (``task-options.hidden``, ...). A node's data is `federated_rows`: raw
+    feature rows with the two peaks appended. The loss is the pinball loss of the four outputs
+    (p50 and p90 of CPU and memory peaks). Standardisation: in the first round every node sets the
+    network's statistics from its own rows and FedAvg averages them with the weights (weighted by
+    rows, the mean of the feature means is the pooled mean); from then on they stay fixed.
+    """
+    from foedus.federation.flower.task import (
+        LocalData,
+        Metrics,
+        NamedArrays,
+        TorchTask,
+        get_weights,
+        set_weights,
+    )
+
+    config = ResourceConfig(
+        hidden=hidden,
+        depth=depth,
+        lr=lr,
+        batch_size=batch_size,
+        lags=lags,
+        horizon=horizon,
+        day=day,
+        relative=relative,
+    )
+    spec = config.feature_spec()
+    n_in = len(spec.names())
+    q = torch.tensor([qq for _ in RESOURCES for qq in QUANTILES], dtype=torch.float32)
+    expand = [i for i in range(len(RESOURCES)) for _ in QUANTILES]
+
+    def factory() -> nn.Module:
+        return _QuantileHeads(_QuantileNet(spec, hidden, depth, relative=relative))
+
+    def pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if matrix.shape[1] != n_in + len(RESOURCES):
+            raise ValueError(
+                f"the task takes {n_in} feature columns and {len(RESOURCES)} targets; the data has {matrix.shape[1]} columns"
+            )
+        return matrix[:, :n_in].astype(np.float32), matrix[:, n_in:][:, expand].astype(np.float32)
+
+    def pinball(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = target - prediction
+        return torch.maximum(q * diff, (q - 1.0) * diff)
+
+    class ResourceTask(TorchTask):
+        def train(
+            self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
+        ) -> tuple[NamedArrays, Metrics]:
+            if not np.any(arrays["net.x_mean"]) and np.all(arrays["net.x_std"] == 1.0):
+                model = self.build()
+                set_weights(model, arrays)
+                x, y = pairs(data.train)
+                assert isinstance(model, _QuantileHeads)
+                model.net.standardise_from(torch.from_numpy(x), torch.from_numpy(y[:, :: len(QUANTILES)]))
+                arrays = get_weights(model)
+            return super().train(arrays, data, epochs=epochs, proximal_mu=proximal_mu)
+
+    return ResourceTask(factory, pairs=pairs, loss=pinball, lr=lr, batch_size=batch_size, seed=seed)
+
+
+def quantile_metrics(predictions: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
+    """Mean pinball loss over the four outputs and the p90s' coverage (share of peaks at or below
+    the p90; 0.9 is calibrated) of predictions (N, 4) against peaks (N, 2)."""
+    pred = np.asarray(predictions, dtype=np.float64)
+    y = np.asarray(peaks, dtype=np.float64)[:, [i for i in range(len(RESOURCES)) for _ in QUANTILES]]
+    q = np.array([qq for _ in RESOURCES for qq in QUANTILES])
+    diff = y - pred
+    loss = float(np.maximum(q * diff, (q - 1.0) * diff).mean())
+    p90 = [i for i, qq in enumerate(q) if qq == 0.9]
+    coverage = float((y[:, p90] <= pred[:, p90]).mean())
+    return {"pinball": loss, "p90_coverage": coverage}
+
+
 __all__ = [
     "AGENT_DAY",
     "AGENT_HORIZON",
@@ -1275,8 +1385,11 @@ __all__ = [
     "agent_columns_of",
     "build_features",
     "calibrate_margin",
+    "federated_rows",
+    "federated_task",
     "next_window_peaks",
     "pinball_loss",
+    "quantile_metrics",
     "recommendation_metrics",
     "train_from_matrix",
     "vpa_bucket_edges",
