@@ -252,7 +252,9 @@ def resource_evaluation(args: argparse.Namespace, workdir: Path, out: dict[str, 
 
     def fit(paths: Sequence[Path]) -> dict[str, np.ndarray]:
         train = np.concatenate([np.load(p)["train"] for p in paths])
-        weights, _ = task.train(task.initial_arrays(), LocalData(train=train), epochs=args.epochs)
+        data = LocalData(train=train)
+        standardised, _ = task.train(task.initial_arrays(), data, epochs=1)  # sets the statistics only
+        weights, _ = task.train(standardised, data, epochs=args.epochs)
         return dict(weights)
 
     central = fit([p for _, p, _ in orgs])
@@ -263,7 +265,7 @@ def resource_evaluation(args: argparse.Namespace, workdir: Path, out: dict[str, 
         RESOURCE_TASK_REF,
         [NodeSpec(name=name, data_path=path) for name, path, _ in orgs],
         workdir=workdir / "resource_fed",
-        rounds=args.rounds,
+        rounds=args.rounds + 1,  # the first round agrees on the standardisation
         strategy="fedavg",
         task_options=options,
         local_epochs=args.local_epochs,

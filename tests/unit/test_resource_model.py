@@ -720,11 +720,14 @@ def test_federated_task_standardises_once_then_learns_the_quantiles() -> None:
             pred = model(torch.from_numpy(test[:, :n_in])).numpy()
         return quantile_metrics(pred, test[:, n_in:])
 
-    first, _ = task.train(start, LocalData(train=rows), epochs=3)
-    assert first["net.x_mean"].any() and (first["net.x_std"] != 1.0).any()  # set from the rows
+    standardised, info = task.train(start, LocalData(train=rows), epochs=3)
+    assert standardised["net.x_mean"].any() and (standardised["net.x_std"] != 1.0).any()  # from the rows
+    np.testing.assert_array_equal(standardised["net.head.weight"], start["net.head.weight"])  # no training
+    assert info["num-examples"] == len(rows) and info["train-loss"] == info["train-loss-initial"]
+    first, _ = task.train(standardised, LocalData(train=rows), epochs=3)
     second, _ = task.train(first, LocalData(train=rows[: len(rows) // 2]), epochs=1)
-    np.testing.assert_array_equal(second["net.x_mean"], first["net.x_mean"])  # then fixed
-    before, after = metrics(dict(start)), metrics(dict(first))
+    np.testing.assert_array_equal(second["net.x_mean"], standardised["net.x_mean"])  # then fixed
+    before, after = metrics(dict(standardised)), metrics(dict(first))
     assert after["pinball"] < 0.5 * before["pinball"]
     assert 0.7 < after["p90_coverage"] <= 1.0
     with pytest.raises(ValueError, match="feature columns"):

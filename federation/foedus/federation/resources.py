@@ -1295,9 +1295,12 @@ def federated_task(
     Import string ``foedus.federation.resources:federated_task``; run-config options are the
     keyword arguments (``task-options.hidden``, ...). A node's data is `federated_rows`: raw
     feature rows with the two peaks appended. The loss is the pinball loss of the four outputs
-    (p50 and p90 of CPU and memory peaks). Standardisation: in the first round every node sets the
-    network's statistics from its own rows and FedAvg averages them with the weights (weighted by
-    rows, the mean of the feature means is the pooled mean); from then on they stay fixed.
+    (p50 and p90 of CPU and memory peaks). Standardisation: the first round only agrees on it (each
+    node sets the network's statistics from its own rows, without training, and FedAvg averages
+    them, weighted by rows: the mean of the feature means is the pooled mean); training starts in
+    the second round, on the same statistics everywhere, which then stay fixed. Trained in one
+    process (`train` once from `initial_arrays`), the first call standardises on its rows and
+    returns without training, like the first round.
     """
     from foedus.federation.flower.task import (
         LocalData,
@@ -1341,14 +1344,21 @@ def federated_task(
         def train(
             self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
         ) -> tuple[NamedArrays, Metrics]:
-            if not np.any(arrays["net.x_mean"]) and np.all(arrays["net.x_std"] == 1.0):
-                model = self.build()
-                set_weights(model, arrays)
-                x, y = pairs(data.train)
-                assert isinstance(model, _QuantileHeads)
-                model.net.standardise_from(torch.from_numpy(x), torch.from_numpy(y[:, :: len(QUANTILES)]))
-                arrays = get_weights(model)
-            return super().train(arrays, data, epochs=epochs, proximal_mu=proximal_mu)
+            if np.any(arrays["net.x_mean"]) or not np.all(arrays["net.x_std"] == 1.0):
+                return super().train(arrays, data, epochs=epochs, proximal_mu=proximal_mu)
+            # the first round agrees on the standardisation: no training on statistics that differ
+            model = self.build()
+            set_weights(model, arrays)
+            x, y = pairs(data.train)
+            assert isinstance(model, _QuantileHeads)
+            model.net.standardise_from(torch.from_numpy(x), torch.from_numpy(y[:, :: len(QUANTILES)]))
+            with torch.no_grad():
+                loss = float(pinball(model(torch.from_numpy(x)), torch.from_numpy(y)).mean())
+            return get_weights(model), {
+                "num-examples": len(x),
+                "train-loss": loss,
+                "train-loss-initial": loss,
+            }
 
     return ResourceTask(factory, pairs=pairs, loss=pinball, lr=lr, batch_size=batch_size, seed=seed)
 
