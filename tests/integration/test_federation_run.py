@@ -121,3 +121,53 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
     # the tenant that did not opt in got nothing; the run is still its own to see
     with Client.connect(server.target, api_key=owners[tenants[1]]) as client:
         assert client.rollouts.list() == [] and client.models.list() == []
+
+
+def test_a_federated_resource_model_from_agent_histories(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from foedus.client_sdk.agent.history import HISTORY_METRICS
+
+    tenants = [f"org-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    for tenant in tenants:
+        server.create_tenant(tenant)
+    rng = np.random.default_rng(9)
+    t = np.arange(900)
+    nodes: list[str] = []
+    for i, tenant in enumerate(tenants):  # agent histories: HISTORY_METRICS columns, one row per interval
+        load = 100.0 * (i + 1) * (1.2 + np.sin(2 * np.pi * t / 360)) + rng.normal(0, 5, t.size)
+        history = np.column_stack(
+            [load, np.full(t.size, 0.01), 0.5 + load / 1000, 2 + load / 300, load / 10, 2e8 + 1e5 * load]
+        )
+        assert history.shape[1] == len(HISTORY_METRICS)
+        path = tmp_path / f"{tenant}.npz"
+        np.savez(path, train=history.astype(np.float32))
+        nodes += ["--node", f"{tenant}={path}"]
+    admin = ("--server", server.target, "--api-key", server.admin_key)
+    code, out, err = run(
+        capsys, *admin, "-o", "json", "federation", "run", *nodes, "--model", "resource",
+        "--rounds", "2", "--hidden", "16", "--workdir", str(tmp_path / "federation"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "round 1/3" in err and "standardisation agreed" in err and "round 3/3" in err
+    recorded = json.loads(out)
+    assert recorded["model_kind"] == "resource" and recorded["result_model"] == "federated-resource"
+    with server.client() as root:
+        viewer = root.keys.create("viewer", tenant="platform").secret
+    with Client.connect(server.target, api_key=viewer) as platform:
+        path = platform.models.download("federated-resource", tmp_path, int(recorded["result_version"]))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["foedus.kind"] == "resource"
+    features = meta["foedus.features"].split(",")
+    window = int(meta["foedus.window"])
+    history = np.load(tmp_path / f"{tenants[0]}.npz")["train"]
+    columns = [HISTORY_METRICS.index(f) for f in features]
+    batch = history[None, -window:, columns].astype(np.float32)
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {"metrics": batch}), strict=True)
+    )
+    cpu_p50, cpu_p90 = float(outputs["cpu_p50_next"][0]), float(outputs["cpu_p90_next"][0])
+    assert 0.0 < cpu_p50 <= cpu_p90 < 200.0  # the first site's CPU runs between about 2 and 22 percent

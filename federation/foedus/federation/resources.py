@@ -1289,8 +1289,14 @@ def federated_task(
     horizon: int = 12,
     day: int = 288,
     relative: bool = True,
+    agent_history: bool = False,
 ) -> Any:
     """The resource model as a Flower task (`foedus.federation.flower.task.FederatedTask`).
+
+    With ``agent_history`` a node's data is an agent's interval history instead (columns
+    `HISTORY_METRICS`, oldest first): CPU and memory are ``process_cpu_percent`` and
+    ``process_memory_bytes``, ``requests`` the load proxy, the horizon `AGENT_HORIZON`, and the
+    result is what `federated_resource_model` exports for agents.
 
     Import string ``foedus.federation.resources:federated_task``; run-config options are the
     keyword arguments (``task-options.hidden``, ...). A node's data is `federated_rows`: raw
@@ -1311,7 +1317,15 @@ def federated_task(
         set_weights,
     )
 
+    if agent_history:
+        from foedus.client_sdk.agent.history import HISTORY_METRICS
+
+        columns = agent_columns_of(HISTORY_METRICS)
+        assert columns is not None
+        load_names: tuple[str, ...] = tuple(n for n in columns if n not in RESOURCES)
+        horizon = AGENT_HORIZON
     config = ResourceConfig(
+        load_names=load_names if agent_history else DEFAULT_LOAD_NAMES,
         hidden=hidden,
         depth=depth,
         lr=lr,
@@ -1330,6 +1344,8 @@ def federated_task(
         return _QuantileHeads(_QuantileNet(spec, hidden, depth, relative=relative))
 
     def pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if agent_history:
+            matrix = _history_rows(matrix, config)
         if matrix.shape[1] != n_in + len(RESOURCES):
             raise ValueError(
                 f"the task takes {n_in} feature columns and {len(RESOURCES)} targets; the data has {matrix.shape[1]} columns"
@@ -1341,6 +1357,8 @@ def federated_task(
         return torch.maximum(q * diff, (q - 1.0) * diff)
 
     class ResourceTask(TorchTask):
+        resource_config = config
+
         def train(
             self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
         ) -> tuple[NamedArrays, Metrics]:
@@ -1361,6 +1379,40 @@ def federated_task(
             }
 
     return ResourceTask(factory, pairs=pairs, loss=pinball, lr=lr, batch_size=batch_size, seed=seed)
+
+
+def _history_rows(history: np.ndarray, config: ResourceConfig) -> np.ndarray:
+    """`federated_rows` of one agent history matrix (columns `HISTORY_METRICS`)."""
+    from foedus.client_sdk.agent.history import HISTORY_METRICS
+
+    if history.ndim != 2 or history.shape[1] != len(HISTORY_METRICS):
+        raise ValueError(
+            f"an agent history has {len(HISTORY_METRICS)} columns ({', '.join(HISTORY_METRICS)}); "
+            f"the data has shape {history.shape}"
+        )
+    columns = agent_columns_of(HISTORY_METRICS)
+    assert columns is not None
+    x = np.asarray(history, dtype=np.float64)
+    at = {name: HISTORY_METRICS.index(metric) for name, metric in columns.items()}
+    loads = x[:, [at[n] for n in config.load_names]]
+    series = UsageSeries(x[:, at["cpu"]], x[:, at["memory"]], loads, np.arange(len(x), dtype=np.float64))
+    if len(series) < config.feature_spec().warmup + 2 * config.horizon:
+        raise ValueError(f"{len(series)} intervals are too few (the model's day is {config.day} intervals)")
+    return federated_rows([series], config, [(0, len(series))])
+
+
+def federated_resource_model(weights: Mapping[str, np.ndarray], **task_options: Any) -> ResourceModel:
+    """A `ResourceModel` of a federated run's global weights (the task's options as given to
+    `federated_task`); its limit margins are 0 (limit = p90) until a site calibrates them."""
+    task = federated_task(**task_options)
+    from foedus.federation.flower.task import set_weights
+
+    heads = task.build()
+    set_weights(heads, weights)
+    net = heads.net
+    net.eval()
+    spec_config = task.resource_config
+    return ResourceModel(net, spec_config, info={"federated": True})
 
 
 def quantile_metrics(predictions: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
@@ -1395,6 +1447,7 @@ __all__ = [
     "agent_columns_of",
     "build_features",
     "calibrate_margin",
+    "federated_resource_model",
     "federated_rows",
     "federated_task",
     "next_window_peaks",

@@ -304,7 +304,12 @@ def run_federated(
     tenant: list[str] = typer.Option(
         [], "--tenant", help="a participating tenant (with --superlink); repeatable"
     ),
-    model: str = typer.Option("anomaly", "--model", help="the ops model to train (anomaly)"),
+    model: str = typer.Option(
+        "anomaly",
+        "--model",
+        help="the ops model: anomaly (detector of the metrics) or resource (next-window CPU/memory "
+        "quantiles; the nodes' data are agents' histories)",
+    ),
     rounds: int = typer.Option(3, "--rounds", min=1),
     strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox or fedadam"),
     features: int = typer.Option(6, "--features", min=1, help="metrics per row of the local data"),
@@ -325,7 +330,7 @@ def run_federated(
     dp_clip: float = typer.Option(1.0, "--dp-clip", help="clipping norm"),
     secagg: bool = typer.Option(False, "--secagg", help="SecAgg+ secure aggregation"),
     result_model: str = typer.Option(
-        "federated-anomaly", "--result-model", help="platform-scope model of the result"
+        "", "--result-model", help="platform-scope model of the result (default: federated-MODEL)"
     ),
     workdir: Path = typer.Option(Path("foedus-federation"), "--workdir", help="keys, certificates and logs"),
     timeout: float = typer.Option(3600.0, "--timeout", min=1.0, help="seconds before the run is stopped"),
@@ -361,8 +366,9 @@ def run_federated(
     from foedus.federation.anomaly import AnomalyConfig, global_model
     from foedus.federation.flower.task import DpConfig, RoundRecord, RunSettings, SecAggConfig
 
-    if model != "anomaly":
-        raise InvalidArgument("federated runs train the anomaly model for now (--model anomaly)")
+    if model not in ("anomaly", "resource"):
+        raise InvalidArgument("--model is anomaly or resource")
+    result_model = result_model or f"federated-{model}"
     if bool(node) == bool(superlink):
         raise InvalidArgument("give either --node (a federation on this machine) or --superlink")
     nodes: list[Any] = []
@@ -379,10 +385,17 @@ def run_federated(
     participants = [n.name for n in nodes] or list(tenant)
     names = _feature_names(feature_names, features, [n.data_path for n in nodes])
     dp = DpConfig(mode=dp_mode, noise_multiplier=dp_noise, clipping_norm=dp_clip) if dp_mode else None  # type: ignore[arg-type]
+    # the resource model's first round only agrees on its standardisation (see its task)
+    task_options: dict[str, Any] = (
+        {"features": features, "window": window, "hidden": hidden}
+        if model == "anomaly"
+        else {"hidden": hidden, "agent_history": True}
+    )
+    total_rounds = rounds if model == "anomaly" else rounds + 1
     settings = RunSettings(
-        task="foedus.federation.anomaly:federated_task",
-        task_options={"features": features, "window": window, "hidden": hidden},
-        rounds=rounds,
+        task=f"foedus.federation.{'anomaly' if model == 'anomaly' else 'resources'}:federated_task",
+        task_options=task_options,
+        rounds=total_rounds,
         strategy=strategy,
         local_epochs=local_epochs,
         proximal_mu=proximal_mu if strategy == "fedprox" else 0.0,
@@ -414,10 +427,11 @@ def run_federated(
                 "secagg": secagg,
             }
             record = admin.federation.create_run(
-                model, participants, strategy=strategy, rounds=rounds, privacy=privacy
+                model, participants, strategy=strategy, rounds=total_rounds, privacy=privacy
             )
             typer.echo(
-                f"federated run {record.id}: {len(participants)} organisations, {rounds} rounds, {strategy}"
+                f"federated run {record.id}: {model} model, {len(participants)} organisations, "
+                f"{total_rounds} rounds, {strategy}"
                 + (f", dp {dp_mode}" if dp else "")
                 + (", secagg+" if secagg else ""),
                 err=True,
@@ -440,7 +454,8 @@ def run_federated(
                 )
                 shown = {k: v for k, v in metrics.items() if not k.startswith("calib-")}
                 typer.echo(
-                    f"  round {r.round}/{rounds}: {r.train_nodes} nodes, {r.elapsed_s:.1f}s, "
+                    f"  round {r.round}/{total_rounds}: {r.train_nodes} nodes, {r.elapsed_s:.1f}s, "
+                    + ("standardisation agreed, " if model == "resource" and r.round == 1 else "")
                     + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()),
                     err=True,
                 )
@@ -473,15 +488,26 @@ def run_federated(
             )
             emit(ctx, [_run_row(done)], RUN_COLUMNS, raw=to_dict(done))
             raise typer.Exit(1)
-        last = result.rounds[-1].eval_metrics if result.rounds else {}
-        detector = global_model(
-            result.final_weights(),
-            last,
-            config=AnomalyConfig(window=window, hidden=hidden),
-            feature_names=names,
-        )
-        onnx_path = detector.export_onnx(workdir / f"run-{record.id}" / "federated-anomaly.onnx")
-        typer.echo(f"global model: threshold {detector.threshold:.4g}, {onnx_path}", err=True)
+        onnx_path = workdir / f"run-{record.id}" / f"federated-{model}.onnx"
+        if model == "anomaly":
+            last = result.rounds[-1].eval_metrics if result.rounds else {}
+            detector = global_model(
+                result.final_weights(),
+                last,
+                config=AnomalyConfig(window=window, hidden=hidden),
+                feature_names=names,
+            )
+            detector.export_onnx(onnx_path)
+            typer.echo(f"global model: threshold {detector.threshold:.4g}, {onnx_path}", err=True)
+        else:
+            from foedus.client_sdk.agent.history import HISTORY_METRICS
+            from foedus.federation.resources import agent_columns_of, federated_resource_model
+
+            columns = agent_columns_of(HISTORY_METRICS)
+            assert columns is not None
+            predictor = federated_resource_model(result.final_weights(), **task_options)
+            predictor.export_agent_onnx(onnx_path, columns=columns)
+            typer.echo(f"global model: next-window CPU/memory quantiles, {onnx_path}", err=True)
         with contextlib.suppress(AlreadyExists):
             admin.tenants.create("platform", display_name="platform scope (shared models)", owner_key=False)
         created = admin.keys.create("editor", tenant="platform", description=f"federated run {record.id}")
@@ -491,7 +517,7 @@ def run_federated(
                     platform.models.get(result_model)
                 except NotFound:
                     platform.models.create(
-                        result_model, description="federated anomaly detector of the ops metrics"
+                        result_model, description=f"federated {model} model of the ops metrics"
                     )
                 version = platform.models.register(
                     result_model,
@@ -505,7 +531,9 @@ def run_federated(
                         "organisations": str(len(participants)),
                         "privacy": dp_mode or "none",
                         "secagg": str(secagg).lower(),
-                        "task": f"anomaly window={window} hidden={hidden} features={features}",
+                        "task": f"anomaly window={window} hidden={hidden} features={features}"
+                        if model == "anomaly"
+                        else f"resource hidden={hidden} agent history",
                     },
                 )
         finally:
