@@ -83,6 +83,16 @@ def _read(path: str | Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
 
 
+def _traced(channel: grpc.Channel) -> grpc.Channel:
+    """The channel with OpenTelemetry client spans and W3C trace context in the metadata, so that a
+    caller's trace goes on in the server; as it is when opentelemetry-api is not installed."""
+    try:
+        from foedus.client_sdk.tracing import ClientTracing
+    except ImportError:
+        return channel
+    return grpc.intercept_channel(channel, ClientTracing())
+
+
 def _framework_of(path: Path) -> str:
     return "onnx" if path.suffix.lower() == ".onnx" else "custom"
 
@@ -728,7 +738,7 @@ class Client:
             channel = grpc.secure_channel(target, config.channel_credentials(), options=opts)
         else:
             channel = grpc.insecure_channel(target, options=opts)
-        return cls(channel, api_key, timeout=timeout, chunk_size=chunk_size)
+        return cls(_traced(channel), api_key, timeout=timeout, chunk_size=chunk_size)
 
     def whoami(self) -> admin_pb2.WhoAmIResponse:
         return self._rpc(self._admin.WhoAmI, admin_pb2.WhoAmIRequest())

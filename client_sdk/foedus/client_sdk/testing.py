@@ -45,6 +45,8 @@ class LocalServer:
         self.target = ""
         self.health_target = ""
         """HOST:PORT of the plaintext health listener, when `health_listen` is set."""
+        self.metrics_url = ""
+        """URL of the Prometheus endpoint, when `metrics_listen` is set."""
         self.admin_key = ""
 
     def start(self) -> LocalServer:
@@ -69,6 +71,9 @@ class LocalServer:
         if self._server.health_port:
             host = config.health_listen.rpartition(":")[0]
             self.health_target = f"{host}:{self._server.health_port}"
+        if self._server.metrics_port:
+            host = config.metrics_listen.rpartition(":")[0]
+            self.metrics_url = f"http://{host}:{self._server.metrics_port}/metrics"
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self
 

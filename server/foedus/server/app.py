@@ -20,6 +20,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from foedus.client_sdk.observability import Observability, ObservabilitySettings
+from foedus.client_sdk.tracing import ServerTracing
 from foedus.server.artifacts.local import LocalBlobStore
 from foedus.server.config import ServerConfig
 from foedus.server.deployments.feed import ChangeFeed
@@ -27,6 +29,7 @@ from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
 from foedus.server.monitoring.service import MonitoringService
+from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.registry.gates import GateConfig
 from foedus.server.registry.service import RegistryLimits, RegistryService
 from foedus.server.rollouts.controller import RolloutController
@@ -73,6 +76,8 @@ class FoedusServer:
     health_server: grpc.aio.Server | None = None
     """The plaintext listener that serves only grpc.health.v1 (config.health_listen)."""
     health_port: int = 0
+    observability: Observability | None = None
+    """The OpenTelemetry providers the server reports with; None when OpenTelemetry is off."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -106,6 +111,13 @@ class FoedusServer:
             await self.health_server.stop(None)
         self.executor.shutdown(wait=True)
         self.store.close()
+        if self.observability is not None:
+            self.observability.shutdown()
+
+    @property
+    def metrics_port(self) -> int:
+        """Bound port of the Prometheus endpoint (config.metrics_listen); 0 when there is none."""
+        return self.observability.metrics_port if self.observability is not None else 0
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -149,8 +161,26 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     admin_key_id = tenancy.bootstrap_admin(config.data_dir)
     executor = ThreadPoolExecutor(max_workers=config.store_threads, thread_name_prefix="foedus-store")
     runner = BlockingRunner(executor, inline_reads=store.dialect == "sqlite")
+    try:
+        observability = Observability.start(
+            ObservabilitySettings("foedus-server", config.otlp_endpoint, config.metrics_listen)
+        )
+    except OSError:
+        store.close()
+        raise
+    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(tenancy, runner)]  # type: ignore[type-arg]
+    metrics = None
+    if observability is not None:
+        # Tracing goes first, so that its span covers (and records) what the guard rejects.
+        interceptors.insert(
+            0,
+            ServerTracing(
+                tracer_provider=observability.tracer_provider, meter_provider=observability.meter_provider
+            ),
+        )
+        metrics = ControlPlaneMetrics(observability.meter_provider, store)
     server = grpc.aio.server(
-        interceptors=[CallGuard(tenancy, runner)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -167,7 +197,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         DeploymentServicer(deployments, runner), server
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(deployments, monitoring, feed, runner), server
+        AgentServicer(deployments, monitoring, feed, runner, metrics=metrics), server
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server
@@ -198,6 +228,8 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         port = server.add_insecure_port(config.listen)
     if port == 0:
         store.close()
+        if observability is not None:
+            observability.shutdown()
         raise OSError(f"could not bind {config.listen}")
     health_server, health_port = None, 0
     if config.health_listen:
@@ -223,6 +255,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         background=background,
         health_server=health_server,
         health_port=health_port,
+        observability=observability,
     )
 
 

@@ -57,6 +57,12 @@ class ServerConfig:
     """Timed runs of the registration gate's CPU latency profile."""
     rollout_tick_s: float = 5.0
     """How often the rollout controller looks at every active rollout."""
+    otlp_endpoint: str = ""
+    """OpenTelemetry collector (OTLP over gRPC), e.g. http://collector:4317, for traces and metrics;
+    empty: OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. OTEL_SERVICE_NAME names the service
+    (default foedus-server)."""
+    metrics_listen: str = ""
+    """HOST:PORT of a Prometheus scrape endpoint (GET /metrics, text format); empty: none."""
     log_level: str = "INFO"
 
     def database_url(self) -> str:
@@ -66,10 +72,12 @@ class ServerConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
-        if self.health_listen:
-            h_host, _, h_port = self.health_listen.rpartition(":")
-            if not h_host or not h_port.isdigit() or int(h_port) > 65535:
-                raise ConfigError(f"health_listen must be HOST:PORT, got {self.health_listen!r}")
+        for name in ("health_listen", "metrics_listen"):
+            value = getattr(self, name)
+            if value:
+                m_host, _, m_port = value.rpartition(":")
+                if not m_host or not m_port.isdigit() or int(m_port) > 65535:
+                    raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -79,6 +87,8 @@ class ServerConfig:
                 f"refusing plaintext on non-loopback address {host}: give tls_cert and tls_key, "
                 "or allow_insecure (--insecure) when a proxy terminates TLS"
             )
+        if self.workers > 1 and self.metrics_listen:
+            raise ConfigError("metrics_listen serves one process: with workers > 1 export with otlp_endpoint")
         if self.workers > 1 and int(port) == 0 and not host:
             raise ConfigError("workers > 1 needs a listen address")
         if not self.rollout_tick_s > 0:

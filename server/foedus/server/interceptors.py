@@ -6,6 +6,9 @@
 4. error mapping: a DomainError becomes its status code with its message; anything else INTERNAL;
 5. audit: calls marked `mutating` are appended to the audit log with their outcome.
 
+When OpenTelemetry is on, `foedus.client_sdk.tracing.ServerTracing` runs before this guard: its
+server span is current here, and the guard adds the caller's tenant to it once the key is checked.
+
 The policy of each RPC is read from the proto descriptors, so a new RPC cannot go unchecked.
 Health checking and reflection are not Foedus RPCs and stay open.
 """
@@ -22,6 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 
+from foedus.client_sdk.tracing import set_tenant
 from foedus.server.errors import DomainError, PermissionDenied, Unauthenticated
 from foedus.server.servicers.base import BlockingRunner
 from foedus.server.store.records import AuditRecord, Role
@@ -129,6 +133,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             principal = await self._runner.read(self._tenancy.authenticate, token)
         info = CallInfo(principal=principal, method=method)
         _CALL.set(info)
+        set_tenant(principal.tenant)
         return info
 
     @staticmethod

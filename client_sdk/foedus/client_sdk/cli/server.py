@@ -39,6 +39,18 @@ def start(
         "--health-listen",
         help="HOST:PORT of a plaintext listener serving only grpc.health.v1 (for probes without TLS)",
     ),
+    otlp_endpoint: str | None = typer.Option(
+        None,
+        "--otlp-endpoint",
+        help="OpenTelemetry collector for traces and metrics (OTLP/gRPC), e.g. http://collector:4317 "
+        "[env FOEDUS_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; "
+        "OTEL_SERVICE_NAME names the service, default foedus-server]",
+    ),
+    metrics_listen: str | None = typer.Option(
+        None,
+        "--metrics-listen",
+        help="HOST:PORT of a Prometheus scrape endpoint (/metrics) [env FOEDUS_METRICS_LISTEN; default: off]",
+    ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="server processes sharing the port, up to one per core [default 1]"
     ),
@@ -65,6 +77,8 @@ def start(
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             health_listen=health_listen,
+            otlp_endpoint=otlp_endpoint,
+            metrics_listen=metrics_listen,
             allow_insecure=insecure,
             workers=workers,
         )

@@ -7,10 +7,12 @@ from typing import Any
 
 import grpc
 
+from foedus.client_sdk.tracing import TENANT
 from foedus.server.deployments.feed import ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.interceptors import current_call, current_principal
 from foedus.server.monitoring.service import MonitoringService, TelemetryBatch
+from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.servicers import convert
 from foedus.server.servicers.base import BlockingRunner, ServicerBase
 from foedus.v1 import agent_pb2, agent_pb2_grpc
@@ -25,11 +27,14 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         monitoring: MonitoringService,
         feed: ChangeFeed,
         runner: BlockingRunner,
+        *,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
         super().__init__(runner)
         self._deployments = deployments
         self._monitoring = monitoring
         self._feed = feed
+        self._metrics = metrics
 
     async def RegisterAgent(
         self, request: agent_pb2.RegisterAgentRequest, context: Ctx
@@ -50,19 +55,25 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         principal = current_principal()
         tenant = principal.own_tenant()
         generation = -1
-        while True:
-            deployment, versions = await self.read(
-                self._deployments.assignment, principal, request.deployment, request.agent
-            )
-            if deployment.generation != generation:
-                generation = deployment.generation
-                yield agent_pb2.WatchAssignmentsResponse(
-                    assignment=agent_pb2.Assignment(
-                        deployment=convert.deployment(deployment),
-                        versions=[convert.assigned_version(v) for v in versions],
-                    )
+        if self._metrics is not None:
+            self._metrics.watch_streams.add(1, {TENANT: tenant})
+        try:
+            while True:
+                deployment, versions = await self.read(
+                    self._deployments.assignment, principal, request.deployment, request.agent
                 )
-            await self._feed.wait(tenant, request.deployment)
+                if deployment.generation != generation:
+                    generation = deployment.generation
+                    yield agent_pb2.WatchAssignmentsResponse(
+                        assignment=agent_pb2.Assignment(
+                            deployment=convert.deployment(deployment),
+                            versions=[convert.assigned_version(v) for v in versions],
+                        )
+                    )
+                await self._feed.wait(tenant, request.deployment)
+        finally:
+            if self._metrics is not None:
+                self._metrics.watch_streams.add(-1, {TENANT: tenant})
 
     async def ReportTelemetry(
         self, request_iterator: AsyncIterator[agent_pb2.ReportTelemetryRequest], context: Ctx
@@ -79,4 +90,6 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
                 series=convert.series_from_proto(b),
             )
             duplicate = await self.run(self._monitoring.ingest, principal, batch)
+            if self._metrics is not None:
+                self._metrics.ingested(principal.tenant or "", b, duplicate=duplicate)
             yield agent_pb2.ReportTelemetryResponse(batch_id=b.batch_id, duplicate=duplicate)

@@ -1,0 +1,201 @@
+"""OpenTelemetry through a real server: an SDK call continues the caller's trace on the server,
+failures record their status, RPC durations are measured, and the Prometheus endpoint serves them."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from testkit import wait_for
+
+from foedus.client_sdk import Client, NotFound, Unauthenticated
+from foedus.client_sdk.testing import LocalServer
+
+
+class Telemetry:
+    """The process's OpenTelemetry SDK: every span in memory, metrics read on demand."""
+
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
+        self.tracer = trace.get_tracer("test")
+
+    def finished(self, name: str, kind: SpanKind, count: int = 1) -> list[ReadableSpan]:
+        """The finished spans of that name and kind, once there are `count` of them: an aborted
+        call's status reaches the client just before the server's span ends."""
+
+        def spans() -> list[ReadableSpan]:
+            return [s for s in self.spans.get_finished_spans() if s.name == name and s.kind == kind]
+
+        wait_for(lambda: len(spans()) >= count, 10, f"{count} {kind.name} span(s) {name}")
+        return spans()
+
+    def points(self, metric: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return [
+            point
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == metric
+            for point in m.data.data_points
+        ]
+
+
+_TELEMETRY: Telemetry | None = None
+
+
+@pytest.fixture(scope="module")
+def otel() -> Telemetry:
+    # A process sets its global providers once; every test of this module shares them.
+    global _TELEMETRY
+    if _TELEMETRY is None:
+        _TELEMETRY = Telemetry()
+    return _TELEMETRY
+
+
+@pytest.fixture(scope="module")
+def traced_server(otel: Telemetry) -> Iterator[LocalServer]:
+    """A server started after the process configured OpenTelemetry: it reports with those providers."""
+    with LocalServer(latency_runs=3) as srv:
+        yield srv
+
+
+@pytest.fixture
+def tenant_name(traced_server: LocalServer) -> str:
+    return f"otel-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def owner(otel: Telemetry, traced_server: LocalServer, tenant_name: str) -> Iterator[Client]:
+    """An owner client of a new tenant; the spans of setting it up are cleared."""
+    key = traced_server.create_tenant(tenant_name)
+    otel.spans.clear()
+    with Client.connect(traced_server.target, api_key=key) as client:
+        yield client
+
+
+def test_sdk_call_continues_the_callers_trace_on_the_server(
+    otel: Telemetry, owner: Client, tenant_name: str
+) -> None:
+    with otel.tracer.start_as_current_span("user-operation") as user:
+        owner.models.list()
+    method = "foedus.v1.RegistryService/ListModels"
+    (client_span,) = otel.finished(method, SpanKind.CLIENT)
+    (server_span,) = otel.finished(method, SpanKind.SERVER)
+    trace_id = user.get_span_context().trace_id
+    assert client_span.context is not None and server_span.context is not None
+    assert client_span.context.trace_id == trace_id
+    assert client_span.parent is not None and client_span.parent.span_id == user.get_span_context().span_id
+    assert server_span.context.trace_id == trace_id
+    assert server_span.parent is not None and server_span.parent.span_id == client_span.context.span_id
+    assert server_span.parent.is_remote
+    attributes = dict(server_span.attributes or {})
+    assert attributes["rpc.system.name"] == "grpc"
+    assert attributes["rpc.method"] == method
+    assert attributes["rpc.response.status_code"] == "OK"
+    assert attributes["rpc.system"] == "grpc"
+    assert attributes["rpc.service"] == "foedus.v1.RegistryService"
+    assert attributes["rpc.grpc.status_code"] == 0
+    assert attributes["foedus.tenant"] == tenant_name
+    assert server_span.status.status_code is not StatusCode.ERROR
+    secret = owner._rpc.metadata[0][1].split("_")[-1]
+    for span in (client_span, server_span):
+        assert not any(secret in str(v) for v in (span.attributes or {}).values())
+
+
+def test_a_failing_call_records_its_status_code(
+    otel: Telemetry, traced_server: LocalServer, owner: Client
+) -> None:
+    with pytest.raises(NotFound):
+        owner.models.get("no-such-model")
+    method = "foedus.v1.RegistryService/GetModel"
+    (server_span,) = otel.finished(method, SpanKind.SERVER)
+    (client_span,) = otel.finished(method, SpanKind.CLIENT)
+    attributes = dict(server_span.attributes or {})
+    assert attributes["rpc.response.status_code"] == "NOT_FOUND"
+    assert attributes["rpc.grpc.status_code"] == 5
+    # NOT_FOUND is the caller's mistake: an error on the client's span, not on the server's.
+    assert server_span.status.status_code is not StatusCode.ERROR
+    assert client_span.status.status_code is StatusCode.ERROR
+    assert dict(client_span.attributes or {})["error.type"] == "NOT_FOUND"
+    (duration,) = [
+        p
+        for p in otel.points("rpc.server.call.duration")
+        if p.attributes["rpc.method"] == method and p.attributes["rpc.response.status_code"] == "NOT_FOUND"
+    ]
+    assert duration.count >= 1
+
+    with (
+        Client.connect(traced_server.target, api_key="fds_wrong") as stranger,
+        pytest.raises(Unauthenticated),
+    ):
+        stranger.whoami()
+    (rejected,) = otel.finished("foedus.v1.AdminService/WhoAmI", SpanKind.SERVER)
+    assert dict(rejected.attributes or {})["rpc.response.status_code"] == "UNAUTHENTICATED"
+    assert "foedus.tenant" not in (rejected.attributes or {})
+
+
+def test_streaming_calls_are_traced_and_their_durations_measured(
+    otel: Telemetry, owner: Client, tenant_name: str, onnx_model: Path, tmp_path: Path
+) -> None:
+    with otel.tracer.start_as_current_span("release") as release:
+        owner.models.register("iris", onnx_model)  # client streaming
+        owner.models.download("iris", tmp_path, version=1)  # server streaming
+    trace_id = release.get_span_context().trace_id
+    for method in (
+        "foedus.v1.RegistryService/CreateModelVersion",
+        "foedus.v1.RegistryService/DownloadArtifact",
+    ):
+        (span,) = otel.finished(method, SpanKind.SERVER)
+        assert span.context is not None and span.context.trace_id == trace_id
+        assert dict(span.attributes or {})["rpc.response.status_code"] == "OK"
+        assert dict(span.attributes or {})["foedus.tenant"] == tenant_name
+
+    points = {
+        (p.attributes["rpc.method"], p.attributes["rpc.response.status_code"]): p
+        for p in otel.points("rpc.server.call.duration")
+    }
+    for method in ("CreateModelVersion", "DownloadArtifact"):
+        point = points[(f"foedus.v1.RegistryService/{method}", "OK")]
+        assert point.count >= 1 and point.sum > 0
+        assert point.attributes["rpc.system.name"] == "grpc"
+    assert any(p.count >= 1 for p in otel.points("rpc.client.call.duration"))
+
+
+def test_prometheus_endpoint_serves_rpc_durations(otel: Telemetry) -> None:
+    with LocalServer(metrics_listen="127.0.0.1:0") as srv:
+        assert srv.metrics_url
+        with srv.client() as admin:
+            admin.whoami()
+            admin.whoami()
+        with urllib.request.urlopen(srv.metrics_url, timeout=10) as response:  # noqa: S310
+            content_type = response.headers["Content-Type"]
+            text = response.read().decode()
+    assert content_type.startswith("text/plain")
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("rpc_server_call_duration_seconds_count")
+        and 'rpc_method="foedus.v1.AdminService/WhoAmI"' in line
+        and 'rpc_response_status_code="OK"' in line
+    ]
+    assert lines, text[:2000]
+    assert float(lines[0].rsplit(" ", 1)[1]) >= 2
+    assert "# TYPE rpc_server_call_duration_seconds histogram" in text
