@@ -12,8 +12,8 @@ network, optimiser and batches (the federated task's own training step):
   reference federation must approach without pooling;
 * **fed**: Flower's deployment engine, a SuperLink and one SuperNode per organisation as real
   processes with TLS and SuperNode authentication, ``rounds`` rounds of FedAvg with
-  ``local_epochs`` local epochs each (defaults 15 and 1: with three organisations of about equal
-  size, each node then takes as many optimiser steps as pooled training takes in 5 epochs);
+  ``local_epochs`` local epochs each (defaults 5 and 1: every row is seen as often as in
+  pooled training);
 * **secagg_fed**: the same with SecAgg+ secure aggregation (Flower's legacy workflow), first seed;
 * **dp_fed**: the same with central differential privacy (server-side fixed clipping and
   Gaussian noise; the ε after all rounds reported), first seed.
@@ -36,7 +36,7 @@ training and evaluation), and bytes per round: record payloads both ways as Flow
 (``round_bytes``) and the SuperLink's own count of bytes on the wire (``round_wire_bytes``, TLS
 and HTTP included).
 
-    python bench/federation_eval.py [--data-dir DIR] [--epochs 5] [--rounds 15] [--seeds 0,1] [--json PATH]
+    python bench/federation_eval.py [--data-dir DIR] [--epochs 5] [--rounds 5] [--seeds 0,1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -386,9 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=15,
-        help="federated rounds (default %(default)s: with three organisations and one local epoch, each "
-        "node takes as many optimiser steps as pooled training does in --epochs)",
+        default=5,
+        help="federated rounds (default %(default)s: as many passes as --epochs)",
     )
     parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per federated round")
     parser.add_argument(
