@@ -3,13 +3,17 @@ failures record their status, RPC durations are measured, and the Prometheus end
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from foedus_testdata import iris_data, iris_onnx
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -20,7 +24,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from testkit import wait_for
 
 from foedus.client_sdk import Client, NotFound, Unauthenticated
+from foedus.client_sdk.agent.runtime import Agent, AgentConfig
 from foedus.client_sdk.testing import LocalServer
+from foedus.client_sdk.tracing import ClientTracing
+from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
 
 
 class Telemetry:
@@ -177,6 +184,8 @@ def test_streaming_calls_are_traced_and_their_durations_measured(
         assert point.count >= 1 and point.sum > 0
         assert point.attributes["rpc.system.name"] == "grpc"
     assert any(p.count >= 1 for p in otel.points("rpc.client.call.duration"))
+    phases = {p.attributes["foedus.rollout.phase"] for p in otel.points("foedus.rollouts")}
+    assert phases == {"scheduled", "progressing", "paused"}
 
 
 def test_prometheus_endpoint_serves_rpc_durations(otel: Telemetry) -> None:
@@ -199,3 +208,93 @@ def test_prometheus_endpoint_serves_rpc_durations(otel: Telemetry) -> None:
     assert lines, text[:2000]
     assert float(lines[0].rsplit(" ", 1)[1]) >= 2
     assert "# TYPE rpc_server_call_duration_seconds histogram" in text
+
+
+def test_agent_inference_and_its_calls_to_the_server_carry_the_trace(
+    otel: Telemetry, traced_server: LocalServer, owner: Client, tenant_name: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    x, _ = iris_data()
+    owner.models.register("iris", iris_onnx(tmp_path, c=1.0, name="a.onnx"), reference_data=x)
+    owner.deployments.create("iris-prod", "iris", traffic={1: 1.0})
+    agent_key = owner.keys.create("agent", description="agent").secret
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    async def start() -> Agent:
+        agent = Agent(
+            AgentConfig(
+                deployment="iris-prod",
+                server=traced_server.target,
+                api_key=agent_key,
+                listen="127.0.0.1:0",
+                data_dir=tmp_path / "agent",
+                name="agent-0",
+                interval_s=0.2,
+            )
+        )
+        await agent.start()
+        return agent
+
+    agent = on_loop(start())
+    try:
+        wait_for(lambda: agent.generation >= 1, 60, "the agent to load generation 1")
+        request = inference_pb2.ModelInferRequest(model_name="iris-prod")
+        request.inputs.add(name="input", datatype="FP32", shape=[2, 4])
+        request.raw_input_contents.append(x[:2].astype("<f4").tobytes())
+        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{agent.port}"), ClientTracing())
+        with channel, otel.tracer.start_as_current_span("predict") as predict:
+            inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        (infer,) = otel.finished("inference.GRPCInferenceService/ModelInfer", SpanKind.SERVER)
+        assert infer.context is not None and infer.context.trace_id == predict.get_span_context().trace_id
+        assert dict(infer.attributes or {})["rpc.response.status_code"] == "OK"
+
+        # The agent's own calls: each client span is the parent of the control plane's server span.
+        for method in ("RegisterAgent", "DownloadArtifact", "ReportTelemetry"):
+            service = "RegistryService" if method == "DownloadArtifact" else "AgentService"
+            name = f"foedus.v1.{service}/{method}"
+            (sent, *_) = otel.finished(name, SpanKind.CLIENT)
+            served = otel.finished(name, SpanKind.SERVER)
+            assert sent.context is not None
+            assert any(s.parent is not None and s.parent.span_id == sent.context.span_id for s in served), (
+                method
+            )
+            assert all(dict(s.attributes or {})["foedus.tenant"] == tenant_name for s in served)
+
+        wait_for(
+            lambda: any(
+                p.attributes["foedus.deployment"] == "iris-prod"
+                and p.attributes["foedus.model.version"] == "1"
+                for p in otel.points("foedus.model.inference.duration")
+            ),
+            30,
+            "the model latency of version 1",
+        )
+        wait_for(
+            lambda: any(
+                p.attributes.get("foedus.tenant") == tenant_name and p.value >= 1
+                for p in otel.points("foedus.telemetry.requests")
+            ),
+            30,
+            "the server to count the reported requests",
+        )
+        streams = [
+            p
+            for p in otel.points("foedus.agent.watch_streams")
+            if p.attributes["foedus.tenant"] == tenant_name
+        ]
+        assert streams and streams[0].value == 1
+        latency = [
+            p
+            for p in otel.points("foedus.model.latency")
+            if p.attributes.get("foedus.tenant") == tenant_name and p.attributes["foedus.quantile"] == "0.99"
+        ]
+        assert latency and latency[0].attributes["foedus.model.version"] == "1" and latency[0].value > 0
+    finally:
+        on_loop(agent.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -327,18 +327,12 @@ class ClientTracing(
         return self._intercept(continuation, client_call_details, request_iterator)
 
 
-class AioClientTracing(
-    _Instrumented,
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """`ClientTracing` for asyncio channels (`grpc.aio.insecure_channel(..., interceptors=[...])`)."""
+class _AioClientTracing:
+    """`ClientTracing` for asyncio channels; one per call shape (see `aio_client_tracing`)."""
 
-    def __init__(self, **providers: Any) -> None:
-        super().__init__(**providers)
-        self._pending: set[asyncio.Task[None]] = set()
+    def __init__(self, rpc: _RpcInstruments, pending: set[asyncio.Task[None]]) -> None:
+        self._rpc = rpc
+        self._pending = pending
 
     async def _intercept(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         attributes = rpc_attributes(_method_name(details.method))
@@ -370,21 +364,41 @@ class AioClientTracing(
         call.add_done_callback(on_done)
         return call
 
+
+class _AioUnaryUnary(_AioClientTracing, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request)
 
+
+class _AioUnaryStream(_AioClientTracing, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request)
 
+
+class _AioStreamUnary(_AioClientTracing, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
+
+class _AioStreamStream(_AioClientTracing, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
+
+
+def aio_client_tracing(
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> list[Any]:
+    """Interceptors for `grpc.aio.insecure_channel(..., interceptors=...)`: client spans and trace
+    context for the four call shapes (an asyncio channel gives each interceptor one shape only)."""
+    rpc = _RpcInstruments(SpanKind.CLIENT, tracer_provider, meter_provider)
+    pending: set[asyncio.Task[None]] = set()
+    return [cls(rpc, pending) for cls in (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
 
 
 def _method_name(method: str | bytes) -> str:

@@ -35,7 +35,13 @@ from foedus.client_sdk.agent.detector import DETECTOR_NAME, AnomalyDetector, Det
 from foedus.client_sdk.agent.history import HISTORY_METRICS, LocalHistory
 from foedus.client_sdk.agent.ops_models import MAX_WINDOW, AnomalyScorer, OpsModelError, ResourcePredictor
 from foedus.client_sdk.agent.queue import TelemetryQueue, TelemetryQueueFull
-from foedus.client_sdk.agent.serving import InferenceServicer, LoadedModel, ModelTable, Route
+from foedus.client_sdk.agent.serving import (
+    InferenceServicer,
+    LoadedModel,
+    ModelTable,
+    RequestObserver,
+    Route,
+)
 from foedus.client_sdk.agent.telemetry import (
     IntervalAggregator,
     ResourceSampler,
@@ -43,6 +49,8 @@ from foedus.client_sdk.agent.telemetry import (
     interval_reports,
     read_gpus,
 )
+from foedus.client_sdk.observability import Observability, ObservabilitySettings
+from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
 from foedus.oip.v2 import inference_pb2_grpc
 from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
 
@@ -79,6 +87,11 @@ class AgentConfig:
     """Deployment that serves the resource predictor; None: no resource predictions."""
     channel_credentials: grpc.ChannelCredentials | None = None
     """TLS to the control plane; None is plaintext."""
+    otlp_endpoint: str = ""
+    """OpenTelemetry collector (OTLP/gRPC) for the agent's traces and metrics; empty:
+    OTEL_EXPORTER_OTLP_ENDPOINT when set, else none (OTEL_SERVICE_NAME, default foedus-agent)."""
+    metrics_listen: str = ""
+    """HOST:PORT of a Prometheus scrape endpoint (/metrics); empty: none."""
 
 
 class Agent:
@@ -120,22 +133,38 @@ class Agent:
         self.port = 0
         self.generation = 0
         self.connected = asyncio.Event()
+        self.observability: Observability | None = None
+        """The OpenTelemetry providers the agent reports with; None when OpenTelemetry is off."""
 
     # --- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = grpc.aio.server()
+        self.observability = Observability.start(
+            ObservabilitySettings("foedus-agent", self.config.otlp_endpoint, self.config.metrics_listen)
+        )
+        server_interceptors: list[Any] = []
+        client_interceptors: list[Any] = []
+        observer: RequestObserver = self.aggregator
+        if self.observability is not None:
+            providers: dict[str, Any] = {
+                "tracer_provider": self.observability.tracer_provider,
+                "meter_provider": self.observability.meter_provider,
+            }
+            server_interceptors.append(ServerTracing(**providers))
+            client_interceptors.extend(aio_client_tracing(**providers))
+            observer = MeteredObserver(self.aggregator, self.observability.meter_provider, self.queue)
+        self._server = grpc.aio.server(interceptors=server_interceptors)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(
-                self.table, self.executor, observer=self.aggregator, server_name="foedus-agent"
-            ),
+            InferenceServicer(self.table, self.executor, observer=observer, server_name="foedus-agent"),
             self._server,
         )
         self.port = self._server.add_insecure_port(self.config.listen)
         await self._server.start()
         if self.config.channel_credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.config.server, self.config.channel_credentials)
+            self._channel = grpc.aio.secure_channel(
+                self.config.server, self.config.channel_credentials, interceptors=client_interceptors
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(self.config.server)
+            self._channel = grpc.aio.insecure_channel(self.config.server, interceptors=client_interceptors)
         self._tasks = [
             asyncio.create_task(
                 self._watch_assignments(self.config.deployment, self._apply), name="assignments"
@@ -173,6 +202,8 @@ class Agent:
         if self._channel is not None:
             await self._channel.close(grace=None)
         self.executor.shutdown(wait=True)
+        if self.observability is not None:
+            self.observability.shutdown()
         self.queue.close()
         self.history.close()
 
@@ -427,6 +458,63 @@ class Agent:
                 )
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 15.0)
+
+
+class MeteredObserver:
+    """Passes every request on to the interval aggregator and measures it for OpenTelemetry:
+    `foedus.model.inference.duration` (seconds) by deployment, version, shadow and outcome, and
+    the depth of the durable telemetry queue as `foedus.agent.telemetry_queue.depth`."""
+
+    def __init__(self, inner: RequestObserver, meter_provider: Any, queue: TelemetryQueue) -> None:
+        from opentelemetry import metrics
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        from foedus.client_sdk.tracing import DURATION_BUCKETS_S, SCOPE_VERSION
+
+        self._inner = inner
+        meter = metrics.get_meter("foedus.agent", SCOPE_VERSION, meter_provider)
+        self._duration = meter.create_histogram(
+            "foedus.model.inference.duration",
+            unit="s",
+            description="Time a model version takes to answer an inference request.",
+            explicit_bucket_boundaries_advisory=(0.0005, 0.001, 0.0025, *DURATION_BUCKETS_S),
+        )
+
+        def depth(options: CallbackOptions) -> list[Observation]:
+            try:
+                return [Observation(queue.depth())]
+            except Exception:  # closed while the agent stops
+                return []
+
+        meter.create_observable_gauge(
+            "foedus.agent.telemetry_queue.depth",
+            callbacks=[depth],
+            unit="{batch}",
+            description="Telemetry batches waiting in the agent's durable queue.",
+        )
+
+    def record(
+        self,
+        model: LoadedModel,
+        latency_ms: float,
+        ok: bool,
+        inputs: Any,
+        outputs: Any,
+        shadow: bool,
+    ) -> None:
+        self._inner.record(model, latency_ms, ok, inputs, outputs, shadow)
+        self._duration.record(
+            latency_ms / 1000.0,
+            {
+                "foedus.deployment": model.name,
+                "foedus.model.version": model.version,
+                "foedus.shadow": shadow,
+                "foedus.outcome": "ok" if ok else "error",
+            },
+        )
+
+    def invalid(self, model: LoadedModel) -> None:
+        self._inner.invalid(model)
 
 
 def _metric_vector(

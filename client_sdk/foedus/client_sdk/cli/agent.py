@@ -42,6 +42,15 @@ def run(
     resource_deployment: str | None = typer.Option(
         None, "--resource-deployment", help="deployment serving a resource predictor"
     ),
+    otlp_endpoint: str = typer.Option(
+        "",
+        "--otlp-endpoint",
+        help="OpenTelemetry collector for traces and metrics (OTLP/gRPC), e.g. http://collector:4317 "
+        "[env OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; OTEL_SERVICE_NAME, default foedus-agent]",
+    ),
+    metrics_listen: str = typer.Option(
+        "", "--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (/metrics) [default: off]"
+    ),
 ) -> None:
     """Register with the control plane, serve the deployment's versions and report telemetry."""
     try:
@@ -70,6 +79,8 @@ def run(
         anomaly_deployment=anomaly_deployment,
         resource_deployment=resource_deployment,
         channel_credentials=tls.channel_credentials() if tls is not None else None,
+        otlp_endpoint=otlp_endpoint,
+        metrics_listen=metrics_listen,
     )
 
     async def main() -> None:
