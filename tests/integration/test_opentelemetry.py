@@ -8,6 +8,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from foedus_testdata import iris_data, iris_onnx
 from opentelemetry import metrics, trace
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -298,3 +300,53 @@ def test_agent_inference_and_its_calls_to_the_server_carry_the_trace(
         on_loop(agent.stop())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace collector that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    def Export(self, request: Any, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[tuple[str, str]]:
+        """(service.name, span name) of every span received."""
+        out = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
+                out += [(service, s.name) for ss in resource_spans.scope_spans for s in ss.spans]
+        return out
+
+
+def test_otlp_endpoint_exports_the_servers_spans(otel: Telemetry, tmp_path: Path) -> None:
+    collector = Collector()
+    receiver = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    try:
+        # Stopping the server flushes its spans to the collector.
+        with LocalServer(otlp_endpoint=f"http://127.0.0.1:{port}") as srv, srv.client() as admin:
+            admin.whoami()
+        assert ("foedus-server", "foedus.v1.AdminService/WhoAmI") in collector.spans()
+    finally:
+        receiver.stop(None)
+
+
+def test_telemetry_settings_are_checked() -> None:
+    from foedus.server.config import ConfigError, load_config
+
+    assert load_config(env={}).metrics_listen == ""
+    assert load_config(env={"FOEDUS_OTLP_ENDPOINT": "http://c:4317"}).otlp_endpoint == "http://c:4317"
+    with pytest.raises(ConfigError, match="metrics_listen must be HOST:PORT"):
+        load_config(env={}, metrics_listen="9464")
+    with pytest.raises(ConfigError, match="workers > 1"):
+        load_config(env={}, listen="127.0.0.1:50051", metrics_listen="127.0.0.1:9464", workers=2)
