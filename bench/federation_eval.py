@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument(
-        "--seeds", default="0,1,2", help="training seeds; central, local and fed figures are means over them"
+        "--seeds", default="0,1", help="training seeds; central, local and fed figures are means over them"
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="keep the first N steps of each series (quick runs)"
