@@ -34,6 +34,11 @@ def test_bad_values_say_which_setting(tmp_path: Path) -> None:
         load_config(env={"FOEDUS_STORE_THREADS": "many"})
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_config(env={}, listen="nowhere")
+    with pytest.raises(ConfigError, match="tenant_requests_per_s"):
+        load_config(env={"FOEDUS_TENANT_REQUESTS_PER_S": "-1"})
+    with pytest.raises(ConfigError, match="tenant_burst"):
+        load_config(env={}, tenant_burst=-2)
+    assert load_config(env={"FOEDUS_TENANT_REQUESTS_PER_S": "50"}).tenant_requests_per_s == 50.0
 
 
 def test_plaintext_only_on_loopback_unless_allowed() -> None:

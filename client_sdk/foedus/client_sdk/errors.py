@@ -69,6 +69,8 @@ class FailedPrecondition(FoedusError):
 
 class ResourceExhausted(FoedusError):
     status = StatusCode.RESOURCE_EXHAUSTED
+    retry_after_s: float = 0.0
+    """When the server says trying again may succeed (its `retry-after-ms` trailer); 0: not said."""
 
 
 class Unavailable(FoedusError):
@@ -114,4 +116,10 @@ def from_rpc_error(error: grpc.RpcError) -> FoedusError:
     message = details or status.name.replace("_", " ").lower()
     if status is StatusCode.UNAVAILABLE and details and "connect" in details.lower():
         message = f"cannot reach the Foedus server: {details}"
-    return _BY_STATUS.get(status, FoedusError)(message, status)
+    out = _BY_STATUS.get(status, FoedusError)(message, status)
+    if isinstance(out, ResourceExhausted):
+        trailers_fn = getattr(error, "trailing_metadata", None)
+        for key, value in (trailers_fn() if callable(trailers_fn) else None) or ():
+            if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
+                out.retry_after_s = int(value) / 1000.0
+    return out

@@ -43,6 +43,7 @@ from foedus.server.servicers.monitoring import MonitoringServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.servicers.rollout import RolloutServicer, feed_key
 from foedus.server.store.sql import SqlStore
+from foedus.server.tenancy.limits import RateLimiter
 from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
 from foedus.v1 import (
     admin_pb2_grpc,
@@ -168,7 +169,12 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     except OSError:
         store.close()
         raise
-    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(tenancy, runner)]  # type: ignore[type-arg]
+    limiter = (
+        RateLimiter(config.tenant_requests_per_s, config.tenant_burst)
+        if config.tenant_requests_per_s > 0
+        else None
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(tenancy, runner, limiter=limiter)]  # type: ignore[type-arg]
     metrics = None
     if observability is not None:
         # Tracing goes first, so that its span covers (and records) what the guard rejects.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -57,6 +58,12 @@ class ServerConfig:
     """Timed runs of the registration gate's CPU latency profile."""
     rollout_tick_s: float = 5.0
     """How often the rollout controller looks at every active rollout."""
+    tenant_requests_per_s: float = 0.0
+    """Calls per second each tenant's keys may make (a token bucket per tenant, per server
+    process); 0: unlimited. Over it, calls are refused with RESOURCE_EXHAUSTED and a
+    `retry-after-ms` trailer. The admin is not limited."""
+    tenant_burst: int = 0
+    """Calls a tenant may make at once above the rate; 0: twice the rate."""
     otlp_endpoint: str = ""
     """OpenTelemetry collector (OTLP over gRPC), e.g. http://collector:4317, for traces and metrics;
     empty: OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. OTEL_SERVICE_NAME names the service
@@ -93,6 +100,10 @@ class ServerConfig:
             raise ConfigError("workers > 1 needs a listen address")
         if not self.rollout_tick_s > 0:
             raise ConfigError("rollout_tick_s must be positive")
+        if not (math.isfinite(self.tenant_requests_per_s) and self.tenant_requests_per_s >= 0):
+            raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
+        if self.tenant_burst < 0:
+            raise ConfigError("tenant_burst must be >= 0 (0: twice the rate)")
         for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -63,6 +63,11 @@ class FailedPrecondition(DomainError):
 class ResourceExhausted(DomainError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, *, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """When trying again may succeed; sent as the `retry-after-ms` trailer (0: not said)."""
+
 
 class Aborted(DomainError):
     code = ErrorCode.ABORTED

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,10 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from foedus.client_sdk.tracing import set_tenant
-from foedus.server.errors import DomainError, PermissionDenied, Unauthenticated
+from foedus.server.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
 from foedus.server.servicers.base import BlockingRunner
 from foedus.server.store.records import AuditRecord, Role
+from foedus.server.tenancy.limits import RateLimiter
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import TenancyService, now_us
 from foedus.v1 import (
@@ -101,9 +103,12 @@ def current_principal() -> Principal:
 
 
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tenancy: TenancyService, runner: BlockingRunner) -> None:
+    def __init__(
+        self, tenancy: TenancyService, runner: BlockingRunner, *, limiter: RateLimiter | None = None
+    ) -> None:
         self._tenancy = tenancy
         self._runner = runner
+        self._limiter = limiter
         self._policies = access_policies()
 
     async def intercept_service(
@@ -136,14 +141,22 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         set_tenant(principal.tenant)
         return info
 
-    @staticmethod
-    def _authorize(info: CallInfo, policy: AccessPolicy) -> None:
+    def _authorize(self, info: CallInfo, policy: AccessPolicy) -> None:
         if not info.principal.may(policy.roles):
             allowed = ", ".join(sorted(r.name.lower() for r in policy.roles))
             raise PermissionDenied(
                 f"role {info.principal.role.name.lower()} may not call {info.method.rsplit('/', 1)[1]} "
                 f"(allowed: {allowed})"
             )
+        tenant = info.principal.tenant
+        if self._limiter is not None and tenant is not None:
+            wait = self._limiter.take(tenant)
+            if wait > 0:
+                raise ResourceExhausted(
+                    f"tenant {tenant!r} is over its limit of {self._limiter.rate:g} calls per second; "
+                    f"retry in {wait:.2f} s",
+                    retry_after_s=wait,
+                )
 
     async def _finish(
         self, policy: AccessPolicy, info: CallInfo | None, error: BaseException | None, context: Any
@@ -173,7 +186,10 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
         if isinstance(error, DomainError):
-            await context.abort(grpc.StatusCode[error.code.value], error.message)
+            trailers: tuple[tuple[str, str], ...] = ()
+            if isinstance(error, ResourceExhausted) and error.retry_after_s > 0:
+                trailers = (("retry-after-ms", str(max(1, math.ceil(error.retry_after_s * 1000)))),)
+            await context.abort(grpc.StatusCode[error.code.value], error.message, trailers)
         log.error("internal error", exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
 

@@ -57,6 +57,16 @@ def start(
     insecure: bool | None = typer.Option(
         None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
     ),
+    tenant_rate: float | None = typer.Option(
+        None,
+        "--tenant-rate",
+        min=0.0,
+        help="calls per second each tenant may make; over it RESOURCE_EXHAUSTED with retry-after-ms "
+        "[env FOEDUS_TENANT_REQUESTS_PER_S; default 0: unlimited]",
+    ),
+    tenant_burst: int | None = typer.Option(
+        None, "--tenant-burst", min=0, help="calls a tenant may make at once [default: twice --tenant-rate]"
+    ),
 ) -> None:
     """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
     try:
@@ -81,6 +91,8 @@ def start(
             metrics_listen=metrics_listen,
             allow_insecure=insecure,
             workers=workers,
+            tenant_requests_per_s=tenant_rate,
+            tenant_burst=tenant_burst,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -1,0 +1,40 @@
+"""Per-tenant request rate limits: a token bucket per tenant.
+
+Each tenant's bucket holds up to `burst` tokens and refills at `rate` tokens per second; every
+call of a tenant's key takes one. A call that finds the bucket empty is refused with
+RESOURCE_EXHAUSTED and the time until a token is back (the `retry-after-ms` trailer). The platform
+admin is not limited. Buckets live in the server process: with several processes or replicas each
+enforces the limit on the calls it serves.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Token buckets by key (the tenant)."""
+
+    def __init__(self, rate: float, burst: int = 0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError("the rate must be a positive number of requests per second")
+        self.rate = float(rate)
+        self.burst = float(burst if burst > 0 else max(1, math.ceil(2 * rate)))
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Take a token for `key`: 0.0 when granted, else the seconds until one is available."""
+        now = self._clock()
+        with self._lock:
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
