@@ -153,6 +153,22 @@ def test_models_are_unique_per_tenant(store: SqlStore) -> None:
         store.get_model("acme", "nope")
 
 
+def test_registry_usage_counts_a_tenants_models_and_artifact_bytes(store: SqlStore) -> None:
+    assert store.registry_usage("acme") == (0, 0)
+    store.create_model("acme", "empty", "", {}, "k", 1)
+    store.create_version(
+        "acme", "churn", new_version(artifact_size=100), create_model=True, aliases=(), now_us=2
+    )
+    store.create_version(
+        "acme", "churn", new_version(artifact_size=100), create_model=False, aliases=(), now_us=3
+    )
+    store.create_version(
+        "beta", "other", new_version(artifact_size=7), create_model=True, aliases=(), now_us=4
+    )
+    assert store.registry_usage("acme") == (2, 200)  # a shared artifact counts per version
+    assert store.registry_usage("beta") == (1, 7)
+
+
 def test_versions_round_trip_and_number_up(store: SqlStore) -> None:
     v1 = store.create_version(
         "acme", "churn", new_version(), create_model=True, aliases=("production",), now_us=3

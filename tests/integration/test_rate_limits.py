@@ -1,10 +1,12 @@
-"""Per-tenant rate limits: a tenant over its calls per second gets RESOURCE_EXHAUSTED with the time
-to wait; other tenants and the admin are not affected."""
+"""Per-tenant limits: a tenant over its calls per second gets RESOURCE_EXHAUSTED with the time to
+wait, other tenants and the admin are not affected; quotas on models and artifact bytes refuse
+what would pass them, before any upload."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from testkit import wait_for
@@ -67,3 +69,28 @@ def test_token_bucket() -> None:
     assert RateLimiter(5.0).burst == 10
     with pytest.raises(ValueError):
         RateLimiter(0.0)
+
+
+def test_quotas_on_models_and_artifact_bytes(tmp_path: Path) -> None:
+    from foedus_testdata import iris_onnx
+
+    artifact = iris_onnx(tmp_path)
+    size = artifact.stat().st_size
+    with LocalServer(tenant_max_models=2, tenant_max_artifact_bytes=3 * size, latency_runs=2) as server:
+        key = server.create_tenant("small")
+        with Client.connect(server.target, api_key=key) as client:
+            client.models.register("a", artifact, create_model=True)
+            client.models.create("b")
+            with pytest.raises(ResourceExhausted, match="has 2 models, its quota is 2"):
+                client.models.create("c")
+            with pytest.raises(ResourceExhausted, match="quota is 2"):
+                client.models.register("c", artifact, create_model=True)
+            client.models.register("a", artifact)  # new versions of existing models still fit
+            client.models.register("b", artifact)
+            with pytest.raises(ResourceExhausted, match=f"quota of {3 * size} bytes"):
+                client.models.register("a", artifact)
+            assert [m.name for m in client.models.list()] == ["a", "b"]  # nothing half-made
+            assert [v.version for v in client.models.versions("a")] == [2, 1]
+        other = server.create_tenant("other")  # quotas are per tenant
+        with Client.connect(server.target, api_key=other) as client:
+            client.models.register("a", artifact, create_model=True)

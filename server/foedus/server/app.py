@@ -157,7 +157,11 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         store,
         blobs,
         gate_config=GateConfig(latency_runs=config.latency_runs),
-        limits=RegistryLimits(max_artifact_bytes=config.max_artifact_bytes),
+        limits=RegistryLimits(
+            max_artifact_bytes=config.max_artifact_bytes,
+            tenant_max_models=config.tenant_max_models,
+            tenant_max_artifact_bytes=config.tenant_max_artifact_bytes,
+        ),
     )
     admin_key_id = tenancy.bootstrap_admin(config.data_dir)
     executor = ThreadPoolExecutor(max_workers=config.store_threads, thread_name_prefix="foedus-store")

@@ -64,6 +64,10 @@ class ServerConfig:
     `retry-after-ms` trailer. The admin is not limited."""
     tenant_burst: int = 0
     """Calls a tenant may make at once above the rate; 0: twice the rate."""
+    tenant_max_models: int = 0
+    """Models each tenant may have; 0: unlimited. Over it, RESOURCE_EXHAUSTED."""
+    tenant_max_artifact_bytes: int = 0
+    """Bytes of artifacts all of a tenant's versions may hold (archived included); 0: unlimited."""
     otlp_endpoint: str = ""
     """OpenTelemetry collector (OTLP over gRPC), e.g. http://collector:4317, for traces and metrics;
     empty: OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. OTEL_SERVICE_NAME names the service
@@ -104,6 +108,9 @@ class ServerConfig:
             raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
         if self.tenant_burst < 0:
             raise ConfigError("tenant_burst must be >= 0 (0: twice the rate)")
+        for name in ("tenant_max_models", "tenant_max_artifact_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: unlimited)")
         for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

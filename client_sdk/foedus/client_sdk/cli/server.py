@@ -67,6 +67,15 @@ def start(
     tenant_burst: int | None = typer.Option(
         None, "--tenant-burst", min=0, help="calls a tenant may make at once [default: twice --tenant-rate]"
     ),
+    tenant_max_models: int | None = typer.Option(
+        None, "--tenant-max-models", min=0, help="models each tenant may have [default 0: unlimited]"
+    ),
+    tenant_max_artifact_bytes: int | None = typer.Option(
+        None,
+        "--tenant-max-artifact-bytes",
+        min=0,
+        help="bytes of artifacts each tenant's versions may hold [default 0: unlimited]",
+    ),
 ) -> None:
     """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
     try:
@@ -93,6 +102,8 @@ def start(
             workers=workers,
             tenant_requests_per_s=tenant_rate,
             tenant_burst=tenant_burst,
+            tenant_max_models=tenant_max_models,
+            tenant_max_artifact_bytes=tenant_max_artifact_bytes,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

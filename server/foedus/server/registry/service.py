@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from foedus.server import validation
 from foedus.server.artifacts.local import BlobWriter, LocalBlobStore
-from foedus.server.errors import InvalidArgument
+from foedus.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from foedus.server.registry import gates
 from foedus.server.store.base import Store
 from foedus.server.store.records import (
@@ -51,6 +51,10 @@ class VersionSpec:
 class RegistryLimits:
     max_artifact_bytes: int = 8 * 1024**3
     """Largest artifact accepted (default 8 GiB)."""
+    tenant_max_models: int = 0
+    """Models a tenant may have; 0: unlimited."""
+    tenant_max_artifact_bytes: int = 0
+    """Bytes of artifacts a tenant's versions may hold in all; 0: unlimited."""
 
 
 class Registration:
@@ -133,9 +137,27 @@ class RegistryService:
         self._gate_lock = threading.Lock()
 
     # --- models --------------------------------------------------------------------------------
+    def _check_quota(self, tenant: str, new_model: bool, size_bytes: int) -> None:
+        """A soft quota: checked before the work, so concurrent calls may overshoot it by a little."""
+        limits = self.limits
+        if not (limits.tenant_max_models and new_model) and not limits.tenant_max_artifact_bytes:
+            return
+        count, used = self.store.registry_usage(tenant)
+        if new_model and limits.tenant_max_models and count >= limits.tenant_max_models:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has {count} models, its quota is {limits.tenant_max_models}; "
+                "delete or reuse a model, or ask the admin for a larger quota"
+            )
+        if limits.tenant_max_artifact_bytes and used + size_bytes > limits.tenant_max_artifact_bytes:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} holds {used} bytes of artifacts; {size_bytes} more would pass its "
+                f"quota of {limits.tenant_max_artifact_bytes} bytes"
+            )
+
     def create_model(
         self, caller: Principal, name: str, description: str, tags: dict[str, str]
     ) -> ModelRecord:
+        self._check_quota(caller.own_tenant(), True, 0)
         return self.store.create_model(
             caller.own_tenant(),
             validation.model_name(name),
@@ -179,8 +201,15 @@ class RegistryService:
             )
         if spec.reference_profile is not None:
             validation.reference_profile(spec.reference_profile)
+        new_model = False
         if not spec.create_model:
             self.store.get_model(tenant, spec.model)  # NotFound before the upload, not after it
+        else:
+            try:
+                self.store.get_model(tenant, spec.model)
+            except NotFound:
+                new_model = True
+        self._check_quota(tenant, new_model, spec.size_bytes)  # before the upload, not after it
         return Registration(self, caller, tenant, spec)
 
     def run_gates(self, spec: VersionSpec, path: Path) -> tuple[int, Signature, LatencyProfile | None]:

@@ -112,6 +112,11 @@ class Store(abc.ABC):
         """The tenant's models ordered by name."""
 
     @abc.abstractmethod
+    def registry_usage(self, tenant: str) -> tuple[int, int]:
+        """(models, artifact bytes) of the tenant: its models, and the sizes of all its versions'
+        artifacts (archived included; an artifact shared by several versions counts each time)."""
+
+    @abc.abstractmethod
     def create_version(
         self,
         tenant: str,

@@ -400,6 +400,18 @@ class SqlStore(Store):
             aliases = self._aliases(conn, [row.id])[row.id]
         return self._model(row, aliases)
 
+    def registry_usage(self, tenant: str) -> tuple[int, int]:
+        with self._read() as conn:
+            count = conn.execute(
+                select(func.count()).select_from(models).where(models.c.tenant == tenant)
+            ).scalar()
+            size = conn.execute(
+                select(func.coalesce(func.sum(model_versions.c.artifact_size), 0))
+                .select_from(model_versions.join(models, model_versions.c.model_id == models.c.id))
+                .where(models.c.tenant == tenant)
+            ).scalar()
+        return int(count or 0), int(size or 0)
+
     def list_models(
         self, tenant: str, name_prefix: str, page_token: str, page_size: int
     ) -> Page[ModelRecord]:
