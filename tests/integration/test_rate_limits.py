@@ -94,3 +94,42 @@ def test_quotas_on_models_and_artifact_bytes(tmp_path: Path) -> None:
         other = server.create_tenant("other")  # quotas are per tenant
         with Client.connect(server.target, api_key=other) as client:
             client.models.register("a", artifact, create_model=True)
+
+
+def test_ingest_over_the_tenants_points_per_second_is_refused_and_not_stored(tmp_path: Path) -> None:
+    import uuid
+
+    from foedus_testdata import iris_onnx
+
+    with LocalServer(tenant_ingest_points_per_s=10.0, latency_runs=2) as server:
+        key = server.create_tenant("chatty")
+        with Client.connect(server.target, api_key=key) as client:
+            client.models.register("iris", iris_onnx(tmp_path), create_model=True)
+            client.deployments.create("d", "iris", traffic={1: 1.0})
+            start = int(time.time() * 1000) - 60_000
+            first = [("loss", float(i), start + i, i) for i in range(15)]
+            assert client.monitoring.log_batch("d", first) == 15  # within the burst of 20
+            second_id = uuid.uuid4().hex
+            second = [("loss", 100.0, start + 100 + i, 100 + i) for i in range(15)]
+            with pytest.raises(
+                ResourceExhausted, match="over its ingest limit of 10 points per second"
+            ) as refused:
+                client.monitoring.log_batch("d", second, batch_id=second_id)
+            assert 0 < refused.value.retry_after_s <= 1.0
+            # nothing of the refused batch was stored; sent again after the wait, it is
+            (mean,) = client.monitoring.query("d", "loss", start_unix_ms=start, step_s=3600)
+            assert mean[1] == pytest.approx(7.0)
+            time.sleep(refused.value.retry_after_s)
+            wait_for(
+                lambda: _sent(client, second, second_id), 10.0, "the batch to be accepted after the wait"
+            )
+            (mean,) = client.monitoring.query("d", "loss", start_unix_ms=start, step_s=3600)
+            assert mean[1] == pytest.approx((sum(range(15)) + 15 * 100.0) / 30)
+
+
+def _sent(client: Client, points: list[tuple[str, float, int, int]], batch_id: str) -> bool:
+    try:
+        client.monitoring.log_batch("d", points, batch_id=batch_id)
+    except ResourceExhausted:
+        return False
+    return True

@@ -207,7 +207,17 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         DeploymentServicer(deployments, runner), server
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(deployments, monitoring, feed, runner, metrics=metrics), server
+        AgentServicer(
+            deployments,
+            monitoring,
+            feed,
+            runner,
+            metrics=metrics,
+            ingest_limiter=RateLimiter(config.tenant_ingest_points_per_s)
+            if config.tenant_ingest_points_per_s > 0
+            else None,
+        ),
+        server,
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server

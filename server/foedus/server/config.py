@@ -64,6 +64,10 @@ class ServerConfig:
     `retry-after-ms` trailer. The admin is not limited."""
     tenant_burst: int = 0
     """Calls a tenant may make at once above the rate; 0: twice the rate."""
+    tenant_ingest_points_per_s: float = 0.0
+    """Telemetry points per second each tenant's agents and SDK may send (intervals, alerts, metric
+    points and series values; bursts up to twice the rate); 0: unlimited. A batch over it is
+    refused with RESOURCE_EXHAUSTED and `retry-after-ms`, and agents send it again later."""
     tenant_max_models: int = 0
     """Models each tenant may have; 0: unlimited. Over it, RESOURCE_EXHAUSTED."""
     tenant_max_artifact_bytes: int = 0
@@ -106,6 +110,8 @@ class ServerConfig:
             raise ConfigError("rollout_tick_s must be positive")
         if not (math.isfinite(self.tenant_requests_per_s) and self.tenant_requests_per_s >= 0):
             raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
+        if not (math.isfinite(self.tenant_ingest_points_per_s) and self.tenant_ingest_points_per_s >= 0):
+            raise ConfigError("tenant_ingest_points_per_s must be a number >= 0 (0: unlimited)")
         if self.tenant_burst < 0:
             raise ConfigError("tenant_burst must be >= 0 (0: twice the rate)")
         for name in ("tenant_max_models", "tenant_max_artifact_bytes"):

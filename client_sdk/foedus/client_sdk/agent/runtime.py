@@ -456,7 +456,12 @@ class Agent:
                     exc.details(),
                     len(batches),
                 )
-                await asyncio.sleep(backoff * (1 + random.random() / 2))
+                retry_after = 0.0  # a tenant over its ingest limit is told when to send again
+                trailers: Any = exc.trailing_metadata() or ()  # (key, value) pairs
+                for key, value in trailers:
+                    if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
+                        retry_after = int(value) / 1000.0
+                await asyncio.sleep(max(retry_after, backoff * (1 + random.random() / 2)))
                 backoff = min(backoff * 2, 15.0)
 
 

@@ -67,6 +67,12 @@ def start(
     tenant_burst: int | None = typer.Option(
         None, "--tenant-burst", min=0, help="calls a tenant may make at once [default: twice --tenant-rate]"
     ),
+    tenant_ingest_rate: float | None = typer.Option(
+        None,
+        "--tenant-ingest-rate",
+        min=0.0,
+        help="telemetry points per second each tenant may send [default 0: unlimited]",
+    ),
     tenant_max_models: int | None = typer.Option(
         None, "--tenant-max-models", min=0, help="models each tenant may have [default 0: unlimited]"
     ),
@@ -102,6 +108,7 @@ def start(
             workers=workers,
             tenant_requests_per_s=tenant_rate,
             tenant_burst=tenant_burst,
+            tenant_ingest_points_per_s=tenant_ingest_rate,
             tenant_max_models=tenant_max_models,
             tenant_max_artifact_bytes=tenant_max_artifact_bytes,
         )

@@ -10,11 +10,13 @@ import grpc
 from foedus.client_sdk.tracing import TENANT
 from foedus.server.deployments.feed import ChangeFeed
 from foedus.server.deployments.service import DeploymentService
+from foedus.server.errors import ResourceExhausted
 from foedus.server.interceptors import current_call, current_principal
 from foedus.server.monitoring.service import MonitoringService, TelemetryBatch
 from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.servicers import convert
 from foedus.server.servicers.base import BlockingRunner, ServicerBase
+from foedus.server.tenancy.limits import RateLimiter
 from foedus.v1 import agent_pb2, agent_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -29,11 +31,13 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         runner: BlockingRunner,
         *,
         metrics: ControlPlaneMetrics | None = None,
+        ingest_limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__(runner)
         self._deployments = deployments
         self._monitoring = monitoring
         self._feed = feed
+        self._ingest_limiter = ingest_limiter
         self._metrics = metrics
 
     async def RegisterAgent(
@@ -81,6 +85,18 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         principal = current_principal()
         async for request in request_iterator:
             b = request.batch
+            if self._ingest_limiter is not None and principal.tenant is not None:
+                points = (
+                    len(b.intervals) + len(b.alerts) + len(b.metrics) + sum(len(s.values) for s in b.series)
+                )
+                wait = self._ingest_limiter.take(principal.tenant, points)
+                if wait > 0:
+                    raise ResourceExhausted(
+                        f"tenant {principal.tenant!r} is over its ingest limit of "
+                        f"{self._ingest_limiter.rate:g} points per second; batch {b.batch_id!r} "
+                        f"({points} points) was not stored: send it again in {wait:.2f} s",
+                        retry_after_s=wait,
+                    )
             batch = TelemetryBatch(
                 batch_id=b.batch_id,
                 deployment=b.deployment,

@@ -1,4 +1,4 @@
-"""Per-tenant request rate limits: a token bucket per tenant.
+"""Per-tenant rate limits: token buckets per tenant, for calls and for ingested telemetry points.
 
 Each tenant's bucket holds up to `burst` tokens and refills at `rate` tokens per second; every
 call of a tenant's key takes one. A call that finds the bucket empty is refused with
@@ -27,14 +27,19 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """Take a token for `key`: 0.0 when granted, else the seconds until one is available."""
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """Take `cost` tokens for `key`: 0.0 when granted, else the seconds until they are there.
+
+        A cost above the burst is granted from a full bucket and leaves it in debt, so a large
+        batch is never refused for ever, and what follows it waits for the debt to be repaid.
+        """
+        need = min(cost, self.burst)
         now = self._clock()
         with self._lock:
             tokens, then = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
+            if tokens >= need:
+                self._buckets[key] = (tokens - cost, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            return (need - tokens) / self.rate
