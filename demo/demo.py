@@ -14,6 +14,7 @@ finally three organisations federate the anomaly detector of their servers' metr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import subprocess
@@ -79,6 +80,18 @@ def foedus_cli(*args: str) -> None:
         print(f"   | {line}")
 
 
+def start_agent(loop: Any, config: Any) -> Any:
+    """Starts an agent on `loop` (an event loop running in another thread) and returns it."""
+    from foedus.client_sdk.agent.runtime import Agent
+
+    async def go() -> Agent:
+        agent = Agent(config)
+        await agent.start()
+        return agent
+
+    return asyncio.run_coroutine_threadsafe(go(), loop).result(60)
+
+
 def run_agents(
     server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray, y_test: np.ndarray, workdir: Path
 ) -> None:
@@ -89,7 +102,7 @@ def run_agents(
 
     import grpc
 
-    from foedus.client_sdk.agent.runtime import Agent, AgentConfig
+    from foedus.client_sdk.agent.runtime import AgentConfig
     from foedus.client_sdk.testing import slow_classifier_onnx
     from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
 
@@ -99,26 +112,22 @@ def run_agents(
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
-    def start(i: int) -> Agent:
-        async def go() -> Agent:
-            agent = Agent(
-                AgentConfig(
-                    deployment="cancer-prod",
-                    server=server.target,
-                    api_key=agent_key,
-                    listen="127.0.0.1:0",
-                    data_dir=workdir / f"agent-{i}",
-                    name=f"agent-{i}",
-                    interval_s=0.5,
-                    detector_warmup=12,
-                )
-            )
-            await agent.start()
-            return agent
-
-        return asyncio.run_coroutine_threadsafe(go(), loop).result(60)
-
-    agents = [start(i) for i in range(2)]
+    agents = [
+        start_agent(
+            loop,
+            AgentConfig(
+                deployment="cancer-prod",
+                server=server.target,
+                api_key=agent_key,
+                listen="127.0.0.1:0",
+                data_dir=workdir / f"agent-{i}",
+                name=f"agent-{i}",
+                interval_s=0.5,
+                detector_warmup=12,
+            ),
+        )
+        for i in range(2)
+    ]
     while not all(a.generation >= 1 for a in agents):
         time.sleep(0.1)
     for a in agents:
@@ -299,7 +308,7 @@ def federation(server: Any, workdir: Path) -> None:
     import grpc
 
     from foedus.client_sdk import Client
-    from foedus.client_sdk.agent.runtime import Agent, AgentConfig
+    from foedus.client_sdk.agent.runtime import AgentConfig
     from foedus.federation.anomaly import AnomalyConfig, AnomalyModel
     from foedus.federation.evaluation.smd import available_machines, default_data_dir, load_machine
     from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
@@ -363,22 +372,18 @@ def federation(server: Any, workdir: Path) -> None:
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
 
-        async def go() -> Agent:
-            agent = Agent(
-                AgentConfig(
-                    deployment="ops-anomaly",
-                    server=server.target,
-                    api_key=agent_key,
-                    listen="127.0.0.1:0",
-                    data_dir=workdir / "acme-agent",
-                    name="acme-detector",
-                    interval_s=0.5,
-                )
-            )
-            await agent.start()
-            return agent
-
-        agent = asyncio.run_coroutine_threadsafe(go(), loop).result(60)
+        agent = start_agent(
+            loop,
+            AgentConfig(
+                deployment="ops-anomaly",
+                server=server.target,
+                api_key=agent_key,
+                listen="127.0.0.1:0",
+                data_dir=workdir / "acme-agent",
+                name="acme-detector",
+                interval_s=0.5,
+            ),
+        )
         channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         series, i = tests["acme"], 0

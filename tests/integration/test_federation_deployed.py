@@ -163,4 +163,4 @@ def test_superlink_and_supernodes_as_separate_commands(
         link_code = _stop(link)
     assert link_code == 0, (tmp_path / "superlink.log").read_text()[-3000:]
     assert "stopping the SuperLink" in (tmp_path / "superlink.log").read_text()
-    assert all(codes[t] == 0 for t in tenants[:1]), codes
+    assert codes[tenants[0]] == 0, codes  # stopped by SIGTERM, cleanly

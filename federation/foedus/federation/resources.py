@@ -1404,15 +1404,13 @@ def _history_rows(history: np.ndarray, config: ResourceConfig) -> np.ndarray:
 def federated_resource_model(weights: Mapping[str, np.ndarray], **task_options: Any) -> ResourceModel:
     """A `ResourceModel` of a federated run's global weights (the task's options as given to
     `federated_task`); its limit margins are 0 (limit = p90) until a site calibrates them."""
-    task = federated_task(**task_options)
     from foedus.federation.flower.task import set_weights
 
+    task = federated_task(**task_options)
     heads = task.build()
     set_weights(heads, weights)
-    net = heads.net
-    net.eval()
-    spec_config = task.resource_config
-    return ResourceModel(net, spec_config, info={"federated": True})
+    heads.eval()
+    return ResourceModel(heads.net, task.resource_config, info={"federated": True})
 
 
 def quantile_metrics(predictions: np.ndarray, peaks: np.ndarray) -> dict[str, float]:

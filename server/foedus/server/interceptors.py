@@ -141,7 +141,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         set_tenant(principal.tenant)
         return info
 
-    def _authorize(self, info: CallInfo, policy: AccessPolicy) -> None:
+    def _admit(self, info: CallInfo, policy: AccessPolicy) -> None:
+        """The caller's role may make the call, and its tenant is within its call rate."""
         if not info.principal.may(policy.roles):
             allowed = ", ".join(sorted(r.name.lower() for r in policy.roles))
             raise PermissionDenied(
@@ -206,7 +207,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             error: BaseException | None = None
             try:
                 info = await guard._authenticate(method, context)
-                guard._authorize(info, policy)
+                guard._admit(info, policy)
                 return await inner(request, context)
             except (DomainError, Exception) as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -225,7 +226,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             error: BaseException | None = None
             try:
                 info = await guard._authenticate(method, context)
-                guard._authorize(info, policy)
+                guard._admit(info, policy)
                 async for item in inner(request, context):
                     yield item
             except (DomainError, Exception) as exc:

@@ -49,6 +49,7 @@ from foedus.client_sdk.agent.telemetry import (
     interval_reports,
     read_gpus,
 )
+from foedus.client_sdk.errors import from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
 from foedus.oip.v2 import inference_pb2_grpc
@@ -456,11 +457,8 @@ class Agent:
                     exc.details(),
                     len(batches),
                 )
-                retry_after = 0.0  # a tenant over its ingest limit is told when to send again
-                trailers: Any = exc.trailing_metadata() or ()  # (key, value) pairs
-                for key, value in trailers:
-                    if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
-                        retry_after = int(value) / 1000.0
+                # a tenant over its ingest limit is told when to send again
+                retry_after = getattr(from_rpc_error(exc), "retry_after_s", 0.0)
                 await asyncio.sleep(max(retry_after, backoff * (1 + random.random() / 2)))
                 backoff = min(backoff * 2, 15.0)
 

@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from foedus.server import validation
 from foedus.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -29,10 +29,11 @@ from foedus.server.store.records import (
     OptInRecord,
     Page,
     Role,
+    RolloutRecord,
     Signature,
     TenantState,
     TensorSpec,
-    VersionState,
+    VersionRecord,
 )
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import now_us
@@ -92,7 +93,7 @@ class Delivery:
 
 
 class RolloutStarter(Protocol):
-    def start(self, caller: Principal, spec: RolloutSpec) -> Any: ...
+    def start(self, caller: Principal, spec: RolloutSpec) -> RolloutRecord: ...
 
 
 class FederationService:
@@ -352,7 +353,7 @@ class FederationService:
         self,
         caller: Principal,
         run: FederationRunRecord,
-        result: Any,
+        result: VersionRecord,
         opt: OptInRecord,
         steps: tuple[CanaryStep, ...],
     ) -> Delivery:
@@ -418,7 +419,6 @@ class FederationService:
             aliases=(),
             now_us=self._clock(),
         )
-        assert version.state == VersionState.READY
         acting = Principal(key_id=caller.key_id, role=Role.OWNER, tenant=tenant)
         assert self._rollouts is not None
         rollout = self._rollouts.start(acting, dataclasses.replace(spec, version=version.version))
