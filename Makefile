@@ -28,8 +28,15 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy -p foedus.server -p foedus.client_sdk -p foedus.federation -p foedus.v1 -p foedus.oip.v2
 
+# The integration tests that speak only the public API run a second time against two replicas on
+# one PostgreSQL database (skipped with the reason when PostgreSQL is not reachable).
+REPLICA_TESTS = tests/integration/test_registry.py tests/integration/test_deployments_sdk.py \
+	tests/integration/test_access.py tests/integration/test_cli.py \
+	tests/integration/test_cli_deployments.py tests/integration/test_cli_rollouts.py
+
 pytest: venv
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q --replicas $(REPLICA_TESTS)
 
 ## proto: regenerate foedus.v1 from proto/foedus/v1/*.proto with the pinned generators
 proto: venv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from foedus.client_sdk import Client
-from foedus.client_sdk.testing import LocalServer
+from foedus.client_sdk.testing import LocalServer, ReplicaSet
 
 POSTGRES_URL = os.environ.get("FOEDUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -35,21 +36,36 @@ def postgres_admin_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--replicas",
+        action="store_true",
+        help="run the `server` fixture as two replicas on one PostgreSQL database (artifacts in the "
+        "database; clients spread their calls over both) instead of one server on SQLite",
+    )
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     name = f"foedus_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +77,21 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalServer]:
-    with LocalServer(latency_runs=5) as srv:
-        yield srv
+def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """One server on SQLite; with --replicas two replicas on one PostgreSQL database, which the
+    tests use through the same interface (target, create_tenant, client, admin_key, data_dir)."""
+    if not request.config.getoption("--replicas"):
+        with LocalServer(latency_runs=5) as srv:
+            yield srv
+        return
+    reason = _postgres_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with (
+        fresh_database(POSTGRES_URL) as url,
+        ReplicaSet(2, db=url, artifact_store="database", latency_runs=5) as replicas,
+    ):
+        yield replicas  # type: ignore[misc]  # the same interface, for the tests' purposes
 
 
 @pytest.fixture

@@ -500,3 +500,34 @@ def test_federation_keys_runs_and_opt_ins(store: SqlStore) -> None:
     assert store.list_opt_ins(None, "resource") == []
     store.set_opt_in(opt, False)
     assert store.list_opt_ins(None, None) == []
+
+
+def test_blobs_are_stored_whole_once_and_read_back_in_order(store: SqlStore) -> None:
+    digest = "ab" * 32
+    chunks = [b"first chunk ", b"second chunk ", b"last"]
+    assert store.blob_size(digest) is None
+    with pytest.raises(NotFound):
+        list(store.blob_chunks(digest))
+    assert store.put_blob(digest, sum(map(len, chunks)), iter(chunks), now_us=100)
+    assert store.blob_size(digest) == sum(map(len, chunks))
+    assert list(store.blob_chunks(digest)) == chunks
+    # Stored again (another replica, a re-upload): nothing written, its time refreshed.
+    assert not store.put_blob(digest, 3, iter([b"xyz"]), now_us=200)
+    assert list(store.blob_chunks(digest)) == chunks
+    assert store.blob_digests() == [(digest, 200)]
+    store.delete_blob(digest)
+    assert store.blob_size(digest) is None and store.blob_digests() == []
+
+
+def test_a_failed_blob_write_leaves_nothing_behind(store: SqlStore) -> None:
+    digest = "cd" * 32
+
+    def broken() -> Iterator[bytes]:
+        yield b"some bytes"
+        raise OSError("the upload file went away")
+
+    with pytest.raises(OSError):
+        store.put_blob(digest, 10, broken(), now_us=1)
+    assert store.blob_size(digest) is None
+    assert store.put_blob(digest, 4, iter([b"good"]), now_us=2)
+    assert list(store.blob_chunks(digest)) == [b"good"]

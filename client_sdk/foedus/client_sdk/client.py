@@ -28,6 +28,7 @@ from foedus.client_sdk.errors import (
 from foedus.client_sdk.federation import FederationAPI
 from foedus.client_sdk.profile import compute_reference_profile
 from foedus.client_sdk.rollouts import RolloutsAPI
+from foedus.client_sdk.targets import resolve_target
 from foedus.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -718,7 +719,9 @@ class Client:
         chunk_size: int = CHUNK_SIZE,
         options: Sequence[tuple[str, Any]] = (),
     ) -> Client:
-        """Connects to `target` (HOST:PORT) with an API key.
+        """Connects to `target` with an API key: HOST:PORT, a gRPC URI (dns:///name:port), or
+        several replicas as `HOST:PORT,HOST:PORT`: calls are spread over them and fail over to the
+        others when one goes away, reads are retried there (see `foedus.client_sdk.targets`).
 
         `tls=True` uses the system's CA roots, a TlsConfig a given CA and/or a client certificate;
         None or False is plaintext (for loopback and trusted networks). `timeout` applies to each
@@ -726,9 +729,11 @@ class Client:
         """
         if not api_key:
             raise InvalidArgument("api_key is required (FOEDUS_API_KEY for the CLI)")
+        target, failover = resolve_target(target)
         opts = [
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            *failover,
             *options,
         ]
         if tls:

@@ -109,6 +109,73 @@ class LocalServer:
         self.stop()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ReplicaSet:
+    """Several in-process servers on one database, as replicas of one control plane: `target` lists
+    them all (`ipv4:HOST:PORT,HOST:PORT`), so clients and agents spread their calls over the replicas and
+    fail over between them. Each replica has a data directory of its own (give `db`, a PostgreSQL
+    URL, and usually `artifact_store="database"`) and a fixed port: `replicas[i].halt()` takes one
+    away, `replicas[i].start()` brings it back at the same address.
+
+        with ReplicaSet(2, db=postgres_url, artifact_store="database") as servers:
+            key = servers.create_tenant("acme")
+            with Client.connect(servers.target, api_key=key) as client: ...
+    """
+
+    def __init__(self, count: int = 2, *, client_tls: TlsConfig | None = None, **settings: Any) -> None:
+        if count < 1:
+            raise ValueError("a replica set needs at least one replica")
+        self.client_tls = client_tls
+        # Fixed ports, so that a replica halted and started again is back where clients look for it.
+        self.replicas = [
+            LocalServer(client_tls=client_tls, **{"listen": f"127.0.0.1:{_free_port()}", **settings})
+            for _ in range(count)
+        ]
+        self.target = ""
+        self.admin_key = ""
+
+    @property
+    def data_dir(self) -> Path:
+        """The first replica's data directory (the one that created the admin key)."""
+        return self.replicas[0].data_dir
+
+    def start(self) -> ReplicaSet:
+        first, *others = self.replicas
+        first.start()
+        for replica in others:
+            # The admin key exists in the database now; the others read the same file.
+            (replica.data_dir / "admin.key").write_text(first.admin_key + "\n")
+            replica.start()
+        self.admin_key = first.admin_key
+        # A gRPC URI, so that plain grpc channels take it as well as the SDK, the CLI and agents.
+        self.target = "ipv4:" + ",".join(replica.target for replica in self.replicas)
+        return self
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+
+    def client(self, api_key: str | None = None) -> Client:
+        return Client.connect(self.target, api_key=api_key or self.admin_key, tls=self.client_tls)
+
+    def create_tenant(self, name: str) -> str:
+        with self.client() as admin:
+            return admin.tenants.create(name).owner_key_secret
+
+    def __enter__(self) -> ReplicaSet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def slow_classifier_onnx(
     path: Path,
     *,

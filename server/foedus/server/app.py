@@ -22,9 +22,10 @@ from grpc_reflection.v1alpha import reflection
 
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.tracing import ServerTracing
+from foedus.server.artifacts.database import DatabaseBlobStore
 from foedus.server.artifacts.local import LocalBlobStore
 from foedus.server.config import ServerConfig
-from foedus.server.deployments.feed import ChangeFeed
+from foedus.server.deployments.feed import BROADCAST, ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
@@ -72,6 +73,7 @@ class FoedusServer:
     port: int
     admin_key_id: str | None
     controller: RolloutController
+    feed: ChangeFeed
     background: bool = True
     """Run background work (garbage collection); with several workers only the first one does."""
     health_server: grpc.aio.Server | None = None
@@ -110,6 +112,7 @@ class FoedusServer:
         await self.grpc_server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        self.feed.close()
         self.executor.shutdown(wait=True)
         self.store.close()
         if self.observability is not None:
@@ -150,9 +153,19 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(config.database_url(), pool_size=config.store_threads)
-    blobs = LocalBlobStore(config.data_dir / "artifacts")
+    blobs = (
+        DatabaseBlobStore(store, config.data_dir / "artifacts")
+        if config.artifact_store == "database"
+        else LocalBlobStore(config.data_dir / "artifacts")
+    )
     blobs.remove_stale_uploads()
-    tenancy = TenancyService(store)
+    tenancy = TenancyService(store, cache_ttl_s=config.auth_cache_s)
+    feed = ChangeFeed(asyncio.get_running_loop(), poll_s=config.watch_poll_s)
+    if store.dialect == "postgresql":
+        # Replicas on one database hear of each other's changes at once (LISTEN/NOTIFY).
+        feed.connect_postgres(config.database_url())
+    feed.subscribe("principals", tenancy.forget_cached)
+    tenancy.on_keys_changed = lambda: feed.notify(BROADCAST, "principals")
     registry = RegistryService(
         store,
         blobs,
@@ -171,6 +184,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             ObservabilitySettings("foedus-server", config.otlp_endpoint, config.metrics_listen)
         )
     except OSError:
+        feed.close()
         store.close()
         raise
     limiter = (
@@ -200,7 +214,6 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, runner), server)
     admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
-    feed = ChangeFeed(asyncio.get_running_loop())
     deployments = DeploymentService(store, on_change=feed.notify)
     monitoring = MonitoringService(store)
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
@@ -247,6 +260,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     else:
         port = server.add_insecure_port(config.listen)
     if port == 0:
+        feed.close()
         store.close()
         if observability is not None:
             observability.shutdown()
@@ -259,6 +273,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(config.health_listen)
         if health_port == 0:
+            feed.close()
             store.close()
             raise OSError(f"could not bind {config.health_listen}")
     return FoedusServer(
@@ -272,6 +287,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         port=port,
         admin_key_id=admin_key_id,
         controller=controller,
+        feed=feed,
         background=background,
         health_server=health_server,
         health_port=health_port,

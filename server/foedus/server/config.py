@@ -28,6 +28,10 @@ class ServerConfig:
     """HOST:PORT to serve on; port 0 picks a free port."""
     db: str = ""
     """Database URL; empty means SQLite in data_dir. postgresql://user@host:5432/db for PostgreSQL."""
+    artifact_store: str = "local"
+    """Where artifacts live: "local" (data_dir/artifacts; replicas must share that directory, e.g.
+    one ReadWriteMany volume) or "database" (in the database, chunked; replicas on one PostgreSQL
+    then share nothing else, and data_dir/artifacts is only scratch space and a read cache)."""
     tls_cert: str = ""
     """PEM certificate chain of the server; with tls_key, the server speaks TLS only."""
     tls_key: str = ""
@@ -49,7 +53,7 @@ class ServerConfig:
     """Threads for blocking store and artifact work."""
     workers: int = 1
     """Server processes sharing the port (SO_REUSEPORT), one event loop each; up to one per core.
-    Revoking a key reaches the other processes within the 5 s authentication cache."""
+    Revoking a key reaches the other processes at once on PostgreSQL, within auth_cache_s on SQLite."""
     gc_interval_s: float = 600.0
     """How often unreferenced artifacts and stale uploads are collected."""
     gc_grace_s: float = 3600.0
@@ -58,6 +62,14 @@ class ServerConfig:
     """Timed runs of the registration gate's CPU latency profile."""
     rollout_tick_s: float = 5.0
     """How often the rollout controller looks at every active rollout."""
+    watch_poll_s: float = 2.0
+    """How often watch streams (WatchAssignments, WatchRollout, ...) re-read the store whatever they
+    heard: a safety net under the change notifications (in-process, and PostgreSQL NOTIFY between
+    replicas), for SQLite worker processes and notifications lost while a database was down."""
+    auth_cache_s: float = 5.0
+    """How long an authenticated API key is trusted without reading the store again. Revoking a key
+    or disabling a tenant clears it at once in the replica that did it and, on PostgreSQL, in all
+    the others; SQLite worker processes see it when their cache entry expires."""
     tenant_requests_per_s: float = 0.0
     """Calls per second each tenant's keys may make (a token bucket per tenant, per server
     process); 0: unlimited. Over it, calls are refused with RESOURCE_EXHAUSTED and a
@@ -93,6 +105,8 @@ class ServerConfig:
                 m_host, _, m_port = value.rpartition(":")
                 if not m_host or not m_port.isdigit() or int(m_port) > 65535:
                     raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+        if self.artifact_store not in ("local", "database"):
+            raise ConfigError(f"artifact_store must be local or database, got {self.artifact_store!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -106,8 +120,11 @@ class ServerConfig:
             raise ConfigError("metrics_listen serves one process: with workers > 1 export with otlp_endpoint")
         if self.workers > 1 and int(port) == 0 and not host:
             raise ConfigError("workers > 1 needs a listen address")
-        if not self.rollout_tick_s > 0:
-            raise ConfigError("rollout_tick_s must be positive")
+        for name in ("rollout_tick_s", "watch_poll_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if not self.auth_cache_s >= 0:
+            raise ConfigError("auth_cache_s must be >= 0")
         if not (math.isfinite(self.tenant_requests_per_s) and self.tenant_requests_per_s >= 0):
             raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
         if not (math.isfinite(self.tenant_ingest_points_per_s) and self.tenant_ingest_points_per_s >= 0):

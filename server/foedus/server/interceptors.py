@@ -205,6 +205,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         ) -> Any:
             info: CallInfo | None = None
             error: BaseException | None = None
+            audited = False
             try:
                 info = await guard._authenticate(method, context)
                 guard._admit(info, policy)
@@ -213,9 +214,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 error = exc
+                # Audit first: abort sends the status at once, and a caller (or another replica)
+                # that reads the audit log next must find this call there.
+                audited = True
+                await guard._finish(policy, info, error, context)
                 await guard._abort(context, exc)
             finally:
-                await guard._finish(policy, info, error, context)
+                if not audited:
+                    await guard._finish(policy, info, error, context)
 
         async def stream(
             inner: Callable[..., AsyncIterator[Any]],
@@ -224,6 +230,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         ) -> AsyncIterator[Any]:
             info: CallInfo | None = None
             error: BaseException | None = None
+            audited = False
             try:
                 info = await guard._authenticate(method, context)
                 guard._admit(info, policy)
@@ -233,9 +240,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 error = exc
+                audited = True
+                await guard._finish(policy, info, error, context)
                 await guard._abort(context, exc)
             finally:
-                await guard._finish(policy, info, error, context)
+                if not audited:
+                    await guard._finish(policy, info, error, context)
 
         h: Any = handler
         if h.unary_unary or h.stream_unary:

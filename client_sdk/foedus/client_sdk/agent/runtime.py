@@ -51,6 +51,7 @@ from foedus.client_sdk.agent.telemetry import (
 )
 from foedus.client_sdk.errors import from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
+from foedus.client_sdk.targets import resolve_target
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
 from foedus.oip.v2 import inference_pb2_grpc
 from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -160,12 +161,16 @@ class Agent:
         )
         self.port = self._server.add_insecure_port(self.config.listen)
         await self._server.start()
+        # Several replicas (HOST:PORT,HOST:PORT): streams move to another one when theirs goes away.
+        target, options = resolve_target(self.config.server)
         if self.config.channel_credentials is not None:
             self._channel = grpc.aio.secure_channel(
-                self.config.server, self.config.channel_credentials, interceptors=client_interceptors
+                target, self.config.channel_credentials, options=options, interceptors=client_interceptors
             )
         else:
-            self._channel = grpc.aio.insecure_channel(self.config.server, interceptors=client_interceptors)
+            self._channel = grpc.aio.insecure_channel(
+                target, options=options, interceptors=client_interceptors
+            )
         self._tasks = [
             asyncio.create_task(
                 self._watch_assignments(self.config.deployment, self._apply), name="assignments"

@@ -24,6 +24,12 @@ def start(
         "--db",
         help="database URL, e.g. postgresql://user@host:5432/foedus [default: SQLite in --data-dir]",
     ),
+    artifact_store: str | None = typer.Option(
+        None,
+        "--artifact-store",
+        help="where artifacts live: local (DATA_DIR/artifacts; replicas share that directory) or "
+        "database (chunked in the database; replicas on one PostgreSQL share nothing else) [default local]",
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="TOML file with ServerConfig settings ([server] table)"
     ),
@@ -98,6 +104,7 @@ def start(
             data_dir=data_dir,
             listen=listen,
             db=db,
+            artifact_store=artifact_store,
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,

@@ -9,6 +9,7 @@ Methods are synchronous and thread-safe; the servicers call them from a thread p
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Iterator
 
 from foedus.server.store.records import (
     AgentRecord,
@@ -342,6 +343,28 @@ class Store(abc.ABC):
     def acquire_lease(self, name: str, owner: str, now_us: int, ttl_us: int) -> bool:
         """Takes or renews the named lease for `owner` until now + ttl when it is free, expired or
         already `owner`'s; True when `owner` holds it afterwards."""
+
+    # --- artifacts in the database ------------------------------------------------------------
+    @abc.abstractmethod
+    def put_blob(self, sha256: str, size: int, chunks: Iterable[bytes], now_us: int) -> bool:
+        """Stores a blob's chunks in order, atomically; False (and nothing written) when the blob is
+        stored already, in which case its time is refreshed (garbage collection spares it)."""
+
+    @abc.abstractmethod
+    def blob_size(self, sha256: str) -> int | None:
+        """The size of a stored blob; None when it is not stored."""
+
+    @abc.abstractmethod
+    def blob_chunks(self, sha256: str) -> Iterator[bytes]:
+        """The chunks of a stored blob in order, read one at a time; NotFound when it is not stored."""
+
+    @abc.abstractmethod
+    def blob_digests(self) -> list[tuple[str, int]]:
+        """Every stored blob with the time (us) it was stored or last refreshed."""
+
+    @abc.abstractmethod
+    def delete_blob(self, sha256: str) -> None:
+        """Deletes a blob and its chunks; nothing when it is not stored."""
 
     # --- federation ------------------------------------------------------------------------------
     @abc.abstractmethod

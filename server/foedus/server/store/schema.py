@@ -254,6 +254,26 @@ leases = Table(
     Column("until_us", BigInteger, nullable=False),
 )
 
+# Artifacts kept in the database itself (`--artifact-store database`): replicas on one PostgreSQL
+# then need no shared volume. A blob is its chunks in order; the blob row is written last, in the
+# same transaction, so a blob that exists is complete.
+artifact_blobs = Table(
+    "artifact_blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("stored_at_us", BigInteger, nullable=False),
+)
+
+artifact_chunks = Table(
+    "artifact_chunks",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
 
 node_keys = Table(
     "node_keys",

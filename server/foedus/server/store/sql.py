@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,8 @@ from foedus.server.store.schema import (
     agents,
     alerts,
     api_keys,
+    artifact_blobs,
+    artifact_chunks,
     audit_log,
     deployments,
     federation_run_tenants,
@@ -1354,6 +1356,64 @@ class SqlStore(Store):
                 .values(owner=owner, until_us=until)
             )
             return bool(result.rowcount)
+
+    # --- artifacts in the database ------------------------------------------------------------
+    def put_blob(self, sha256: str, size: int, chunks: Iterable[bytes], now_us: int) -> bool:
+        try:
+            with self._write() as conn:
+                refreshed = conn.execute(
+                    update(artifact_blobs)
+                    .where(artifact_blobs.c.sha256 == sha256)
+                    .values(stored_at_us=now_us)
+                )
+                if refreshed.rowcount:
+                    return False
+                count = 0
+                for seq, data in enumerate(chunks):
+                    conn.execute(insert(artifact_chunks).values(sha256=sha256, seq=seq, data=data))
+                    count += 1
+                conn.execute(
+                    insert(artifact_blobs).values(sha256=sha256, size=size, chunks=count, stored_at_us=now_us)
+                )
+                return True
+        except IntegrityError:
+            # Another replica stored the same content meanwhile; ours rolled back, theirs stands.
+            return False
+
+    def blob_size(self, sha256: str) -> int | None:
+        with self._read() as conn:
+            size = conn.execute(
+                select(artifact_blobs.c.size).where(artifact_blobs.c.sha256 == sha256)
+            ).scalar()
+        return None if size is None else int(size)
+
+    def blob_chunks(self, sha256: str) -> Iterator[bytes]:
+        with self._read() as conn:
+            count = conn.execute(
+                select(artifact_blobs.c.chunks).where(artifact_blobs.c.sha256 == sha256)
+            ).scalar()
+        if count is None:
+            raise NotFound(f"artifact {sha256} is missing from the artifact store")
+        for seq in range(int(count)):
+            with self._read() as conn:
+                data = conn.execute(
+                    select(artifact_chunks.c.data).where(
+                        artifact_chunks.c.sha256 == sha256, artifact_chunks.c.seq == seq
+                    )
+                ).scalar()
+            if data is None:
+                raise NotFound(f"artifact {sha256} lost chunk {seq} (deleted while it was read)")
+            yield bytes(data)
+
+    def blob_digests(self) -> list[tuple[str, int]]:
+        with self._read() as conn:
+            rows = conn.execute(select(artifact_blobs.c.sha256, artifact_blobs.c.stored_at_us)).all()
+        return [(row.sha256, int(row.stored_at_us)) for row in rows]
+
+    def delete_blob(self, sha256: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(artifact_blobs).where(artifact_blobs.c.sha256 == sha256))
+            conn.execute(delete(artifact_chunks).where(artifact_chunks.c.sha256 == sha256))
 
     # --- federation ------------------------------------------------------------------------------
     @staticmethod

@@ -60,13 +60,17 @@ class TenancyService:
         self._cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
+        self.on_keys_changed: Callable[[], None] | None = None
+        """Called after a key was revoked or a tenant's state changed (the server tells the other
+        replicas, which then forget their cached principals at once)."""
 
     # --- authentication ------------------------------------------------------------------------
     def authenticate(self, token: str) -> Principal:
         """The principal of a key, or Unauthenticated / PermissionDenied (disabled tenant).
 
-        Hits are cached for a few seconds; revoking a key or disabling a tenant on this replica
-        clears the cache at once, other replicas see it within the cache's TTL.
+        Hits are cached for a few seconds; revoking a key or disabling a tenant clears the cache of
+        this replica at once, and of the others when they hear of it (`forget_cached`; at the
+        latest within the cache's TTL).
         """
         hit = self.cached(token)
         if hit is not None:
@@ -94,9 +98,15 @@ class TenancyService:
             return hit[0]
         return None
 
-    def _forget_cached(self) -> None:
+    def forget_cached(self) -> None:
+        """Drops every cached principal (a key or tenant changed, here or in another replica)."""
         with self._lock:
             self._cache.clear()
+
+    def _keys_changed(self) -> None:
+        self.forget_cached()
+        if self.on_keys_changed is not None:
+            self.on_keys_changed()
 
     # --- bootstrap -----------------------------------------------------------------------------
     def bootstrap_admin(self, data_dir: Path) -> str | None:
@@ -154,7 +164,7 @@ class TenancyService:
 
     def set_tenant_state(self, name: str, state: TenantState) -> TenantRecord:
         tenant = self._store.set_tenant_state(validation.tenant_name(name), state)
-        self._forget_cached()
+        self._keys_changed()
         return tenant
 
     # --- keys ----------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ class TenancyService:
         if not key_id:
             raise InvalidArgument("key_id is required")
         record = self._store.revoke_key(scope, key_id, self._clock())
-        self._forget_cached()
+        self._keys_changed()
         return record
 
     # --- audit ---------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Channel targets that fail over between control-plane replicas.
+
+A target is `HOST:PORT`, a gRPC URI (`dns:///foedus.example:50051`, `ipv4:10.0.0.1:50051,...`), or a
+comma-separated list of `HOST:PORT` replicas (`cp-1:50051,cp-2:50051`). Every target gets:
+
+- round-robin load balancing over all the addresses it resolves to, so calls spread over the
+  replicas and a replica that goes away (killed, restarting, partitioned) is skipped at once while
+  gRPC reconnects to it in the background;
+- retries of read-only calls that fail with UNAVAILABLE (a replica died with the call in flight):
+  reads are safe to send again to another replica. Writes are not retried here: a write whose
+  replica died may or may not have committed, and only the caller knows whether to send it again.
+
+A list of host names is resolved once, when the channel is made (each name to all its addresses);
+for a replica set that changes, give one DNS name that resolves to all replicas
+(`dns:///foedus-headless:50051`, a Kubernetes headless Service), which gRPC re-resolves by itself.
+With TLS, the certificate of every replica must name the first host of the list (or
+TlsConfig.server_name), since that is the name checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from foedus.client_sdk.errors import InvalidArgument
+
+READ_PREFIXES = ("Get", "List", "Query", "WhoAmI", "Watch", "Download", "Suggest", "Explain")
+"""Methods whose names start so change nothing on the server: they are retried on UNAVAILABLE."""
+
+
+def _read_methods() -> list[dict[str, str]]:
+    from foedus.v1 import (
+        admin_pb2,
+        deployment_pb2,
+        federation_pb2,
+        monitoring_pb2,
+        registry_pb2,
+        rollout_pb2,
+    )
+
+    names: list[dict[str, str]] = []
+    for module in (admin_pb2, deployment_pb2, federation_pb2, monitoring_pb2, registry_pb2, rollout_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names += [
+                {"service": service.full_name, "method": method.name}
+                for method in service.methods
+                if method.name.startswith(READ_PREFIXES) and not method.client_streaming
+            ]
+    return names
+
+
+def service_config() -> str:
+    """The channel's service config: round-robin, and retries of reads on UNAVAILABLE."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": _read_methods(),
+                    "retryPolicy": {
+                        "maxAttempts": 5,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, sep, port = hostport.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"a replica address is HOST:PORT, got {hostport.strip()!r}")
+    return host.strip("[]"), int(port)
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    try:
+        ip = ipaddress.ip_address(host)
+        return [f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidArgument(f"cannot resolve replica {host}: {exc.strerror}") from exc
+    found: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        address = f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{port}"
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def resolve_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target and channel options for `target` (see the module docstring)."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.service_config", service_config()),
+        ("grpc.enable_retries", 1),
+        # A replica that comes back is used again within seconds (gRPC's default backoff grows to
+        # two minutes).
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 4000),
+    ]
+    if "," not in target or "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
+        return target, options
+    replicas = [_split(part) for part in target.split(",") if part.strip()]
+    addresses = [a for host, port in replicas for a in _addresses(host, port)]
+    v4 = [a for a in addresses if not a.startswith("[")]
+    v6 = [a for a in addresses if a.startswith("[")]
+    scheme, chosen = ("ipv4", v4) if v4 else ("ipv6", v6)
+    first_host, first_port = replicas[0]
+    # The name TLS checks and the :authority header: the first replica's, as the user wrote it.
+    options.append(("grpc.default_authority", f"{first_host}:{first_port}"))
+    return f"{scheme}:{','.join(_dedupe(chosen))}", options
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
