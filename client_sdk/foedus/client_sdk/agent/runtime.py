@@ -49,6 +49,7 @@ from foedus.client_sdk.agent.telemetry import (
     interval_reports,
     read_gpus,
 )
+from foedus.client_sdk.decoding import RequestDecoding
 from foedus.client_sdk.errors import from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
@@ -153,6 +154,7 @@ class Agent:
             server_interceptors.append(ServerTracing(**providers))
             client_interceptors.extend(aio_client_tracing(**providers))
             observer = MeteredObserver(self.aggregator, self.observability.meter_provider, self.queue)
+        server_interceptors.append(RequestDecoding())
         self._server = grpc.aio.server(interceptors=server_interceptors)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.table, self.executor, observer=observer, server_name="foedus-agent"),
