@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import sys
 import time
@@ -364,6 +363,14 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     server_died: bool = False
 
+    def merge(self, figures: dict[str, Any]) -> None:
+        """Adds the figures (`as_json()`) of another fuzzing client of the same server."""
+        self.inputs.update(figures["inputs_per_rpc"])
+        for rpc, counts in figures["codes_per_rpc"].items():
+            self.codes.setdefault(rpc, Counter()).update(counts)
+        self.violations += [Violation(**v) for v in figures["violation_list"]]
+        self.server_died = self.server_died or figures["server_died"]
+
     @property
     def total(self) -> int:
         return sum(self.inputs.values())
@@ -397,12 +404,10 @@ class Report:
             "violations": len(self.violations),
             "violation_list": [vars(v) for v in self.violations],
             "codes": dict(sorted(self.code_totals().items())),
+            "codes_per_rpc": {rpc: dict(sorted(c.items())) for rpc, c in sorted(self.codes.items())},
             "server_died": self.server_died,
             "seconds": round(time.monotonic() - self.started, 1),
         }
-
-    def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.as_json(), indent=1) + "\n")
 
 
 def _identity(data: bytes) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,14 +17,15 @@ from fuzz.rpcfuzz import Fuzzer, Input, Keys, fuzz, logged_errors, request_messa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foedus.v1 import admin_pb2, registry_pb2, rollout_pb2
+from foedus.v1 import registry_pb2, rollout_pb2
 
 EXAMPLES_PER_RPC = 40
 SEED = 20260901
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The control plane as a real process: a crash ends it, and its log shows every error."""
     proc = start_server(tmp_path_factory.mktemp("fuzz") / "data")
     try:
         yield proc
@@ -56,12 +58,10 @@ def test_generated_oneofs_hold_at_most_one_field(data: st.DataObject) -> None:
     assert len([f for f, _ in message.ListFields()]) <= 1
 
 
-def test_malformed_requests_are_invalid_argument(server: object, tmp_path: Path) -> None:
+def test_malformed_requests_are_invalid_argument(server: Any) -> None:
     # grpc's own answer to bytes that do not parse is UNKNOWN (unary) or INTERNAL (streams).
-    srv: object = server
-    target, admin_key = srv.target, srv.admin_key  # type: ignore[attr-defined]
-    keys = Keys(admin=admin_key, owner=admin_key, agent=admin_key, viewer=admin_key)
-    fuzzer = Fuzzer(target, keys, tenant="none")
+    admin = server.admin_key
+    fuzzer = Fuzzer(server.target, Keys(admin=admin, owner=admin, agent=admin, viewer=admin), tenant="none")
     rpcs = {rpc.name: rpc for rpc in server_rpcs()}
     garbage = Input((b"\xff\xff\xff",), "raw", "valid", "garbage")
     for name in (
@@ -75,23 +75,21 @@ def test_malformed_requests_are_invalid_argument(server: object, tmp_path: Path)
     fuzzer.close()
 
 
-def test_fuzzing_every_rpc(server: object, onnx_model: Path) -> None:
-    srv: object = server
+def test_fuzzing_every_rpc(server: Any, onnx_model: Path) -> None:
     report = fuzz(
-        srv.target,  # type: ignore[attr-defined]
-        srv.admin_key,  # type: ignore[attr-defined]
+        server.target,
+        server.admin_key,
         onnx_model,
         examples_per_rpc=EXAMPLES_PER_RPC,
         seed=SEED,
         rounds=2,
-        alive=lambda: bool(srv.alive),  # type: ignore[attr-defined]
+        alive=lambda: bool(server.alive),
     )
     print(report.table())
     assert not report.server_died
     assert not report.violations, "\n".join(v.line() for v in report.violations[:20])
     assert len(report.inputs) == len(server_rpcs())
     assert report.total >= EXAMPLES_PER_RPC * len(server_rpcs()) * 0.9
-    assert logged_errors(srv.log()) == []  # type: ignore[attr-defined]
+    assert logged_errors(server.log()) == []
     # Fuzzed requests reached the services, not only the checks in front of them.
     assert report.code_totals()["OK"] > report.total // 20
-    assert admin_pb2.WhoAmIRequest  # the generated modules import cleanly next to the fuzzer
