@@ -57,11 +57,11 @@ def _run_clients(
     args: argparse.Namespace, target: str, admin_key: str, per_rpc: int, tmp: Path, report: Report
 ) -> None:
     """Runs `args.clients` fuzzing processes against one server and adds up their figures."""
-    share = -(-per_rpc // args.clients)
+    shares = [per_rpc * (i + 1) // args.clients - per_rpc * i // args.clients for i in range(args.clients)]
     outs = [tmp / f"client-{i}.json" for i in range(args.clients)]
     procs = [
         subprocess.Popen(
-            _client_args(args, target, admin_key, share, i, out), stdout=subprocess.PIPE, text=True
+            _client_args(args, target, admin_key, shares[i], i, out), stdout=subprocess.PIPE, text=True
         )
         for i, out in enumerate(outs)
     ]

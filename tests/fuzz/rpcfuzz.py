@@ -669,13 +669,15 @@ def run_all(
 ) -> Report:
     """Fuzzes every RPC in `rounds` passes of `examples_per_rpc / rounds` inputs each, so an early
     stop (the server died) still leaves every RPC covered."""
-    per_round = max(1, examples_per_rpc // rounds)
+    rounds = max(1, min(rounds, examples_per_rpc))
     for r in range(rounds):
         for rpc in rpcs:
             if stop() or fuzzer.report.server_died:
                 return fuzzer.report
             extra = seeded.uploads if rpc.method.name == "CreateModelVersion" else ()
-            run_rpc(fuzzer, rpc, per_round, seed + r * 7919, seeded.samples, extra)
+            # Rounds share the inputs out exactly: none is lost to rounding.
+            count = examples_per_rpc * (r + 1) // rounds - examples_per_rpc * r // rounds
+            run_rpc(fuzzer, rpc, count, seed + r * 7919, seeded.samples, extra)
     return fuzzer.report
 
 

@@ -31,7 +31,9 @@ from foedus.client_sdk.agent.serving import (  # noqa: E402
 from foedus.client_sdk.agent.tensors import InputLimits  # noqa: E402
 from foedus.oip.v2 import inference_pb2  # noqa: E402
 
-EXAMPLES_PER_RPC = 150
+pytestmark = pytest.mark.slow
+
+EXAMPLES_PER_RPC = 100
 SEED = 20260902
 SAMPLES = Samples(
     names=["iris", "1", "2", "input", "label", "probabilities", "FP32", "INT64", "BYTES", "request_key"],

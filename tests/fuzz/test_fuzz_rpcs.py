@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from foedus.v1 import registry_pb2, rollout_pb2
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES_PER_RPC = 40
 SEED = 20260901
 
