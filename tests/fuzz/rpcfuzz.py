@@ -279,6 +279,7 @@ class Input:
 
 
 def _garble(data: bytes, how: int, at: int, noise: bytes) -> bytes:
+    """`data` cut at `at` (how 0), with one bit flipped (1), `noise` inserted (2) or written over (3)."""
     if not data:
         return noise
     i = at % (len(data) + 1)
@@ -665,14 +666,13 @@ def run_all(
     seeded: Seeded,
     *,
     rounds: int = 1,
-    stop: Callable[[], bool] = lambda: False,
 ) -> Report:
     """Fuzzes every RPC in `rounds` passes of `examples_per_rpc / rounds` inputs each, so an early
     stop (the server died) still leaves every RPC covered."""
     rounds = max(1, min(rounds, examples_per_rpc))
     for r in range(rounds):
         for rpc in rpcs:
-            if stop() or fuzzer.report.server_died:
+            if fuzzer.report.server_died:
                 return fuzzer.report
             extra = seeded.uploads if rpc.method.name == "CreateModelVersion" else ()
             # Rounds share the inputs out exactly: none is lost to rounding.
