@@ -188,3 +188,71 @@ def test_server_on_postgresql(postgres_url: str, onnx_model: Path, tmp_path: Pat
         Client.connect(again.target, api_key=key) as c,
     ):
         assert c.models.get("iris").latest_version == 1
+
+
+def _raw_call(target: str, key: str, method: str, frames: list[bytes]) -> grpc.RpcError:
+    """Sends `frames` as the serialized request(s), bypassing the SDK's serializers."""
+    metadata = (("authorization", f"Bearer {key}"),)
+    with grpc.insecure_channel(target) as channel:
+        if method.endswith("CreateModelVersion"):
+            call = channel.stream_unary(method)
+            with pytest.raises(grpc.RpcError) as info:
+                call(iter(frames), metadata=metadata, timeout=10)
+        else:
+            unary = channel.unary_unary(method)
+            with pytest.raises(grpc.RpcError) as info:
+                unary(frames[0], metadata=metadata, timeout=10)
+    return info.value
+
+
+def test_requests_that_do_not_parse_are_invalid_argument(server: LocalServer, onnx_model: Path) -> None:
+    # grpc alone answers UNKNOWN for a unary request that does not parse, INTERNAL for a stream.
+    owner = server.create_tenant("garbled")
+    garbage = b"\xff\xff\xff"
+    for method in ("/foedus.v1.RegistryService/GetModel", "/grpc.health.v1.Health/Check"):
+        err = _raw_call(server.target, owner, method, [garbage])
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err.code(), err.details())
+        assert "malformed request" in (err.details() or "")
+    from foedus.v1 import registry_pb2
+
+    data = onnx_model.read_bytes()
+    spec = registry_pb2.VersionSpec(model="fresh", framework="onnx", size_bytes=len(data), create_model=True)
+    frames = [
+        registry_pb2.CreateModelVersionRequest(spec=spec).SerializeToString(),
+        registry_pb2.CreateModelVersionRequest(chunk=data[:100]).SerializeToString(),
+        garbage,
+    ]
+    before = blob_files(server)
+    err = _raw_call(server.target, owner, "/foedus.v1.RegistryService/CreateModelVersion", frames)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "do not parse as a foedus.v1.CreateModelVersionRequest message" in (err.details() or "")
+    with Client.connect(server.target, api_key=owner) as client:
+        # The upload begun before the bad message is undone; the audit says what the caller saw.
+        assert client.models.list() == []
+        assert blob_files(server) == before
+        entry = client.audit()[0]
+        assert (entry.method.rsplit("/", 1)[1], entry.outcome) == ("CreateModelVersion", "INVALID_ARGUMENT")
+        assert "do not parse" in entry.detail
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_text_with_nul_characters_is_refused_on_every_store(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # PostgreSQL cannot store NUL in text: unchecked, it failed the call with INTERNAL after the
+    # checks, and lost the call's audit entry; SQLite stored it. Both refuse it now, up front.
+    settings = {"db": request.getfixturevalue("postgres_url")} if store == "postgresql" else {}
+    with LocalServer(tmp_path, **settings) as srv:
+        key = srv.create_tenant("nul")
+        with Client.connect(srv.target, api_key=key) as client:
+            with pytest.raises(InvalidArgument, match=r"description: text must not contain NUL"):
+                client.models.create("m", description="a\x00b")
+            with pytest.raises(InvalidArgument, match=r"tags\['k'\]: text must not contain NUL"):
+                client.models.create("m", tags={"k": "v\x00"})
+            assert client.models.list() == []
+            client.models.create("m", description="ab")
+            assert [m.name for m in client.models.list()] == ["m"]
+        with srv.client() as admin:
+            with pytest.raises(InvalidArgument, match="NUL"):
+                admin.tenants.create("other", display_name="x\x00")
+            assert "other" not in {t.name for t in admin.tenants.list()}

@@ -20,6 +20,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from foedus.client_sdk.decoding import RequestDecoding
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.tracing import ServerTracing
 from foedus.server.artifacts.database import DatabaseBlobStore
@@ -192,7 +193,12 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         if config.tenant_requests_per_s > 0
         else None
     )
-    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(tenancy, runner, limiter=limiter)]  # type: ignore[type-arg]
+    # Requests that do not parse, or hold text PostgreSQL cannot store, are refused before the
+    # guard, which sees only messages the services can take.
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        RequestDecoding(reject_nul_text=True),
+        CallGuard(tenancy, runner, limiter=limiter),
+    ]
     metrics = None
     if observability is not None:
         # Tracing goes first, so that its span covers (and records) what the guard rejects.
@@ -269,7 +275,9 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     if config.health_listen:
         # Kubernetes' gRPC probes and a plain grpc_health_probe speak no TLS: they get a listener
         # of their own that serves the health service and nothing else.
-        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        health_server = grpc.aio.server(
+            interceptors=[RequestDecoding()], options=[("grpc.so_reuseport", 1 if reuse_port else 0)]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = health_server.add_insecure_port(config.health_listen)
         if health_port == 0:

@@ -164,10 +164,17 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         if info is None or not policy.mutating:
             return
+        detail = info.detail if error is None else str(error)
         if error is None:
             outcome = "OK"
         elif isinstance(error, DomainError):
             outcome = error.code.value
+        elif isinstance(error, grpc.aio.AbortError):
+            # Aborted below the guard (a request message that does not parse): the context holds
+            # the code and the message.
+            code = context.code()
+            outcome = code.name if isinstance(code, grpc.StatusCode) else "ABORTED"
+            detail = context.details() or ""
         else:
             outcome = "CANCELLED" if isinstance(error, asyncio.CancelledError) else "INTERNAL"
         entry = AuditRecord(
@@ -178,7 +185,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             method=info.method,
             resource=info.resource,
             outcome=outcome,
-            detail=info.detail if error is None else str(error)[:500],
+            detail=detail[:500],
         )
         try:
             await self._runner.run(self._tenancy.record, entry)
@@ -211,9 +218,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 guard._admit(info, policy)
                 return await inner(request, context)
             except (DomainError, Exception) as exc:
+                error = exc
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                error = exc
                 # Audit first: abort sends the status at once, and a caller (or another replica)
                 # that reads the audit log next must find this call there.
                 audited = True
@@ -237,9 +244,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for item in inner(request, context):
                     yield item
             except (DomainError, Exception) as exc:
+                error = exc
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                error = exc
                 audited = True
                 await guard._finish(policy, info, error, context)
                 await guard._abort(context, exc)

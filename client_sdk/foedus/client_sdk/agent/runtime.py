@@ -41,6 +41,7 @@ from foedus.client_sdk.agent.serving import (
     ModelTable,
     RequestObserver,
     Route,
+    inference_server,
 )
 from foedus.client_sdk.agent.telemetry import (
     IntervalAggregator,
@@ -53,7 +54,6 @@ from foedus.client_sdk.errors import from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.targets import resolve_target
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
-from foedus.oip.v2 import inference_pb2_grpc
 from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("foedus.agent")
@@ -154,10 +154,9 @@ class Agent:
             server_interceptors.append(ServerTracing(**providers))
             client_interceptors.extend(aio_client_tracing(**providers))
             observer = MeteredObserver(self.aggregator, self.observability.meter_provider, self.queue)
-        self._server = grpc.aio.server(interceptors=server_interceptors)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        self._server = inference_server(
             InferenceServicer(self.table, self.executor, observer=observer, server_name="foedus-agent"),
-            self._server,
+            server_interceptors,
         )
         self.port = self._server.add_insecure_port(self.config.listen)
         await self._server.start()

@@ -29,6 +29,7 @@ from foedus.client_sdk.agent.tensors import (
     decode_inputs,
     encode_outputs,
 )
+from foedus.client_sdk.decoding import RequestDecoding
 from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
 
 INLINE_RUN_MS = 0.2
@@ -309,3 +310,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         self._shadow_tasks.add(future)
         future.add_done_callback(done)
+
+
+def inference_server(servicer: InferenceServicer, interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
+    """An asyncio gRPC server for `servicer`, not yet bound; `interceptors` run first (tracing),
+    then RequestDecoding, so a request that does not parse is INVALID_ARGUMENT."""
+    server = grpc.aio.server(interceptors=[*interceptors, RequestDecoding()])
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return server
