@@ -295,7 +295,7 @@ class PredictionLog:
                 self._db.execute("UPDATE predictions SET labelled = 1 WHERE request_id = ?", (rid,))
                 joined += 1
             self._db.execute(
-                "DELETE FROM pending_labels WHERE received_ms < ?",
+                "DELETE FROM pending_labels WHERE received_ms <= ?",
                 (now - int(self.unmatched_retention_s * 1000),),
             )
             self._queue(totals, sensitive or {})
