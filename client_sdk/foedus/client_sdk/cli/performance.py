@@ -101,7 +101,7 @@ def report(
         raise typer.BadParameter("use whole minutes", param_hint="'--window'")
     end_ms = int(time.time() * 1000)
     start_ms = end_ms - since_s * 1000
-    start_ms -= start_ms % 60_000
+    start_ms -= start_ms % (window_s * 1000 or 60_000)  # windows on whole minutes, hours, days
     with globals_of(ctx).client() as client:
         resp = client.monitoring.performance(
             deployment,
