@@ -346,7 +346,16 @@ def test_bad_labels_are_refused_and_nothing_is_stored(
 def test_cli_performance_report_shows_metrics_and_fairness(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    world.wait_labelled("credit", 1)
+    world.owner.deployments.create("credit-cli", "credit", traffic={1: 1.0})
+    world.start_agent("credit-cli")
+    stub = world.stub("credit-cli")
+    for i, row in enumerate(world.group_x[::5]):
+        infer(stub, "credit-cli", row, f"cli-{i}")
+    n = len(world.group_x[::5])
+    world.owner.monitoring.log_labels(
+        "credit-cli", [f"cli-{i}" for i in range(n)], world.group_y[::5].tolist()
+    )
+    world.wait_labelled("credit-cli", n)
     code, out, err = run_cli(
         capsys,
         "--server",
@@ -355,9 +364,25 @@ def test_cli_performance_report_shows_metrics_and_fairness(
         world.owner_key,
         "performance",
         "report",
-        "credit",
+        "credit-cli",
         "--window",
         "1d",
     )
     assert code == 0, err
     assert "ACCURACY" in out and "SELECTION_RATE" in out and "demographic parity difference" in out
+
+
+def test_cli_logs_labels_from_a_csv_file(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "labels.csv"
+    good.write_text("request_id,label\ncli-1,1\ncli-2,0\n")
+    base = ("--server", world.server.target, "--api-key", world.owner_key, "--output", "json")
+    code, out, err = run_cli(capsys, *base, "performance", "log-labels", "credit", str(good))
+    assert code == 0, err
+    assert '"stored": 2' in out
+    assert [label.request_id for label in pulled_labels(world, "credit")][-2:] == ["cli-1", "cli-2"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,truth\ncli-3,1\n")
+    code, _, err = run_cli(capsys, *base, "performance", "log-labels", "credit", str(bad))
+    assert code != 0 and "request_id" in err

@@ -53,7 +53,7 @@ def log_labels(
     deployment: str,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns request_id,label"),
 ) -> None:
-    """Logs true labels of answered requests from a CSV file (header: request_id,label).
+    """Logs true labels of answered requests from a CSV file (columns request_id,label).
 
     Labels are classes or, for a regression, true values; the agents join them with the
     predictions they keep on their own hosts.
@@ -84,10 +84,12 @@ def report(
         "", "--positive-class", help="class the fairness metrics compare (default: the greatest label)"
     ),
 ) -> None:
-    """Per version and window: accuracy, macro precision/recall/F1, ROC-AUC, MAE/RMSE, label coverage,
-    the CBPE estimate of the unlabelled predictions (EST_*: an estimate, not a measurement), and
-    fairness across the segments of the version's sensitive feature (demographic parity and equal
-    opportunity differences).
+    """Performance per version and window, the label-free estimate, and fairness.
+
+    Accuracy, macro precision/recall/F1, ROC-AUC, MAE/RMSE and the label coverage from the labelled
+    predictions; the CBPE estimate of the unlabelled ones (EST_*: an estimate from the predicted
+    probabilities, not a measurement); per segment of the version's sensitive feature the selection
+    rate and TPR, with the demographic parity and equal opportunity differences.
     """
     try:
         window_s = parse_duration(window)
