@@ -211,7 +211,8 @@ class Agent:
         )
 
     async def stop(self, *, flush: bool = True) -> None:
-        """Stops serving; with `flush`, the last interval is queued first (sent on the next start)."""
+        """Stops serving; with `flush`, the last interval is queued first (sent on the next start)
+        and the predictions still in memory are written to the prediction log."""
         if flush:
             self._record_interval(*self.aggregator.cut())
         self._stopping = True
@@ -229,7 +230,7 @@ class Agent:
             self.observability.shutdown()
         self.queue.close()
         self.history.close()
-        with contextlib.suppress(Exception):
+        if flush:  # predictions still in memory go to disk, to be joined after a restart
             self.prediction_log.record(self.prediction_buffer.take(), self._sensitive)
         self.prediction_log.close()
 
