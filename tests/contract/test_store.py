@@ -531,3 +531,39 @@ def test_a_failed_blob_write_leaves_nothing_behind(store: SqlStore) -> None:
     assert store.blob_size(digest) is None
     assert store.put_blob(digest, 4, iter([b"good"]), now_us=2)
     assert list(store.blob_chunks(digest)) == [b"good"]
+
+
+def test_labels_are_sequenced_per_deployment_and_scoped(store: SqlStore) -> None:
+    _deployed(store)
+    first, last = store.add_labels("acme", "prod", ["r1", "r2", "r3"], ["0", "1", "2"], 5)
+    assert last - first == 2
+    more = store.add_labels("acme", "prod", ["r4"], ["1"], 6)
+    assert more[0] > last
+    pulled = store.labels_after("acme", "prod", 0, 100)
+    assert [(r.request_id, r.label) for r in pulled] == [("r1", "0"), ("r2", "1"), ("r3", "2"), ("r4", "1")]
+    assert [r.sequence for r in pulled] == sorted(r.sequence for r in pulled)
+    assert [r.request_id for r in store.labels_after("acme", "prod", first, 2)] == ["r2", "r3"]
+    with pytest.raises(NotFound):
+        store.add_labels("beta", "prod", ["r9"], ["1"], 7)
+    with pytest.raises(NotFound):
+        store.labels_after("beta", "prod", 0, 100)
+    assert len(store.labels_after("acme", "prod", 0, 100)) == 4
+
+
+def test_performance_counts_are_stored_once_and_read_by_window(store: SqlStore) -> None:
+    from foedus.server.store.records import PerformanceRecord
+
+    _deployed(store)
+    rows = [
+        PerformanceRecord("a", 1, 60_000, "", "", {"task": "classification", "labelled": 2}),
+        PerformanceRecord("a", 2, 120_000, "x", "sex", {"task": "classification", "labelled": 1}),
+    ]
+    assert store.ingest_performance("acme", "prod", "p1", rows, 1) is False
+    assert store.ingest_performance("acme", "prod", "p1", rows, 2) is True  # a retry stores nothing
+    assert [r.version for r in store.query_performance("acme", "prod", None, 0, 10**9)] == [1, 2]
+    assert store.query_performance("acme", "prod", 2, 0, 10**9) == [rows[1]]
+    assert store.query_performance("acme", "prod", None, 60_000, 120_000) == [rows[0]]
+    with pytest.raises(NotFound):
+        store.query_performance("beta", "prod", None, 0, 10**9)
+    with pytest.raises(NotFound):
+        store.ingest_performance("beta", "prod", "p2", rows, 3)

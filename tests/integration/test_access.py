@@ -49,6 +49,7 @@ from foedus.v1 import (
     deployment_pb2,
     federation_pb2,
     monitoring_pb2,
+    performance_pb2,
     registry_pb2,
     rollout_pb2,
 )
@@ -64,6 +65,9 @@ AGENT = "/foedus.v1.AgentService/"
 MON = "/foedus.v1.MonitoringService/"
 ROL = "/foedus.v1.RolloutService/"
 FED = "/foedus.v1.FederationService/"
+PERF = "/foedus.v1.PerformanceService/"
+PULL_LABELS = AGENT + "PullLabels"
+REPORT_PERFORMANCE = AGENT + "ReportPerformance"
 CREATE_VERSION = REG + "CreateModelVersion"
 WATCH = AGENT + "WatchAssignments"
 TELEMETRY = AGENT + "ReportTelemetry"
@@ -303,6 +307,39 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
     FED + "ListOptIns": lambda n: federation_pb2.ListOptInsRequest(),
     FED + "DeliverResult": lambda n: federation_pb2.DeliverResultRequest(id=n.run),
 }
+REQUESTS.update(
+    {
+        PULL_LABELS: lambda n: agent_pb2.PullLabelsRequest(deployment=n.deployment),
+        REPORT_PERFORMANCE: lambda n: performance_report(n.deployment, agent=n.agent),
+        PERF + "LogLabels": lambda n: performance_pb2.LogLabelsRequest(
+            deployment=n.deployment, request_ids=["probe-request"], labels=["1"]
+        ),
+        PERF + "GetPerformance": lambda n: performance_pb2.GetPerformanceRequest(deployment=n.deployment),
+    }
+)
+
+
+def performance_report(
+    deployment: str, *, agent: str = "probe-agent", batch_id: str | None = None, **counts: Any
+) -> agent_pb2.ReportPerformanceRequest:
+    """A well-formed ReportPerformance call (a fresh batch id): one labelled prediction of version 1."""
+    values: dict[str, Any] = {
+        "version": 1,
+        "window_start_unix_ms": now_ms() - now_ms() % 60_000,
+        "task": "classification",
+        "predictions": 1,
+        "labelled": 1,
+        "confusion": [agent_pb2.ConfusionCell(true_label="1", predicted_label="1", weight=1.0)],
+    }
+    values.update(counts)
+    return agent_pb2.ReportPerformanceRequest(
+        batch_id=f"perf-{secrets.token_hex(8)}" if batch_id is None else batch_id,
+        deployment=deployment,
+        agent=agent,
+        counts=[agent_pb2.PerformanceCounts(**values)],
+    )
+
+
 # A PEM public key (the DER bytes need not be a real key for the registry: it fingerprints them).
 PROBE_KEY = (
     "-----BEGIN PUBLIC KEY-----\n"
@@ -348,6 +385,10 @@ ISOLATION: dict[str, str] = {
     MON + "QueryMetrics": "names",
     MON + "ListAlerts": "names",
     MON + "GetDriftReport": "names",
+    PULL_LABELS: "names",
+    REPORT_PERFORMANCE: "names",
+    PERF + "LogLabels": "names",
+    PERF + "GetPerformance": "names",
     REG + "RecordEvaluation": "names",
     **{
         ROL + name: "names"
@@ -768,6 +809,10 @@ def test_policy_matrix_matches_the_proto() -> None:
     assert allowed_roles(TELEMETRY) == {"agent", "editor", "owner"}
     assert allowed_roles(MON + "QueryMetrics") == {"viewer", "editor", "owner"}
     assert allowed_roles(MON + "GetDriftReport") == {"viewer", "editor", "owner"}
+    assert allowed_roles(PERF + "LogLabels") == {"editor", "owner"}
+    assert allowed_roles(PERF + "GetPerformance") == {"viewer", "editor", "owner"}
+    assert allowed_roles(PULL_LABELS) == {"agent"}
+    assert allowed_roles(REPORT_PERFORMANCE) == {"agent"}
 
 
 # --- 3. tenant isolation ---------------------------------------------------------------------------
@@ -1307,6 +1352,96 @@ def _drift_cases() -> Iterator[Case]:
     }
     for case, fields in bad.items():
         yield rpc, case, "viewer", lambda w, f=fields: _drift(**f)
+
+
+P_ = performance_pb2
+
+
+def _labels(
+    ids: list[str], labels: list[str], deployment: str = B_DEPLOYMENT
+) -> performance_pb2.LogLabelsRequest:
+    return P_.LogLabelsRequest(deployment=deployment, request_ids=ids, labels=labels)
+
+
+def _performance_cases() -> Iterator[Case]:
+    log, get = PERF + "LogLabels", PERF + "GetPerformance"
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        yield log, f"deployment-{case}", "editor", lambda w, d=name: _labels(["r"], ["1"], d)
+        yield get, f"deployment-{case}", "viewer", lambda w, d=name: P_.GetPerformanceRequest(deployment=d)
+        yield PULL_LABELS, f"deployment-{case}", "agent", lambda w, d=name: G_.PullLabelsRequest(deployment=d)
+        yield (
+            REPORT_PERFORMANCE,
+            f"deployment-{case}",
+            "agent",
+            lambda w, d=name: performance_report(d, agent="b-agent"),
+        )
+    bad_labels = {
+        "no-labels": ([], []),
+        "lengths-differ": (["r1", "r2"], ["1"]),
+        "request-id-empty": (["r1", ""], ["1", "0"]),
+        "request-id-too-long": (["r" * 257], ["1"]),
+        "label-empty": (["r1"], [""]),
+        "label-nan": (["r1"], ["nan"]),
+        "label-infinite": (["r1"], ["-inf"]),
+        "too-many": ([f"r{i}" for i in range(10_001)], ["1"] * 10_001),
+    }
+    for case, (ids, labels) in bad_labels.items():
+        yield log, case, "editor", lambda w, i=ids, v=labels: _labels(i, v)
+    bad_queries: dict[str, dict[str, Any]] = {
+        "version-negative": {"version": -1},
+        "window-negative": {"window_s": -60},
+        "window-not-whole-minutes": {"window_s": 90},
+        "start-negative": {"start_unix_ms": -1},
+        "end-before-start": {"start_unix_ms": now_ms(), "end_unix_ms": now_ms() - 3_600_000},
+    }
+    for case, fields in bad_queries.items():
+        yield get, case, "viewer", lambda w, f=fields: P_.GetPerformanceRequest(deployment=B_DEPLOYMENT, **f)
+    yield (
+        PULL_LABELS,
+        "after-negative",
+        "agent",
+        lambda w: G_.PullLabelsRequest(deployment=B_DEPLOYMENT, after_sequence=-1),
+    )
+    yield (
+        PULL_LABELS,
+        "page-size-negative",
+        "agent",
+        lambda w: G_.PullLabelsRequest(deployment=B_DEPLOYMENT, page_size=-1),
+    )
+    bad_counts: dict[str, dict[str, Any]] = {
+        "version-zero": {"version": 0},
+        "window-negative": {"window_start_unix_ms": -1},
+        "task-unknown": {"task": "ranking"},
+        "predictions-negative": {"predictions": -1},
+        "confusion-negative": {
+            "confusion": [G_.ConfusionCell(true_label="1", predicted_label="1", weight=-1.0)]
+        },
+        "sum-nan": {"task": "regression", "sum_abs_error": NAN},
+        "score-infinite": {"scores": [G_.ClassScores(label="1", scores=[INF], positives=[1], negatives=[0])]},
+        "scores-length-mismatch": {
+            "scores": [G_.ClassScores(label="1", scores=[0.5], positives=[1, 2], negatives=[0])]
+        },
+    }
+    for case, fields in bad_counts.items():
+        yield (
+            REPORT_PERFORMANCE,
+            case,
+            "agent",
+            lambda w, f=fields: performance_report(B_DEPLOYMENT, agent="b-agent", **f),
+        )
+    yield (
+        REPORT_PERFORMANCE,
+        "batch-id-empty",
+        "agent",
+        lambda w: performance_report(B_DEPLOYMENT, agent="b-agent", batch_id=""),
+    )
+    for case, name in BAD_AGENT_NAMES.items():
+        yield (
+            REPORT_PERFORMANCE,
+            f"agent-{case}",
+            "agent",
+            lambda w, a=name: performance_report(B_DEPLOYMENT, agent=a),
+        )
 
 
 O_ = rollout_pb2
@@ -1922,6 +2057,7 @@ _CASES: list[tuple[str, str, str, Callable[[World], Any]]] = [
     *_deployment_cases(),
     *_agent_cases(),
     *_monitoring_cases(),
+    *_performance_cases(),
     *_rollout_cases(),
     *_federation_cases(),
     *_paging_cases(),
@@ -2124,6 +2260,8 @@ AGENT_CALLS: dict[str, Callable[[str], Any]] = {
     ),
     WATCH: lambda d: agent_pb2.WatchAssignmentsRequest(deployment=d, agent=A_AGENT),
     TELEMETRY: lambda d: telemetry(d, agent=A_AGENT),
+    PULL_LABELS: lambda d: agent_pb2.PullLabelsRequest(deployment=d),
+    REPORT_PERFORMANCE: lambda d: performance_report(d, agent=A_AGENT),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import datetime
 import hashlib
+import numbers
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foedus.client_sdk.drift import DriftThresholds, thresholds_message
@@ -39,6 +41,8 @@ from foedus.v1 import (
     deployment_pb2_grpc,
     monitoring_pb2,
     monitoring_pb2_grpc,
+    performance_pb2,
+    performance_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -488,6 +492,7 @@ class MonitoringAPI:
         self._rpc = rpc
         self._stub = monitoring_pb2_grpc.MonitoringServiceStub(rpc.channel)
         self._agent = agent_pb2_grpc.AgentServiceStub(rpc.channel)
+        self._performance = performance_pb2_grpc.PerformanceServiceStub(rpc.channel)
 
     def status(self, deployment: str, *, window_s: int = 300) -> monitoring_pb2.GetDeploymentStatusResponse:
         """The deployment, its agents, and per-version requests, errors and latency over the last
@@ -627,6 +632,65 @@ class MonitoringAPI:
                 f"the server closed the telemetry stream without acknowledging batch {batch.batch_id}"
             )
         return len(batch.metrics) if acked else 0
+
+    def log_labels(
+        self, deployment: str, request_ids: Sequence[str], labels: Sequence[Any]
+    ) -> performance_pb2.LogLabelsResponse:
+        """Logs the true labels of answered requests, by inference request id (OIP `id`; a request of
+        N > 1 rows is `<id>/0` ... `<id>/<N-1>`).
+
+        Labels are classes (any value; numbers that are integers compare equal whatever their type)
+        or, for a regression, true values. The agent that served a request joins its label with the
+        prediction it kept on its own disk and reports counts only. The call is checked whole:
+        lengths must match, ids and labels must be non-empty, numbers finite; otherwise
+        InvalidArgument and nothing is stored. Returns how many were stored and their sequence numbers.
+        """
+        req = performance_pb2.LogLabelsRequest(
+            deployment=deployment,
+            request_ids=[str(r) for r in request_ids],
+            labels=[_label_text(v) for v in labels],
+        )
+        return self._rpc(self._performance.LogLabels, req)
+
+    def performance(
+        self,
+        deployment: str,
+        *,
+        version: int = 0,
+        window_s: int = 0,
+        start_unix_ms: int = 0,
+        end_unix_ms: int = 0,
+        positive_class: str = "",
+    ) -> performance_pb2.GetPerformanceResponse:
+        """Model performance per version and window of prediction times, from the joined labels.
+
+        Classifiers: accuracy, macro precision/recall/F1 with per-class values, ROC-AUC (binary, or
+        one-vs-rest macro), the label coverage, a CBPE estimate of the unlabelled predictions
+        (`estimate`, an estimate from the predicted probabilities), and fairness across the segments of
+        the version's sensitive feature (tag `sensitive_feature`). Regressors: MAE, RMSE, bias.
+        `window_s=0` is one window over the range; the range defaults to the last 7 days.
+        """
+        req = performance_pb2.GetPerformanceRequest(
+            deployment=deployment,
+            version=version,
+            window_s=window_s,
+            start_unix_ms=start_unix_ms,
+            end_unix_ms=end_unix_ms,
+            positive_class=positive_class,
+        )
+        return self._rpc(self._performance.GetPerformance, req)
+
+
+def _label_text(value: Any) -> str:
+    """A label as the API carries it: integers as integers, other numbers in full precision."""
+    if isinstance(value, bool | np.bool_):
+        return str(int(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class TenantsAPI:

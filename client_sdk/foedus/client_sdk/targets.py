@@ -37,12 +37,22 @@ def _read_methods() -> list[dict[str, str]]:
         deployment_pb2,
         federation_pb2,
         monitoring_pb2,
+        performance_pb2,
         registry_pb2,
         rollout_pb2,
     )
 
     names: list[dict[str, str]] = []
-    for module in (admin_pb2, deployment_pb2, federation_pb2, monitoring_pb2, registry_pb2, rollout_pb2):
+    modules = (
+        admin_pb2,
+        deployment_pb2,
+        federation_pb2,
+        monitoring_pb2,
+        performance_pb2,
+        registry_pb2,
+        rollout_pb2,
+    )
+    for module in modules:
         for service in module.DESCRIPTOR.services_by_name.values():
             names += [
                 {"service": service.full_name, "method": method.name}

@@ -665,3 +665,259 @@ class ReportTelemetryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportTelemetryResponse: _TypeAlias = ReportTelemetryResponse  # noqa: Y015
+
+@_typing.final
+class PullLabelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    after_sequence: _builtins.int
+    page_size: _builtins.int
+    """At most this many labels (default and maximum 5000)."""
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "deployment", b"deployment", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullLabelsRequest: _TypeAlias = PullLabelsRequest  # noqa: Y015
+
+@_typing.final
+class Label(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    LOGGED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    request_id: _builtins.str
+    label: _builtins.str
+    logged_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        label: _builtins.str = ...,
+        logged_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "logged_unix_ms", b"logged_unix_ms", "request_id", b"request_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Label: _TypeAlias = Label  # noqa: Y015
+
+@_typing.final
+class PullLabelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]: ...
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[Global___Label] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullLabelsResponse: _TypeAlias = PullLabelsResponse  # noqa: Y015
+
+@_typing.final
+class ConfusionCell(_message.Message):
+    """How often a true class met a predicted class (weight: a count, or for the CBPE estimate an
+    expected count, negative when it takes back the estimate of predictions that got their label).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUE_LABEL_FIELD_NUMBER: _builtins.int
+    PREDICTED_LABEL_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    true_label: _builtins.str
+    predicted_label: _builtins.str
+    weight: _builtins.float
+    def __init__(
+        self,
+        *,
+        true_label: _builtins.str = ...,
+        predicted_label: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predicted_label", b"predicted_label", "true_label", b"true_label", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfusionCell: _TypeAlias = ConfusionCell  # noqa: Y015
+
+@_typing.final
+class ClassScores(_message.Message):
+    """For one class: its predicted probability over labelled predictions, as distinct values with the
+    number of predictions whose true class is (positives) or is not (negatives) this class. Counts
+    of agents and intervals add up, and the exact ROC-AUC follows from the merged counts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    POSITIVES_FIELD_NUMBER: _builtins.int
+    NEGATIVES_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def positives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def negatives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        positives: _abc.Iterable[_builtins.int] | None = ...,
+        negatives: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "negatives", b"negatives", "positives", b"positives", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassScores: _TypeAlias = ClassScores  # noqa: Y015
+
+@_typing.final
+class PerformanceCounts(_message.Message):
+    """Additive counts of one version, one minute of prediction times and one segment of the
+    sensitive feature ("" when none is declared).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    WINDOW_START_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    LABELLED_FIELD_NUMBER: _builtins.int
+    CONFUSION_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    SUM_ABS_ERROR_FIELD_NUMBER: _builtins.int
+    SUM_SQUARED_ERROR_FIELD_NUMBER: _builtins.int
+    SUM_ERROR_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    window_start_unix_ms: _builtins.int
+    segment: _builtins.str
+    predictions: _builtins.int
+    """Predictions recorded (with a request id)."""
+    labelled: _builtins.int
+    sum_abs_error: _builtins.float
+    """Regression: sums over labelled predictions of |e|, e^2 and e with e = prediction - label."""
+    sum_squared_error: _builtins.float
+    sum_error: _builtins.float
+    task: _builtins.str
+    """"classification" or "regression"."""
+    @_builtins.property
+    def confusion(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfusionCell]: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScores]: ...
+    @_builtins.property
+    def expected(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfusionCell]:
+        """CBPE: expected confusion of every recorded prediction, less that of the labelled ones."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        window_start_unix_ms: _builtins.int = ...,
+        segment: _builtins.str = ...,
+        predictions: _builtins.int = ...,
+        labelled: _builtins.int = ...,
+        confusion: _abc.Iterable[Global___ConfusionCell] | None = ...,
+        scores: _abc.Iterable[Global___ClassScores] | None = ...,
+        expected: _abc.Iterable[Global___ConfusionCell] | None = ...,
+        sum_abs_error: _builtins.float = ...,
+        sum_squared_error: _builtins.float = ...,
+        sum_error: _builtins.float = ...,
+        task: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confusion", b"confusion", "expected", b"expected", "labelled", b"labelled", "predictions", b"predictions", "scores", b"scores", "segment", b"segment", "sum_abs_error", b"sum_abs_error", "sum_error", b"sum_error", "sum_squared_error", b"sum_squared_error", "task", b"task", "version", b"version", "window_start_unix_ms", b"window_start_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PerformanceCounts: _TypeAlias = PerformanceCounts  # noqa: Y015
+
+@_typing.final
+class ReportPerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SENSITIVE_FEATURE_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """Idempotency key, as for telemetry batches: a batch committed before is acknowledged, not stored."""
+    deployment: _builtins.str
+    agent: _builtins.str
+    sensitive_feature: _builtins.str
+    """The sensitive feature the segments are values of ("" when none)."""
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PerformanceCounts]: ...
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        counts: _abc.Iterable[Global___PerformanceCounts] | None = ...,
+        sensitive_feature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "batch_id", b"batch_id", "counts", b"counts", "deployment", b"deployment", "sensitive_feature", b"sensitive_feature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPerformanceRequest: _TypeAlias = ReportPerformanceRequest  # noqa: Y015
+
+@_typing.final
+class ReportPerformanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    def __init__(
+        self,
+        *,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPerformanceResponse: _TypeAlias = ReportPerformanceResponse  # noqa: Y015

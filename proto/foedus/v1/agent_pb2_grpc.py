@@ -49,6 +49,16 @@ class AgentServiceStub:
                 request_serializer=foedus_dot_v1_dot_agent__pb2.ReportTelemetryRequest.SerializeToString,
                 response_deserializer=foedus_dot_v1_dot_agent__pb2.ReportTelemetryResponse.FromString,
                 _registered_method=True)
+        self.PullLabels = channel.unary_unary(
+                '/foedus.v1.AgentService/PullLabels',
+                request_serializer=foedus_dot_v1_dot_agent__pb2.PullLabelsRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_agent__pb2.PullLabelsResponse.FromString,
+                _registered_method=True)
+        self.ReportPerformance = channel.unary_unary(
+                '/foedus.v1.AgentService/ReportPerformance',
+                request_serializer=foedus_dot_v1_dot_agent__pb2.ReportPerformanceRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_agent__pb2.ReportPerformanceResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -76,6 +86,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullLabels(self, request, context):
+        """Labels logged for the deployment after `after_sequence`, oldest first. Agents keep the last
+        sequence they joined on local disk and continue from it after a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPerformance(self, request, context):
+        """Performance counts of predictions joined with their labels; idempotent by batch id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +118,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportTelemetry,
                     request_deserializer=foedus_dot_v1_dot_agent__pb2.ReportTelemetryRequest.FromString,
                     response_serializer=foedus_dot_v1_dot_agent__pb2.ReportTelemetryResponse.SerializeToString,
+            ),
+            'PullLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullLabels,
+                    request_deserializer=foedus_dot_v1_dot_agent__pb2.PullLabelsRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_agent__pb2.PullLabelsResponse.SerializeToString,
+            ),
+            'ReportPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPerformance,
+                    request_deserializer=foedus_dot_v1_dot_agent__pb2.ReportPerformanceRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_agent__pb2.ReportPerformanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +211,60 @@ class AgentService:
             '/foedus.v1.AgentService/ReportTelemetry',
             foedus_dot_v1_dot_agent__pb2.ReportTelemetryRequest.SerializeToString,
             foedus_dot_v1_dot_agent__pb2.ReportTelemetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.AgentService/PullLabels',
+            foedus_dot_v1_dot_agent__pb2.PullLabelsRequest.SerializeToString,
+            foedus_dot_v1_dot_agent__pb2.PullLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.AgentService/ReportPerformance',
+            foedus_dot_v1_dot_agent__pb2.ReportPerformanceRequest.SerializeToString,
+            foedus_dot_v1_dot_agent__pb2.ReportPerformanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

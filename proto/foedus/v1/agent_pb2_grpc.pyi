@@ -40,6 +40,12 @@ class AgentServiceStub:
     """Batches in, one acknowledgement per batch once it is committed. Telemetry is data, not a
     change of configuration: it is not written to the audit log.
     """
+    PullLabels: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullLabelsRequest, _agent_pb2.PullLabelsResponse]
+    """Labels logged for the deployment after `after_sequence`, oldest first. Agents keep the last
+    sequence they joined on local disk and continue from it after a restart.
+    """
+    ReportPerformance: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReportPerformanceRequest, _agent_pb2.ReportPerformanceResponse]
+    """Performance counts of predictions joined with their labels; idempotent by batch id."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -53,6 +59,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Batches in, one acknowledgement per batch once it is committed. Telemetry is data, not a
     change of configuration: it is not written to the audit log.
     """
+    PullLabels: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullLabelsRequest, _agent_pb2.PullLabelsResponse]  # type: ignore[assignment]
+    """Labels logged for the deployment after `after_sequence`, oldest first. Agents keep the last
+    sequence they joined on local disk and continue from it after a restart.
+    """
+    ReportPerformance: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReportPerformanceRequest, _agent_pb2.ReportPerformanceResponse]  # type: ignore[assignment]
+    """Performance counts of predictions joined with their labels; idempotent by batch id."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +93,23 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Batches in, one acknowledgement per batch once it is committed. Telemetry is data, not a
         change of configuration: it is not written to the audit log.
         """
+
+    @_abc_1.abstractmethod
+    def PullLabels(
+        self,
+        request: _agent_pb2.PullLabelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PullLabelsResponse, _abc.Awaitable[_agent_pb2.PullLabelsResponse]]:
+        """Labels logged for the deployment after `after_sequence`, oldest first. Agents keep the last
+        sequence they joined on local disk and continue from it after a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportPerformance(
+        self,
+        request: _agent_pb2.ReportPerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReportPerformanceResponse, _abc.Awaitable[_agent_pb2.ReportPerformanceResponse]]:
+        """Performance counts of predictions joined with their labels; idempotent by batch id."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

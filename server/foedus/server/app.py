@@ -30,6 +30,7 @@ from foedus.server.deployments.feed import BROADCAST, ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
+from foedus.server.monitoring.performance import PerformanceService
 from foedus.server.monitoring.service import MonitoringService
 from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.registry.gates import GateConfig
@@ -42,6 +43,7 @@ from foedus.server.servicers.base import BlockingRunner
 from foedus.server.servicers.deployment import DeploymentServicer
 from foedus.server.servicers.federation import FederationServicer
 from foedus.server.servicers.monitoring import MonitoringServicer
+from foedus.server.servicers.performance import PerformanceServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.servicers.rollout import RolloutServicer, feed_key
 from foedus.server.store.sql import SqlStore
@@ -53,6 +55,7 @@ from foedus.v1 import (
     deployment_pb2_grpc,
     federation_pb2_grpc,
     monitoring_pb2_grpc,
+    performance_pb2_grpc,
     registry_pb2_grpc,
     rollout_pb2_grpc,
 )
@@ -222,6 +225,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
     deployments = DeploymentService(store, on_change=feed.notify)
     monitoring = MonitoringService(store)
+    performance = PerformanceService(store)
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, runner), server
     )
@@ -235,8 +239,12 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             ingest_limiter=RateLimiter(config.tenant_ingest_points_per_s)
             if config.tenant_ingest_points_per_s > 0
             else None,
+            performance=performance,
         ),
         server,
+    )
+    performance_pb2_grpc.add_PerformanceServiceServicer_to_server(
+        PerformanceServicer(performance, runner), server
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
         MonitoringServicer(monitoring, runner), server

@@ -40,6 +40,7 @@ from foedus.v1 import (
     deployment_pb2,
     federation_pb2,
     monitoring_pb2,
+    performance_pb2,
     registry_pb2,
     rollout_pb2,
 )
@@ -52,6 +53,7 @@ SERVICE_MODULES = (
     deployment_pb2,
     agent_pb2,
     monitoring_pb2,
+    performance_pb2,
     rollout_pb2,
     federation_pb2,
 )

@@ -33,6 +33,12 @@ import numpy as np
 
 from foedus.client_sdk.agent.detector import DETECTOR_NAME, AnomalyDetector, DetectorConfig
 from foedus.client_sdk.agent.history import HISTORY_METRICS, LocalHistory
+from foedus.client_sdk.agent.labels import (
+    DEFAULT_RETENTION_S,
+    PredictionBuffer,
+    PredictionLog,
+    VersionOutputs,
+)
 from foedus.client_sdk.agent.ops_models import MAX_WINDOW, AnomalyScorer, OpsModelError, ResourcePredictor
 from foedus.client_sdk.agent.queue import TelemetryQueue, TelemetryQueueFull
 from foedus.client_sdk.agent.serving import (
@@ -77,6 +83,10 @@ class AgentConfig:
     interval_s: float = 10.0
     """Telemetry interval."""
     history_retention_s: float = 7 * 86_400
+    prediction_retention_s: float = DEFAULT_RETENTION_S
+    """How long predictions of requests with an id wait on local disk for their labels (7 days)."""
+    label_poll_s: float | None = None
+    """How often the agent pulls labels and reports what it joined; None: every interval_s."""
     providers: tuple[str, ...] | None = None
     """Execution providers to consider; None: every one this host offers."""
     anomaly_threshold: float = 4.0
@@ -105,6 +115,11 @@ class Agent:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.queue = TelemetryQueue(config.data_dir / "telemetry.db")
         self.history = LocalHistory(config.data_dir / "history.db", retention_s=config.history_retention_s)
+        self.prediction_log = PredictionLog(
+            config.data_dir / "predictions.db", retention_s=config.prediction_retention_s
+        )
+        self.prediction_buffer = PredictionBuffer()
+        self._sensitive: dict[str, str] = {}  # version -> its declared sensitive feature
         self.detector = AnomalyDetector(
             len(HISTORY_METRICS),
             metric_names=list(HISTORY_METRICS),
@@ -155,7 +170,13 @@ class Agent:
             client_interceptors.extend(aio_client_tracing(**providers))
             observer = MeteredObserver(self.aggregator, self.observability.meter_provider, self.queue)
         self._server = inference_server(
-            InferenceServicer(self.table, self.executor, observer=observer, server_name="foedus-agent"),
+            InferenceServicer(
+                self.table,
+                self.executor,
+                observer=observer,
+                predictions=self.prediction_buffer,
+                server_name="foedus-agent",
+            ),
             server_interceptors,
         )
         self.port = self._server.add_insecure_port(self.config.listen)
@@ -187,13 +208,15 @@ class Agent:
             ),
             asyncio.create_task(self._intervals(), name="intervals"),
             asyncio.create_task(self._send_telemetry(), name="telemetry"),
+            asyncio.create_task(self._performance(), name="performance"),
         ]
         log.info(
             "agent %s serving deployment %s on port %d", self.config.name, self.config.deployment, self.port
         )
 
     async def stop(self, *, flush: bool = True) -> None:
-        """Stops serving; with `flush`, the last interval is queued first (sent on the next start)."""
+        """Stops serving; with `flush`, the last interval is queued first (sent on the next start)
+        and the predictions still in memory are written to the prediction log."""
         if flush:
             self._record_interval(*self.aggregator.cut())
         self._stopping = True
@@ -211,6 +234,9 @@ class Agent:
             self.observability.shutdown()
         self.queue.close()
         self.history.close()
+        if flush:  # predictions still in memory go to disk, to be joined after a restart
+            self.prediction_log.record(self.prediction_buffer.take(), self._sensitive)
+        self.prediction_log.close()
 
     # --- assignments -----------------------------------------------------------------------------
     async def _watch_assignments(
@@ -265,6 +291,7 @@ class Agent:
             loaded[str(assigned.version)] = model
             self.aggregator.set_profile(model.version, assigned.reference_profile)
             self._feature_names[model.version] = [f.name for f in assigned.reference_profile.features]
+            self.prediction_buffer.configure(model.version, self._outputs_of(model.version, assigned))
         weights = {str(t.version): t.weight for t in deployment.traffic}
         shadow = str(deployment.shadow_version) if deployment.shadow_version else None
         if weights:
@@ -273,6 +300,24 @@ class Agent:
             self.table.remove(deployment.name)
         self.generation = deployment.generation
         log.info("generation %d: serving %s", self.generation, weights or "nothing")
+
+    def _outputs_of(self, version: str, assigned: agent_pb2.AssignedVersion) -> VersionOutputs:
+        """Tags "class_labels" (comma-separated labels of the probability columns) and
+        "sensitive_feature" (an input feature of the reference profile) of a version."""
+        tags = dict(assigned.tags)
+        classes = (
+            tuple(c.strip() for c in tags["class_labels"].split(",")) if tags.get("class_labels") else None
+        )
+        feature = tags.get("sensitive_feature", "")
+        names = self._feature_names.get(version, [])
+        if feature and feature not in names:
+            log.error(
+                "v%s declares sensitive feature %r, which its reference profile lacks", version, feature
+            )
+            feature = ""
+        if feature:
+            self._sensitive[version] = feature
+        return VersionOutputs(classes, names.index(feature) if feature else None, feature)
 
     async def _apply_ops(self, kind: str, assignment: agent_pb2.Assignment) -> None:
         """Loads the ops model a deployment assigns: its highest-weight version."""
@@ -465,6 +510,48 @@ class Agent:
                 retry_after = getattr(from_rpc_error(exc), "retry_after_s", 0.0)
                 await asyncio.sleep(max(retry_after, backoff * (1 + random.random() / 2)))
                 backoff = min(backoff * 2, 15.0)
+
+    # --- labels and performance --------------------------------------------------------------------
+    async def _performance(self) -> None:
+        """Writes buffered predictions, pulls labels, joins them and reports the counts."""
+        assert self._channel is not None
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        loop = asyncio.get_running_loop()
+        backoff = 0.2
+        while not self._stopping:
+            await asyncio.sleep(self.config.label_poll_s or self.config.interval_s)
+            try:
+                await loop.run_in_executor(
+                    self.executor, self.prediction_log.record, self.prediction_buffer.take(), self._sensitive
+                )
+                while True:
+                    response = await stub.PullLabels(
+                        agent_pb2.PullLabelsRequest(
+                            deployment=self.config.deployment, after_sequence=self.prediction_log.cursor
+                        ),
+                        metadata=self._metadata,
+                        timeout=60,
+                    )
+                    await loop.run_in_executor(
+                        self.executor, self.prediction_log.join, list(response.labels), self._sensitive
+                    )
+                    if not response.labels:
+                        break
+                await loop.run_in_executor(self.executor, self.prediction_log.prune)
+                while reports := await loop.run_in_executor(self.executor, self.prediction_log.outbox):
+                    for batch_id, request in reports:
+                        request.deployment = self.config.deployment
+                        request.agent = self.config.name
+                        await stub.ReportPerformance(request, metadata=self._metadata, timeout=60)
+                        await loop.run_in_executor(self.executor, self.prediction_log.ack, batch_id)
+                backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() in PERMANENT else logging.INFO
+                log.log(level, "labels and performance: %s: %s", exc.code().name, exc.details())
+                await asyncio.sleep(backoff * (1 + random.random() / 2))
+                backoff = min(backoff * 2, 15.0)
+            except Exception:
+                log.exception("joining labels failed")
 
 
 class MeteredObserver:

@@ -187,6 +187,19 @@ class RequestObserver(Protocol):
     def invalid(self, model: LoadedModel) -> None: ...
 
 
+class PredictionRecorder(Protocol):
+    """Receives the answers of requests that carry an id, to be joined with labels later."""
+
+    def record(
+        self,
+        request_id: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        names: Sequence[str],
+        outputs: Sequence[np.ndarray],
+    ) -> None: ...
+
+
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """GRPCInferenceService over a ModelTable; model runs go to the executor (onnxruntime frees the GIL)."""
 
@@ -197,6 +210,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         *,
         limits: InputLimits | None = None,
         observer: RequestObserver | None = None,
+        predictions: PredictionRecorder | None = None,
         server_name: str = "foedus-agent",
         server_version: str = "0.1.0",
     ) -> None:
@@ -204,6 +218,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self._executor = executor
         self._limits = limits or InputLimits()
         self._observer = observer
+        self._predictions = predictions
         self._name = server_name
         self._version = server_version
         self._shadow_tasks: set[asyncio.Future[Any]] = set()
@@ -274,6 +289,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.INTERNAL, f"model {model.name} v{model.version} failed: {exc}"
             )
         self._record(model, start, True, feeds, outputs, shadow=False)
+        if self._predictions is not None and request.id:
+            self._predictions.record(request.id, model.version, feeds, names, outputs)
         if route.shadow and route.shadow != model.version:
             self._mirror(route.versions[route.shadow], names, feeds)
         response = inference_pb2.ModelInferResponse(

@@ -34,6 +34,12 @@ def run(
     history_days: float = typer.Option(
         7.0, "--history-days", min=0.01, help="days of local metric history kept"
     ),
+    prediction_days: float = typer.Option(
+        7.0,
+        "--prediction-days",
+        min=0.01,
+        help="days predictions of requests with an id wait on local disk for their delayed labels",
+    ),
     anomaly_deployment: str | None = typer.Option(
         None,
         "--anomaly-deployment",
@@ -76,6 +82,7 @@ def run(
         interval_s=interval,
         providers=tuple(provider) or None,
         history_retention_s=history_days * 86_400,
+        prediction_retention_s=prediction_days * 86_400,
         anomaly_deployment=anomaly_deployment,
         resource_deployment=resource_deployment,
         channel_credentials=tls.channel_credentials() if tls is not None else None,

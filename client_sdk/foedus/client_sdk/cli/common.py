@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ def emit(ctx: typer.Context, rows: Sequence[dict[str, Any]], columns: Sequence[s
     typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def number(x: float) -> str:
+    """A metric in a table: four significant digits, "-" for NaN (undefined)."""
+    return "-" if math.isnan(x) else f"{x:.4g}"
 
 
 def _cell(value: Any) -> str:

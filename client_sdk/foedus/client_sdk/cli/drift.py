@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import click
 import typer
 
-from foedus.client_sdk.cli.common import emit, globals_of, to_dict
+from foedus.client_sdk.cli.common import emit, globals_of, number, to_dict
 from foedus.client_sdk.cli.metrics import parse_duration
 from foedus.client_sdk.drift import METHODS, DriftThresholds
 
@@ -27,10 +26,6 @@ COLUMNS = (
     "ks",
     "wasserstein",
 )
-
-
-def _num(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.4g}"
 
 
 @app.command("report")
@@ -71,14 +66,14 @@ def report(
             "feature": f.name,
             "kind": f.kind,
             "method": f.method,
-            "score": _num(f.score),
+            "score": number(f.score),
             "threshold": f"{f.threshold:g}",
             "drifted": "DRIFT" if f.drifted else "no",
             "current": f.current_count,
-            "psi": _num(f.psi),
-            "js": _num(f.js_distance),
-            "ks": _num(f.ks_statistic),
-            "wasserstein": _num(f.wasserstein),
+            "psi": number(f.psi),
+            "js": number(f.js_distance),
+            "ks": number(f.ks_statistic),
+            "wasserstein": number(f.wasserstein),
         }
         for f in resp.features
     ]

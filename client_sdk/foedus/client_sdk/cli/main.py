@@ -21,6 +21,7 @@ from foedus.client_sdk.cli import (
     metrics,
     model,
     ops,
+    performance,
     report,
     rollout,
     server,
@@ -48,6 +49,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(report.app, name="report")
 app.add_typer(drift.app, name="drift")
+app.add_typer(performance.app, name="performance")
 app.add_typer(ops.app, name="ops")
 app.add_typer(federation.app, name="federation")
 app.add_typer(certs.app, name="certs")

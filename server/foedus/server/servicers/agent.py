@@ -7,11 +7,13 @@ from typing import Any
 
 import grpc
 
+from foedus.client_sdk.agent.labels import totals_from_message
 from foedus.client_sdk.tracing import TENANT
 from foedus.server.deployments.feed import ChangeFeed
 from foedus.server.deployments.service import DeploymentService
-from foedus.server.errors import ResourceExhausted
+from foedus.server.errors import InvalidArgument, ResourceExhausted
 from foedus.server.interceptors import current_call, current_principal
+from foedus.server.monitoring.performance import AgentCounts, PerformanceService
 from foedus.server.monitoring.service import MonitoringService, TelemetryBatch
 from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.servicers import convert
@@ -32,8 +34,10 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         *,
         metrics: ControlPlaneMetrics | None = None,
         ingest_limiter: RateLimiter | None = None,
+        performance: PerformanceService,
     ) -> None:
         super().__init__(runner)
+        self._performance = performance
         self._deployments = deployments
         self._monitoring = monitoring
         self._feed = feed
@@ -109,3 +113,46 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
             if self._metrics is not None:
                 self._metrics.ingested(principal.tenant or "", b, duplicate=duplicate)
             yield agent_pb2.ReportTelemetryResponse(batch_id=b.batch_id, duplicate=duplicate)
+
+    async def PullLabels(
+        self, request: agent_pb2.PullLabelsRequest, context: Ctx
+    ) -> agent_pb2.PullLabelsResponse:
+        labels = await self.read(
+            self._performance.pull_labels,
+            current_principal(),
+            request.deployment,
+            request.after_sequence,
+            request.page_size,
+        )
+        return agent_pb2.PullLabelsResponse(
+            labels=[
+                agent_pb2.Label(
+                    sequence=r.sequence,
+                    request_id=r.request_id,
+                    label=r.label,
+                    logged_unix_ms=r.logged_at_us // 1000,
+                )
+                for r in labels
+            ]
+        )
+
+    async def ReportPerformance(
+        self, request: agent_pb2.ReportPerformanceRequest, context: Ctx
+    ) -> agent_pb2.ReportPerformanceResponse:
+        try:
+            counts = [
+                AgentCounts(c.version, c.window_start_unix_ms, c.segment, totals_from_message(c))
+                for c in request.counts
+            ]
+        except ValueError:
+            raise InvalidArgument("class scores need one positive and one negative count per score") from None
+        duplicate = await self.run(
+            self._performance.report,
+            current_principal(),
+            request.deployment,
+            request.agent,
+            request.batch_id,
+            request.sensitive_feature,
+            counts,
+        )
+        return agent_pb2.ReportPerformanceResponse(duplicate=duplicate)

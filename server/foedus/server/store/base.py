@@ -9,7 +9,7 @@ Methods are synchronous and thread-safe; the servicers call them from a thread p
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from foedus.server.store.records import (
     AgentRecord,
@@ -20,6 +20,7 @@ from foedus.server.store.records import (
     FederationRunRecord,
     IntervalRecord,
     KeyRecord,
+    LabelRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
@@ -28,6 +29,7 @@ from foedus.server.store.records import (
     NumberedInterval,
     OptInRecord,
     Page,
+    PerformanceRecord,
     RolloutEventRecord,
     RolloutRecord,
     TenantRecord,
@@ -404,6 +406,37 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_opt_ins(self, tenant: str | None, model_kind: str | None) -> list[OptInRecord]:
         """By tenant and kind."""
+
+    # --- labels and performance --------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_labels(
+        self, tenant: str, deployment: str, request_ids: Sequence[str], labels: Sequence[str], now_us: int
+    ) -> tuple[int, int]:
+        """Stores labels in order; returns the first and last sequence. Sequences increase per
+        deployment in commit order: a reader that saw sequence s never later finds a new label
+        of the deployment at or below s. NotFound for an unknown deployment (nothing stored)."""
+
+    @abc.abstractmethod
+    def labels_after(self, tenant: str, deployment: str, after: int, limit: int) -> list[LabelRecord]:
+        """Labels of the deployment with a sequence above `after`, ascending, at most `limit`."""
+
+    @abc.abstractmethod
+    def ingest_performance(
+        self,
+        tenant: str,
+        deployment: str,
+        batch_id: str,
+        rows: Sequence[PerformanceRecord],
+        now_us: int,
+    ) -> bool:
+        """Stores the rows once per (tenant, batch_id), sharing the telemetry batch ids; returns
+        True, storing nothing, for a batch committed before."""
+
+    @abc.abstractmethod
+    def query_performance(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> list[PerformanceRecord]:
+        """Rows with start_ms <= window_start_ms < end_ms, of one version or all (None)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -399,3 +399,23 @@ class OptInRecord:
     deployment: str
     created_at_us: int
     created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    sequence: int
+    request_id: str
+    label: str
+    logged_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceRecord:
+    """Additive counts of one agent, version, minute of prediction time and segment."""
+
+    agent: str
+    version: int
+    window_start_ms: int
+    segment: str
+    sensitive_feature: str
+    counts: dict[str, object]

@@ -324,3 +324,30 @@ opt_ins = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("created_by", String(64), nullable=False),
 )
+
+# Delayed labels of a deployment's requests; `id` is the sequence agents pull them by.
+labels = Table(
+    "labels",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("request_id", String(256), nullable=False),
+    Column("label", String(256), nullable=False),
+    Column("logged_at_us", BigInteger, nullable=False),
+    Index("ix_labels_deployment", "deployment_id", "id"),
+)
+
+# Agents' additive performance counts per version, minute of prediction time and segment.
+performance_counts = Table(
+    "performance_counts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("agent", String(128), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("window_start_ms", BigInteger, nullable=False),
+    Column("segment", String(256), nullable=False),
+    Column("sensitive_feature", String(128), nullable=False),
+    Column("counts", JSON, nullable=False),
+    Index("ix_performance_counts_window", "deployment_id", "window_start_ms"),
+)

@@ -44,6 +44,7 @@ from foedus.server.store.records import (
     FederationRunState,
     IntervalRecord,
     KeyRecord,
+    LabelRecord,
     MetricPointRecord,
     MetricSeriesRecord,
     ModelRecord,
@@ -52,6 +53,7 @@ from foedus.server.store.records import (
     NumberedInterval,
     OptInRecord,
     Page,
+    PerformanceRecord,
     Role,
     RolloutEventRecord,
     RolloutPhase,
@@ -74,6 +76,7 @@ from foedus.server.store.schema import (
     federation_run_tenants,
     federation_runs,
     intervals,
+    labels,
     leases,
     metric_chunks,
     model_aliases,
@@ -81,6 +84,7 @@ from foedus.server.store.schema import (
     models,
     node_keys,
     opt_ins,
+    performance_counts,
     rollout_events,
     rollouts,
     telemetry_batches,
@@ -149,6 +153,93 @@ class SqlStore(Store):
         if run_migrations:
             migrate(self.engine)
 
+    # --- labels and performance --------------------------------------------------------------------
+    def add_labels(
+        self, tenant: str, deployment: str, request_ids: Sequence[str], labels_: Sequence[str], now_us: int
+    ) -> tuple[int, int]:
+        with self._write() as conn:
+            # Locking the deployment row serializes label writers of a deployment, so sequences
+            # commit in order and an agent's cursor never skips a label (PostgreSQL; SQLite has
+            # one writer anyway).
+            row = conn.execute(
+                select(deployments.c.id)
+                .where(deployments.c.tenant == tenant, deployments.c.name == deployment)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"deployment {deployment!r} not found")
+            ids = (
+                conn.execute(
+                    insert(labels).returning(labels.c.id),
+                    [
+                        {"deployment_id": row.id, "request_id": r, "label": v, "logged_at_us": now_us}
+                        for r, v in zip(request_ids, labels_, strict=True)
+                    ],
+                )
+                .scalars()
+                .all()
+            )
+        return min(ids), max(ids)
+
+    def labels_after(self, tenant: str, deployment: str, after: int, limit: int) -> list[LabelRecord]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            rows = conn.execute(
+                select(labels)
+                .where(labels.c.deployment_id == dep_id, labels.c.id > after)
+                .order_by(labels.c.id)
+                .limit(limit)
+            ).all()
+        return [LabelRecord(r.id, r.request_id, r.label, r.logged_at_us) for r in rows]
+
+    def ingest_performance(
+        self,
+        tenant: str,
+        deployment: str,
+        batch_id: str,
+        rows: Sequence[PerformanceRecord],
+        now_us: int,
+    ) -> bool:
+        with self._write() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            if not self._claim_batch(conn, tenant, batch_id, now_us):
+                return True
+            if rows:
+                conn.execute(
+                    insert(performance_counts),
+                    [
+                        {
+                            "deployment_id": dep_id,
+                            "agent": r.agent,
+                            "version": r.version,
+                            "window_start_ms": r.window_start_ms,
+                            "segment": r.segment,
+                            "sensitive_feature": r.sensitive_feature,
+                            "counts": r.counts,
+                        }
+                        for r in rows
+                    ],
+                )
+        return False
+
+    def query_performance(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> list[PerformanceRecord]:
+        with self._read() as conn:
+            dep_id = self._deployment_row(conn, tenant, deployment).id
+            query = select(performance_counts).where(
+                performance_counts.c.deployment_id == dep_id,
+                performance_counts.c.window_start_ms >= start_ms,
+                performance_counts.c.window_start_ms < end_ms,
+            )
+            if version is not None:
+                query = query.where(performance_counts.c.version == version)
+            rows = conn.execute(query.order_by(performance_counts.c.id)).all()
+        return [
+            PerformanceRecord(r.agent, r.version, r.window_start_ms, r.segment, r.sensitive_feature, r.counts)
+            for r in rows
+        ]
+
     def close(self) -> None:
         with self._raw_lock:
             for conn in self._raw_conns:
@@ -171,6 +262,17 @@ class SqlStore(Store):
 
     def _upsert(self, table: Any) -> Any:
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    def _claim_batch(self, conn: Connection, tenant: str, batch_id: str, now_us: int) -> bool:
+        """Records an idempotency key of ingested data; False when it was committed before."""
+        # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped ON CONFLICT insert.
+        inserted = conn.execute(
+            self._upsert(telemetry_batches)
+            .values(tenant=tenant, batch_id=batch_id, received_at_us=now_us)
+            .on_conflict_do_nothing()
+            .returning(telemetry_batches.c.batch_id)
+        ).first()
+        return inserted is not None
 
     # --- tenants ---------------------------------------------------------------------------------
     @staticmethod
@@ -859,14 +961,7 @@ class SqlStore(Store):
     ) -> bool:
         with self._write() as conn:
             dep_id = self._deployment_row(conn, tenant, deployment).id
-            # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped ON CONFLICT insert.
-            inserted = conn.execute(
-                self._upsert(telemetry_batches)
-                .values(tenant=tenant, batch_id=batch_id, received_at_us=now_us)
-                .on_conflict_do_nothing()
-                .returning(telemetry_batches.c.batch_id)
-            ).first()
-            if inserted is None:
+            if not self._claim_batch(conn, tenant, batch_id, now_us):
                 return True
             if intervals_:
                 conn.execute(

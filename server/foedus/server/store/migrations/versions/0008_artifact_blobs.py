@@ -1,14 +1,14 @@
 """Artifacts in the database: blobs and their chunks (`--artifact-store database`).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007_labels
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007_labels"
 branch_labels = None
 depends_on = None
 
