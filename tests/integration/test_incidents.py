@@ -217,6 +217,29 @@ def test_explain_ranks_the_rollout_that_brought_the_alerting_version_first(
     assert json.loads(out)["causes"][0]["name"] == "rollout_started"
 
 
+def test_explain_traces_a_release_that_starts_alerting_inside_an_open_incident(
+    deployed: Client, onnx_model: Path
+) -> None:
+    """v1 alerts now and then; v2 goes live and alerts too, joining the incident v1 opened: the
+    switch is measured against v2's first alert, not the incident's onset, and ranks first."""
+    t0 = now_ms() - 60_000
+    report(deployed, "iris-prod", [alert(t0, top={"requests": 1.0})])
+    deployed.models.register("iris", onnx_model)
+    deployed.deployments.set_traffic("iris-prod", {2: 1.0})
+    report(
+        deployed,
+        "iris-prod",
+        [alert(now_ms() + i * 1000, version=2, top={"latency_p99_ms": 5.0, "errors": 1.0}) for i in range(3)],
+    )
+    (incident,) = deployed.monitoring.incidents()
+    assert (list(incident.versions), incident.alert_count) == ([1, 2], 4)
+    causes = deployed.monitoring.explain(incident.id).causes
+    assert (causes[0].kind, causes[0].name, causes[0].version) == ("change", "traffic_set", 2)
+    assert "v2's first alert" in causes[0].detail
+    assert causes[0].score > 0.99
+    assert causes[1].name == "latency_p99_ms"
+
+
 # --- a server that resolves quiet incidents within a second ----------------------------------------
 @pytest.fixture(scope="module")
 def quick_server() -> Iterator[LocalServer]:

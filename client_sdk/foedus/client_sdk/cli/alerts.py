@@ -18,13 +18,25 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 webhook_app = typer.Typer(
-    help="Where incidents are POSTed (opened, acknowledged, resolved), signed with HMAC-SHA256 in "
-    "the X-Foedus-Signature header (t=<unix>,v1=<hex> over '<t>.<body>').",
+    help="Webhooks that receive incidents (signed JSON POSTs).\n\n"
+    "Incidents opened, acknowledged and resolved are POSTed with the header X-Foedus-Signature: "
+    "t=<unix>,v1=<hex HMAC-SHA256 over '<t>.<body>'>.",
     no_args_is_help=True,
 )
 app.add_typer(webhook_app, name="webhook")
 
-COLUMNS = ("id", "time", "deployment", "agent", "version", "kind", "score", "threshold", "detector", "incident")
+COLUMNS = (
+    "id",
+    "time",
+    "deployment",
+    "agent",
+    "version",
+    "kind",
+    "score",
+    "threshold",
+    "detector",
+    "incident",
+)
 INCIDENT_COLUMNS = ("id", "deployment", "state", "severity", "alerts", "first", "last", "versions", "metrics")
 CAUSE_COLUMNS = ("rank", "kind", "cause", "score", "detail")
 WEBHOOK_COLUMNS = ("id", "url", "description", "created", "created_by")
@@ -125,9 +137,12 @@ def explain(
     window: int = typer.Option(1800, "--window", min=1, help="seconds before onset in which changes count"),
     top: int = typer.Option(10, "--top", min=1, help="causes to show"),
 ) -> None:
-    """Ranked causes of an incident: the metrics its alerts' SHAP attributions blame (score: their
-    share) and the deployment's changes before onset - rollout events, traffic switches, its
-    creation (score: proximity to onset, higher when the change brought in an alerting version)."""
+    """Rank the likely causes of an incident.
+
+    Causes are the metrics its alerts' SHAP attributions blame (score: their share) and the
+    deployment's changes in the window before onset: rollout events, traffic switches, its creation
+    (score: proximity to onset, times 0.25 unless the change brought in a version that is alerting).
+    """
     with globals_of(ctx).client() as client:
         resp = client.monitoring.explain(incident, window_s=window)
     if globals_of(ctx).output == "json":
@@ -159,9 +174,11 @@ def watch(
     count: int = typer.Option(0, "--count", min=0, help="stop after this many events (0: never)"),
     new_only: bool = typer.Option(False, "--new-only", help="skip the incidents open when the watch begins"),
 ) -> None:
-    """Print incident events as they happen (a stream from the server): incidents open now, then
-    each incident opened, updated by new alerts, acknowledged or resolved; one line each, or one
-    JSON object per line with -o json."""
+    """Print incident events as they happen (a stream from the server).
+
+    First the incidents open now, then each incident opened, updated by new alerts, acknowledged
+    or resolved; one line each, or one JSON object per line with -o json.
+    """
     g = globals_of(ctx)
     printed = 0
     skip = {monitoring_pb2.INCIDENT_EVENT_KIND_CAUGHT_UP}
@@ -197,8 +214,11 @@ def webhook_set(
     ),
     description: str = typer.Option("", "--description"),
 ) -> None:
-    """Add the tenant's webhook for URL, or replace its secret. The server never shows the secret
-    again; verify deliveries with foedus.client_sdk.webhooks.verify_signature."""
+    """Add the tenant's webhook for URL, or replace its secret.
+
+    The server never shows the secret again; receivers verify deliveries with
+    foedus.client_sdk.webhooks.verify_signature(secret, header, body).
+    """
     chosen = secret or secrets.token_urlsafe(32)
     with globals_of(ctx).client() as client:
         hook = client.monitoring.set_webhook(url, chosen, description=description)

@@ -278,58 +278,71 @@ class IncidentService:
     # --- root cause ----------------------------------------------------------------------------
     def explain(self, caller: Principal, incident_id: int, window_s: int) -> Explanation:
         """Ranked causes: the metrics the alerts' SHAP attributions blame (score: their share), and
-        the deployment's changes from `window_s` before onset (score: proximity to onset, times
-        OTHER_VERSION_FACTOR unless the change brought in an alerting version)."""
+        the deployment's changes in the `window_s` before onset (score: proximity to onset, times
+        OTHER_VERSION_FACTOR unless the change brought in an alerting version).
+
+        A change that brought in an alerting version is measured against that version's first
+        alert, so a release that starts alerting inside an incident already open (another
+        version's alerts) is still traced to it; any other change against the incident's onset.
+        """
         tenant = caller.own_tenant()
         _check_id(incident_id)
         if not 0 <= window_s <= MAX_EXPLAIN_WINDOW_S:
             raise InvalidArgument(f"window_s must be between 0 and {MAX_EXPLAIN_WINDOW_S} (0: 1800)")
         incident = self._store.get_incident(tenant, incident_id)
         window_ms = (window_s or DEFAULT_EXPLAIN_WINDOW_S) * 1000
-        onset = incident.first_ms
-        start, end = onset - window_ms, onset + ONSET_SLACK_MS
-        alerting = set(incident.versions)
-
-        def change(
-            name: str, t_ms: int, version: int, detail: str, *, rollout_id: int = 0, actor: str = ""
-        ) -> Cause:
-            proximity = min(1.0, max(0.0, 1.0 - (onset - t_ms) / window_ms))
-            matched = version in alerting
-            score = proximity * (1.0 if matched else OTHER_VERSION_FACTOR)
-            note = f"v{version} is alerting" if matched else "brought in no alerting version"
-            when = _ago(onset - t_ms)
-            return Cause(
-                "change", name, score, f"{detail} ({when}; {note})", t_ms, version, rollout_id, actor
+        onsets = {
+            v: self._store.first_alert_ms(
+                tenant, incident.deployment, v, incident.first_ms, incident.last_ms + 1
             )
-
+            or incident.first_ms
+            for v in incident.versions
+        }
+        start, end = incident.first_ms - window_ms, incident.last_ms + ONSET_SLACK_MS
         causes = [
             Cause("metric", metric, weight, f"{weight:.0%} of the alerts' SHAP attributions")
             for metric, weight in metric_weights(incident)
         ]
+
+        def change(
+            name: str, t_ms: int, version: int, detail: str, *, rollout_id: int = 0, actor: str = ""
+        ) -> None:
+            matched = version in onsets
+            onset = onsets[version] if matched else incident.first_ms
+            if not onset - window_ms <= t_ms <= onset + ONSET_SLACK_MS:
+                return
+            proximity = min(1.0, max(0.0, 1.0 - (onset - t_ms) / window_ms))
+            score = proximity * (1.0 if matched else OTHER_VERSION_FACTOR)
+            gap = onset - t_ms
+            when = _ago(gap) + (f" v{version}'s first alert; v{version} is alerting" if matched else " onset")
+            causes.append(
+                Cause("change", name, score, f"{detail} ({when})", t_ms, version, rollout_id, actor)
+            )
+
         for r in self._rollouts(tenant, incident.deployment, start):
             for e in self._store.list_rollout_events(tenant, r.id, 0, 10_000):
-                t_ms = e.time_us // 1000
-                if not start <= t_ms <= end:
-                    continue
                 brings = _ROLLOUT_BRINGS.get(e.kind)
                 version = {"candidate": r.candidate_version, "stable": r.stable_version}.get(brings or "", 0)
                 detail = f"rollout {r.id} of v{r.candidate_version} over v{r.stable_version}: {e.kind}"
                 if e.message:
                     detail += f" - {e.message}"
-                causes.append(
-                    change(f"rollout_{e.kind}", t_ms, version, detail, rollout_id=r.id, actor=r.created_by)
+                change(
+                    f"rollout_{e.kind}",
+                    e.time_us // 1000,
+                    version,
+                    detail,
+                    rollout_id=r.id,
+                    actor=r.created_by,
                 )
         for entry in self._deployment_audit(tenant, incident.deployment, start, end):
             t_ms = entry.time_us // 1000
             if entry.method.endswith("/SetTraffic"):
                 live = [int(v) for v, w in _TRAFFIC.findall(entry.detail) if _positive(w)]
                 live += [int(v) for v in _SHADOW.findall(entry.detail)]
-                version = next((v for v in live if v in alerting), live[0] if live else 0)
-                causes.append(
-                    change("traffic_set", t_ms, version, f"traffic set: {entry.detail}", actor=entry.key_id)
-                )
+                version = next((v for v in live if v in onsets), live[0] if live else 0)
+                change("traffic_set", t_ms, version, f"traffic set: {entry.detail}", actor=entry.key_id)
             else:
-                causes.append(change("deployment_created", t_ms, 0, "deployment created", actor=entry.key_id))
+                change("deployment_created", t_ms, 0, "deployment created", actor=entry.key_id)
         causes.sort(key=lambda c: (-c.score, c.kind, -c.time_ms, c.name))
         return Explanation(incident, causes, start)
 
@@ -405,7 +418,7 @@ def _positive(text: str) -> bool:
 
 def _ago(ms: int) -> str:
     if ms < 0:
-        return f"{-ms / 1000:.0f} s after onset"
+        return f"{-ms / 1000:.0f} s after"
     if ms < 120_000:
-        return f"{ms / 1000:.0f} s before onset"
-    return f"{ms / 60_000:.0f} min before onset"
+        return f"{ms / 1000:.0f} s before"
+    return f"{ms / 60_000:.0f} min before"
