@@ -4,7 +4,8 @@ An embedded control plane (SQLite, local artifacts) in a temporary directory; tw
 model (logistic regression on scikit-learn's breast-cancer data, converted to ONNX with skl2onnx)
 registered in two versions with lineage and a reference profile; aliases moved; the artifact
 downloaded, verified and served with onnxruntime; tenant isolation shown; two agents serving the
-model under replayed traffic, raising alerts on a slow release; then progressive rollouts: a good
+model under replayed traffic, raising alerts on a slow release, grouped into one incident whose
+ranked causes name the release; then progressive rollouts: a good
 version, gated on an offline evaluation, promoted step by step, and a bad one (slower, failing on
 some rows) rolled back automatically with the evidence of the decision, and the DORA report;
 finally three organisations federate the anomaly detector of their servers' metrics (SMD, when
@@ -96,7 +97,8 @@ def run_agents(
     server: Any, acme_client: Any, owner_key: str, x_test: np.ndarray, y_test: np.ndarray, workdir: Path
 ) -> None:
     """Two agents serve a deployment; real rows are replayed through the inference protocol; a
-    deliberately slow release goes live and the agents raise an alert with its top metrics."""
+    deliberately slow release goes live and the agents raise alerts with their top metrics, grouped
+    into one incident that `foedus alerts explain` traces to the release."""
     import asyncio
     import threading
 
@@ -180,8 +182,13 @@ def run_agents(
         print(f"   ALERT {alert.agent} v{a.version} {a.kind} score {a.score:.1f} > {a.threshold:g}: {top}")
     if not alerts:
         print("   (no alert was raised in 30 s)")
-    step("`foedus alerts list --deployment cancer-prod`")
-    foedus_cli(*env_args, "alerts", "list", "--deployment", "cancer-prod", "--limit", "3")
+    replay(3.0)  # the slow release keeps alerting, interval after interval, from both agents
+    incidents = acme_client.monitoring.incidents("cancer-prod", open_only=True)
+    step("Alerts of both agents, interval after interval, grouped: `foedus alerts incidents --open`")
+    foedus_cli(*env_args, "alerts", "incidents", "--deployment", "cancer-prod", "--open")
+    if incidents:
+        step("Root cause, ranked: `foedus alerts explain` (changes before onset, SHAP-blamed metrics)")
+        foedus_cli(*env_args, "alerts", "explain", str(incidents[0].id), "--top", "5")
     step("That release went to everyone at once; Acme puts v2 back by hand")
     acme_client.deployments.set_traffic("cancer-prod", {2: 1.0})
     while not all(a.generation >= 3 for a in agents):

@@ -25,11 +25,14 @@ from foedus.server.store import (
     VersionState,
 )
 from foedus.server.store.records import (
+    AlertRecord,
+    IncidentState,
     RolloutEventRecord,
     RolloutPhase,
     RolloutRecord,
     Strategy,
     TrafficChange,
+    WebhookRecord,
 )
 from foedus.server.store.sql import SqlStore
 
@@ -567,3 +570,145 @@ def test_performance_counts_are_stored_once_and_read_by_window(store: SqlStore) 
         store.query_performance("beta", "prod", None, 0, 10**9)
     with pytest.raises(NotFound):
         store.ingest_performance("beta", "prod", "p2", rows, 3)
+
+
+def _alert(alert_id: str, time_ms: int, *, score: float = 8.0, metric: str = "latency_p99_ms") -> AlertRecord:
+    return AlertRecord(
+        agent="a1",
+        alert_id=alert_id,
+        time_ms=time_ms,
+        version=1,
+        kind="anomaly",
+        score=score,
+        threshold=4.0,
+        detector="ewma-robust-z",
+        top=[
+            {"metric": metric, "value": 1.0, "attribution": -3.0},
+            {"metric": "errors", "value": 0.0, "attribution": 1.0},
+        ],
+    )
+
+
+def _deployment(store: SqlStore, tenant: str = "acme") -> None:
+    store.create_version(tenant, "m", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_deployment(tenant, "prod", "m", "", ((1, 1.0),), 0, "k", 1)
+
+
+def test_alerts_group_into_incidents_by_gap_once_each(store: SqlStore) -> None:
+    _deployment(store)
+    burst = [_alert(f"x{i}", 10_000 + i * 1000) for i in range(5)]
+    store.ingest_telemetry("acme", "prod", "a1", "b1", [], burst[:3], [], 1)
+    store.ingest_telemetry("acme", "prod", "a1", "b2", [], burst[2:], [], 2)  # x2 again: not new
+    assert store.ungrouped_alert_deployments() == [("acme", "prod")]
+    events = store.group_alerts("acme", "prod", 60_000, 100)
+    assert [(e.kind, e.deployment, e.tenant) for e in events] == [("opened", "prod", "acme")]
+    assert store.group_alerts("acme", "prod", 60_000, 101) == []  # each alert is grouped once
+    assert store.ungrouped_alert_deployments() == []
+    incident = store.get_incident("acme", events[0].incident_id)
+    assert (incident.alert_count, incident.first_ms, incident.last_ms) == (5, 10_000, 14_000)
+    assert incident.max_ratio == 2.0
+    assert incident.attributions == {"latency_p99_ms": 15.0, "errors": 5.0}
+    assert (incident.state, incident.versions, incident.kinds) == (IncidentState.FIRING, (1,), ("anomaly",))
+    # Within the gap it joins; past it, a new incident opens (the old one stays open until quiet).
+    store.ingest_telemetry("acme", "prod", "a1", "b3", [], [_alert("y", 70_000), _alert("z", 200_000)], [], 3)
+    events = store.group_alerts("acme", "prod", 60_000, 300)
+    assert [e.kind for e in events] == ["updated", "opened"]
+    assert store.get_incident("acme", incident.id).alert_count == 6
+    page = store.list_incidents("acme", "prod", True, "", 1)
+    assert [i.id for i in page.items] == [events[1].incident_id]
+    assert [i.id for i in store.list_incidents("acme", None, True, page.next_token, 1).items] == [incident.id]
+    alerts = store.incident_alerts("acme", incident.id, 100)
+    assert [a.alert_id for a in alerts] == ["y", "x4", "x3", "x2", "x1", "x0"]
+    assert {a.incident_id for a in store.list_alerts("acme", "prod", "", 100).items} == {
+        incident.id,
+        events[1].incident_id,
+    }
+    after = store.incident_events_after("acme", None, 0, 100)
+    assert [e.kind for e in after] == ["opened", "updated", "opened"]
+    assert store.last_incident_event_id("acme") == after[-1].id
+    with pytest.raises(NotFound):
+        store.get_incident("beta", incident.id)
+    with pytest.raises(NotFound):
+        store.incident_alerts("beta", incident.id, 10)
+    assert store.incident_events_after("beta", None, 0, 100) == []
+    assert store.list_incidents("beta", None, False, "", 10).items == []
+
+
+def test_concurrent_grouping_opens_one_incident(store: SqlStore) -> None:
+    _deployment(store)
+    store.ingest_telemetry(
+        "acme", "prod", "a1", "b1", [], [_alert(f"x{i}", 1000 + i) for i in range(50)], [], 1
+    )
+    made: list[str] = []
+    errors: list[BaseException] = []
+
+    def group() -> None:
+        try:
+            made.extend(e.kind for e in store.group_alerts("acme", "prod", 60_000, 5))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=group) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert made == ["opened"]
+    (incident,) = store.list_incidents("acme", None, False, "", 10).items
+    assert incident.alert_count == 50
+
+
+def test_incident_states_and_quiet_resolution(store: SqlStore) -> None:
+    _deployment(store)
+    store.ingest_telemetry("acme", "prod", "a1", "b1", [], [_alert("x", 1000)], [], 1)
+    (opened,) = store.group_alerts("acme", "prod", 60_000, 1_000_000)
+    firing = (IncidentState.FIRING,)
+    acked, event = store.set_incident_state(
+        "acme", opened.incident_id, IncidentState.ACKNOWLEDGED, firing, "k1", 2_000_000
+    )
+    assert (acked.state, acked.acknowledged_by, acked.state_changed_at_us) == (
+        IncidentState.ACKNOWLEDGED,
+        "k1",
+        2_000_000,
+    )
+    assert event is not None and event.kind == "acknowledged"
+    again, event = store.set_incident_state(
+        "acme", opened.incident_id, IncidentState.ACKNOWLEDGED, firing, "k2", 3_000_000
+    )
+    assert (again.acknowledged_by, event) == ("k1", None)
+    with pytest.raises(NotFound):
+        store.set_incident_state("beta", opened.incident_id, IncidentState.RESOLVED, firing, "k", 4)
+    assert store.resolve_quiet_incidents(1_000_000, 5_000_000) == []  # its last alert came at 1_000_000
+    (resolved,) = store.resolve_quiet_incidents(1_000_001, 5_000_000)
+    assert (resolved.kind, resolved.incident_id, resolved.deployment) == (
+        "resolved",
+        opened.incident_id,
+        "prod",
+    )
+    assert store.resolve_quiet_incidents(9_000_000, 9_000_000) == []
+    record = store.get_incident("acme", opened.incident_id)
+    assert (record.state, record.resolved_by) == (IncidentState.RESOLVED, "auto")
+    with pytest.raises(FailedPrecondition):
+        store.set_incident_state("acme", opened.incident_id, IncidentState.ACKNOWLEDGED, firing, "k", 6)
+    # The next alert opens a new incident.
+    store.ingest_telemetry("acme", "prod", "a1", "b2", [], [_alert("y", 1500)], [], 1)
+    (reopened,) = store.group_alerts("acme", "prod", 60_000, 7_000_000)
+    assert reopened.kind == "opened" and reopened.incident_id != opened.incident_id
+
+
+def test_webhooks_are_per_tenant_and_set_by_url(store: SqlStore) -> None:
+    first = store.set_webhook(WebhookRecord(0, "acme", "https://h.example/a", "s" * 20, "one", 1, "k"))
+    again = store.set_webhook(WebhookRecord(0, "acme", "https://h.example/a", "t" * 20, "two", 2, "k"))
+    assert again.id == first.id
+    assert (again.secret, again.description, again.created_at_us) == ("t" * 20, "two", 1)
+    other = store.set_webhook(WebhookRecord(0, "beta", "https://h.example/a", "u" * 20, "", 3, "k"))
+    assert other.id != first.id
+    assert [h.secret for h in store.list_webhooks("acme")] == ["t" * 20]
+    with pytest.raises(NotFound):
+        store.delete_webhook("beta", first.id)
+    store.delete_webhook("acme", first.id)
+    assert store.list_webhooks("acme") == []
+    assert [h.id for h in store.list_webhooks("beta")] == [other.id]
+    with pytest.raises(NotFound):
+        store.set_webhook(WebhookRecord(0, "ghost", "https://h.example/a", "s" * 20, "", 1, "k"))

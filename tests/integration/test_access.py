@@ -11,11 +11,12 @@ through raw gRPC stubs, so status codes are observed as the server sends them:
 4. with malformed input -> INVALID_ARGUMENT, and a rejected upload leaves no version and no file.
 
 Tenant A owns model "m" (version 1, a real ONNX model, alias "production") and deployment "dep" of
-"m" (traffic [(1, 1.0)]) with a registered agent, one telemetry batch and one alert; tenant B owns
+"m" (traffic [(1, 1.0)]) with a registered agent, one telemetry batch and one alert (so one
+incident), and a webhook; tenant B owns
 "b-model" (two small "custom" versions), "b-other" and deployment "b-dep" of "b-model" (agent,
 telemetry, alert); "ghost" names never exist.
 
-Streams: WatchAssignments never ends by itself, so a call reads its first message (with a short
+Streams: WatchAssignments (and WatchAlerts) never ends by itself, so a call reads its first message (with a short
 deadline) and is cancelled; ReportTelemetry sends the request list and collects the acknowledgements.
 Every streaming call is cancelled once read, and none may be left open at the end.
 """
@@ -72,8 +73,9 @@ CREATE_VERSION = REG + "CreateModelVersion"
 WATCH = AGENT + "WatchAssignments"
 TELEMETRY = AGENT + "ReportTelemetry"
 WATCH_ROLLOUT = ROL + "WatchRollout"
+WATCH_ALERTS = MON + "WatchAlerts"
 # Server streams that never end by themselves (a rollout's watch ends only when the rollout does).
-ENDLESS = frozenset({WATCH, WATCH_ROLLOUT})
+ENDLESS = frozenset({WATCH, WATCH_ROLLOUT, WATCH_ALERTS})
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -145,6 +147,8 @@ class Names:
     agent: str = "probe-agent"  # not A's agent: B names it itself, so it is no secret of A's
     rollout: int = 999_999_999  # ids are server-wide; this one never exists
     run: int = 999_999_999  # a federation run
+    incident: int = 999_999_999
+    webhook: int = 999_999_999
 
 
 GHOST = Names(tenant="ghost-tenant", model="ghost", key_id="ghost0000000", deployment="ghost-dep")
@@ -267,6 +271,17 @@ REQUESTS: dict[str, Callable[[Names], Any]] = {
     ),
     MON + "ListAlerts": lambda n: monitoring_pb2.ListAlertsRequest(deployment=n.deployment),
     MON + "GetDriftReport": lambda n: monitoring_pb2.GetDriftReportRequest(deployment=n.deployment),
+    MON + "ListIncidents": lambda n: monitoring_pb2.ListIncidentsRequest(deployment=n.deployment),
+    MON + "GetIncident": lambda n: monitoring_pb2.GetIncidentRequest(id=n.incident),
+    MON + "AcknowledgeIncident": lambda n: monitoring_pb2.AcknowledgeIncidentRequest(id=n.incident),
+    MON + "ResolveIncident": lambda n: monitoring_pb2.ResolveIncidentRequest(id=n.incident),
+    WATCH_ALERTS: lambda n: monitoring_pb2.WatchAlertsRequest(deployment=n.deployment),
+    MON + "ExplainIncident": lambda n: monitoring_pb2.ExplainIncidentRequest(id=n.incident),
+    MON + "SetWebhook": lambda n: monitoring_pb2.SetWebhookRequest(
+        url=PROBE_HOOK, secret="probe-secret-" * 2
+    ),
+    MON + "ListWebhooks": lambda n: monitoring_pb2.ListWebhooksRequest(),
+    MON + "DeleteWebhook": lambda n: monitoring_pb2.DeleteWebhookRequest(id=n.webhook),
     REG + "RecordEvaluation": lambda n: registry_pb2.RecordEvaluationRequest(
         model=n.model,
         version=n.version,
@@ -340,6 +355,7 @@ def performance_report(
     )
 
 
+PROBE_HOOK = "https://hooks.example.com/probe"
 # A PEM public key (the DER bytes need not be a real key for the registry: it fingerprints them).
 PROBE_KEY = (
     "-----BEGIN PUBLIC KEY-----\n"
@@ -389,6 +405,15 @@ ISOLATION: dict[str, str] = {
     REPORT_PERFORMANCE: "names",
     PERF + "LogLabels": "names",
     PERF + "GetPerformance": "names",
+    MON + "ListIncidents": "names",
+    MON + "GetIncident": "names",
+    MON + "AcknowledgeIncident": "names",
+    MON + "ResolveIncident": "names",
+    WATCH_ALERTS: "names",
+    MON + "ExplainIncident": "names",
+    MON + "SetWebhook": "scoped",
+    MON + "ListWebhooks": "scoped",
+    MON + "DeleteWebhook": "names",
     REG + "RecordEvaluation": "names",
     **{
         ROL + name: "names"
@@ -431,6 +456,8 @@ class World:
     int_token: str = ""  # a next_page_token of a list sorted by number (ListAuditEntries)
     a_rollout: int = 0  # tenant A's rollout (scheduled far ahead, on "dep-r" of model "ma")
     a_run: int = 0  # a federation run tenant A takes part in (B does not)
+    a_incident: int = 0  # the incident of A's alert
+    a_webhook: int = 0
     streams: list[Any] = field(default_factory=list)  # every streaming call made, to check they ended
 
     @property
@@ -441,6 +468,8 @@ class World:
             key_id=self.a.key_ids["owner"],
             rollout=self.a_rollout,
             run=self.a_run,
+            incident=self.a_incident,
+            webhook=self.a_webhook,
         )
 
     @property
@@ -456,6 +485,8 @@ class World:
             A_HOST,
             A_ALERT_KIND,
             A_METRIC,
+            A_WEBHOOK_URL,
+            A_WEBHOOK_SECRET,
             *self.a.keys.values(),
             *self.a.key_ids.values(),
         )
@@ -534,6 +565,13 @@ class World:
         assert [(a.deployment, a.alert.alert_id, a.alert.kind) for a in alerts] == [
             ("dep", "a-alert-1", A_ALERT_KIND)
         ]
+        incident = self.ok(MON + "GetIncident", monitoring_pb2.GetIncidentRequest(id=self.a_incident), viewer)
+        assert (incident.incident.deployment, incident.incident.alert_count) == ("dep", 1)
+        # Acknowledged or resolved only by A (nothing in these tests does; it may resolve when quiet).
+        assert not incident.incident.acknowledged_by
+        assert incident.incident.resolved_by in ("", "auto")
+        hooks = self.ok(MON + "ListWebhooks", monitoring_pb2.ListWebhooksRequest(), viewer).webhooks
+        assert [(h.id, h.url) for h in hooks] == [(self.a_webhook, A_WEBHOOK_URL)]
 
     def b_status(self) -> monitoring_pb2.GetDeploymentStatusResponse:
         return self.ok(
@@ -552,6 +590,8 @@ A_HOST = "alpha-gpu-host.internal"
 A_ALERT_KIND = "alpha-latency-regression"
 A_METRIC = "alpha_private_auc"
 A_BATCH_ID = "batch-of-a-0001"
+A_WEBHOOK_URL = "https://alpha-oncall.internal/hooks/foedus"
+A_WEBHOOK_SECRET = "alpha-webhook-signing-secret-0001"
 B_DEPLOYMENT = "b-dep"
 
 
@@ -629,6 +669,15 @@ def world(server: LocalServer, onnx_model: Path) -> Iterator[World]:
         a_agent,
     )
     assert [(ack.batch_id, ack.duplicate) for ack in acks] == [(A_BATCH_ID, False)]
+    (a_incident,) = w.ok(
+        MON + "ListIncidents", monitoring_pb2.ListIncidentsRequest(), a.keys["viewer"]
+    ).incidents
+    w.a_incident = a_incident.id
+    w.a_webhook = w.ok(
+        MON + "SetWebhook",
+        monitoring_pb2.SetWebhookRequest(url=A_WEBHOOK_URL, secret=A_WEBHOOK_SECRET),
+        a.keys["owner"],
+    ).webhook.id
     # A: model "ma" (two versions), deployment "dep-r" of version 1, and a rollout of version 2
     # scheduled far ahead (it never touches the traffic during the tests).
     for i in (1, 2):
@@ -711,6 +760,8 @@ def normalize(text: str, names: Names) -> str:
     ):
         text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", placeholder, text)
     text = re.sub(rf"\brun {names.run}\b", "run <run>", text)
+    text = re.sub(rf"\bincident {names.incident}\b", "incident <incident>", text)
+    text = re.sub(rf"\bwebhook {names.webhook}\b", "webhook <webhook>", text)
     return re.sub(rf"\brollout {names.rollout}\b", "rollout <rollout>", text)
 
 
@@ -813,6 +864,9 @@ def test_policy_matrix_matches_the_proto() -> None:
     assert allowed_roles(PERF + "GetPerformance") == {"viewer", "editor", "owner"}
     assert allowed_roles(PULL_LABELS) == {"agent"}
     assert allowed_roles(REPORT_PERFORMANCE) == {"agent"}
+    assert allowed_roles(WATCH_ALERTS) == {"viewer", "editor", "owner"}
+    assert allowed_roles(MON + "AcknowledgeIncident") == {"editor", "owner"}
+    assert allowed_roles(MON + "SetWebhook") == {"owner"}
 
 
 # --- 3. tenant isolation ---------------------------------------------------------------------------
@@ -998,6 +1052,24 @@ def _check_list_alerts(world: World) -> None:
         assert_no_leak(world, str(resp))
 
 
+def _check_incidents_and_webhooks(world: World) -> None:
+    """B sees its own incident and webhooks only; setting one never touches A's (even for A's URL)."""
+    for role in ("viewer", "editor", "owner"):
+        resp = world.ok(MON + "ListIncidents", monitoring_pb2.ListIncidentsRequest(), world.b.keys[role])
+        assert [(i.deployment, i.alert_count) for i in resp.incidents] == [(B_DEPLOYMENT, 1)]
+        assert_no_leak(world, str(resp))
+    owner_b = world.b.keys["owner"]
+    for url in (PROBE_HOOK, A_WEBHOOK_URL):
+        set_ = monitoring_pb2.SetWebhookRequest(url=url, secret="b-secret-" * 3)
+        hook = world.ok(MON + "SetWebhook", set_, owner_b).webhook
+        assert hook.id != world.a_webhook
+        listed = world.ok(MON + "ListWebhooks", monitoring_pb2.ListWebhooksRequest(), world.b.keys["viewer"])
+        assert [h.url for h in listed.webhooks] == [url]
+        assert "b-secret-" not in str(listed)
+        world.ok(MON + "DeleteWebhook", monitoring_pb2.DeleteWebhookRequest(id=hook.id), owner_b)
+    world.assert_a_intact()
+
+
 def _check_federation_runs(world: World) -> None:
     """B took part in no run: it lists none and A's run is not found; A sees only itself named."""
     for role in ("viewer", "editor", "owner"):
@@ -1035,6 +1107,8 @@ SCOPED_CHECKS: dict[str, Callable[[World], None]] = {
     REG + "CreateModel": _check_create_in_another_tenant,
     DEP + "ListDeployments": _check_list_deployments,
     MON + "ListAlerts": _check_list_alerts,
+    MON + "SetWebhook": _check_incidents_and_webhooks,
+    MON + "ListWebhooks": _check_incidents_and_webhooks,
     FED + "ListRuns": _check_federation_runs,
     FED + "ListOptIns": _check_opt_ins,
 }
@@ -1064,6 +1138,7 @@ LIST_RPCS: dict[str, tuple[str, Callable[[common_pb2.PageRequest], Any], str]] =
     ),
     DEP + "ListDeployments": ("viewer", lambda p: deployment_pb2.ListDeploymentsRequest(page=p), "str"),
     MON + "ListAlerts": ("viewer", lambda p: monitoring_pb2.ListAlertsRequest(page=p), "int"),
+    MON + "ListIncidents": ("viewer", lambda p: monitoring_pb2.ListIncidentsRequest(page=p), "int"),
     ROL + "ListRollouts": ("viewer", lambda p: rollout_pb2.ListRolloutsRequest(page=p), "int"),
     FED + "ListRuns": ("viewer", lambda p: federation_pb2.ListRunsRequest(page=p), "int"),
 }
@@ -1329,6 +1404,55 @@ def _monitoring_cases() -> Iterator[Case]:
     yield query, "end-before-start", "viewer", lambda w: _query(end_unix_ms=now_ms() - 7_200_000)
     yield query, "too-many-steps", "viewer", lambda w: _query(start_unix_ms=1, step_s=1)
     yield from _drift_cases()
+    yield from _incident_cases()
+
+
+def _incident_cases() -> Iterator[Case]:
+    for case, name in BAD_DEPLOYMENT_NAMES.items():
+        if name:  # empty: every deployment
+            yield (
+                MON + "ListIncidents",
+                f"deployment-{case}",
+                "viewer",
+                lambda w, d=name: M_.ListIncidentsRequest(deployment=d),
+            )
+            yield (
+                WATCH_ALERTS,
+                f"deployment-{case}",
+                "viewer",
+                lambda w, d=name: M_.WatchAlertsRequest(deployment=d),
+            )
+    yield WATCH_ALERTS, "after-event-negative", "viewer", lambda w: M_.WatchAlertsRequest(after_event_id=-1)
+    for rpc, role, make in (
+        (MON + "GetIncident", "viewer", M_.GetIncidentRequest),
+        (MON + "AcknowledgeIncident", "editor", M_.AcknowledgeIncidentRequest),
+        (MON + "ResolveIncident", "editor", M_.ResolveIncidentRequest),
+        (MON + "ExplainIncident", "viewer", M_.ExplainIncidentRequest),
+        (MON + "DeleteWebhook", "owner", M_.DeleteWebhookRequest),
+    ):
+        yield rpc, "id-zero", role, lambda w, m=make: m()
+        yield rpc, "id-negative", role, lambda w, m=make: m(id=-2)
+    explain = MON + "ExplainIncident"
+    yield explain, "window-negative", "viewer", lambda w: M_.ExplainIncidentRequest(id=1, window_s=-1)
+    yield (
+        explain,
+        "window-over-7-days",
+        "viewer",
+        lambda w: M_.ExplainIncidentRequest(id=1, window_s=7 * 86_400 + 1),
+    )
+    good = {"url": PROBE_HOOK, "secret": "s" * 16}
+    bad: dict[str, dict[str, Any]] = {
+        "url-empty": {"url": ""},
+        "url-file-scheme": {"url": "file:///etc/passwd"},
+        "url-no-host": {"url": "https:///path"},
+        "url-too-long": {"url": PROBE_HOOK + "/" + "x" * 2048},
+        "secret-empty": {"secret": ""},
+        "secret-too-short": {"secret": "s" * 15},
+        "secret-too-long": {"secret": "s" * 257},
+        "description-too-long": {"description": "d" * 10_001},
+    }
+    for case, fields in bad.items():
+        yield MON + "SetWebhook", case, "owner", lambda w, f=fields: M_.SetWebhookRequest(**{**good, **f})
 
 
 def _drift(**fields: Any) -> monitoring_pb2.GetDriftReportRequest:

@@ -150,7 +150,7 @@ def test_a_deployment_workflow_from_the_shell(
     code, out, err = run(capsys, *me, "alerts", "list")
     assert code == 0, err
     assert re.search(
-        r"^\d+\s+\S+Z\s+iris-prod\s+probe-1\s+2\s+latency\s+7.5\s+4\s+ewma-robust-z$", out, re.M
+        r"^\d+\s+\S+Z\s+iris-prod\s+probe-1\s+2\s+latency\s+7.5\s+4\s+ewma-robust-z\s+\d+$", out, re.M
     ), out
     code, out, _ = run(capsys, *me, "alerts", "list", "--deployment", "iris-canary")
     assert (code, out.strip()) == (0, "(none)")

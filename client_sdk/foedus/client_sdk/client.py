@@ -539,6 +539,72 @@ class MonitoringAPI:
 
         return _pages(fetch, limit)
 
+    def incidents(
+        self, deployment: str = "", *, open_only: bool = False, limit: int | None = 100
+    ) -> builtins.list[monitoring_pb2.Incident]:
+        """Incidents (alerts grouped per deployment while they keep coming), newest first."""
+
+        def fetch(token: str) -> tuple[Sequence[monitoring_pb2.Incident], str]:
+            req = monitoring_pb2.ListIncidentsRequest(
+                deployment=deployment, open_only=open_only, page=common_pb2.PageRequest(page_token=token)
+            )
+            resp = self._rpc(self._stub.ListIncidents, req)
+            return resp.incidents, resp.next_page_token
+
+        return _pages(fetch, limit)
+
+    def incident(self, incident_id: int) -> monitoring_pb2.GetIncidentResponse:
+        """One incident and its newest alerts."""
+        return self._rpc(self._stub.GetIncident, monitoring_pb2.GetIncidentRequest(id=incident_id))
+
+    def acknowledge(self, incident_id: int) -> monitoring_pb2.Incident:
+        """Firing -> acknowledged; FailedPrecondition once resolved."""
+        req = monitoring_pb2.AcknowledgeIncidentRequest(id=incident_id)
+        return self._rpc(self._stub.AcknowledgeIncident, req).incident
+
+    def resolve(self, incident_id: int) -> monitoring_pb2.Incident:
+        """Firing or acknowledged -> resolved."""
+        req = monitoring_pb2.ResolveIncidentRequest(id=incident_id)
+        return self._rpc(self._stub.ResolveIncident, req).incident
+
+    def explain(self, incident_id: int, *, window_s: int = 0) -> monitoring_pb2.ExplainIncidentResponse:
+        """Ranked causes of an incident: blamed metrics and the deployment's changes before onset
+        (`window_s` before it; 0 means 1800 s)."""
+        req = monitoring_pb2.ExplainIncidentRequest(id=incident_id, window_s=window_s)
+        return self._rpc(self._stub.ExplainIncident, req)
+
+    def watch_alerts(
+        self, deployment: str = "", *, after_event_id: int = 0, timeout: float | None = None
+    ) -> Iterator[monitoring_pb2.IncidentEvent]:
+        """Yields incident events as they happen: first (with `after_event_id=0`) the incidents open
+        now (kind OPEN), or the events after `after_event_id`; then one CAUGHT_UP; then live events.
+        Never ends by itself; `timeout` bounds the whole watch."""
+        req = monitoring_pb2.WatchAlertsRequest(deployment=deployment, after_event_id=after_event_id)
+        stream = self._stub.WatchAlerts(req, metadata=self._rpc.metadata, timeout=timeout)
+        try:
+            for message in stream:
+                yield message.event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            stream.cancel()  # type: ignore[no-untyped-call]
+
+    def set_webhook(self, url: str, secret: str, *, description: str = "") -> monitoring_pb2.Webhook:
+        """Adds the tenant's webhook for `url` (or replaces its secret). Incidents opened,
+        acknowledged and resolved are POSTed there, signed with `secret` (see
+        `foedus.client_sdk.webhooks`)."""
+        req = monitoring_pb2.SetWebhookRequest(url=url, secret=secret, description=description)
+        return self._rpc(self._stub.SetWebhook, req).webhook
+
+    def webhooks(self) -> builtins.list[monitoring_pb2.Webhook]:
+        """The tenant's webhooks (never their secrets)."""
+        return builtins.list(
+            self._rpc(self._stub.ListWebhooks, monitoring_pb2.ListWebhooksRequest()).webhooks
+        )
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._rpc(self._stub.DeleteWebhook, monitoring_pb2.DeleteWebhookRequest(id=webhook_id))
+
     def drift(
         self,
         deployment: str,

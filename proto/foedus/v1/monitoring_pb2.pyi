@@ -10,6 +10,7 @@ from foedus.v1 import deployment_pb2 as _deployment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,84 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _IncidentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IncidentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IncidentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INCIDENT_STATE_UNSPECIFIED: _IncidentState.ValueType  # 0
+    INCIDENT_STATE_FIRING: _IncidentState.ValueType  # 1
+    INCIDENT_STATE_ACKNOWLEDGED: _IncidentState.ValueType  # 2
+    INCIDENT_STATE_RESOLVED: _IncidentState.ValueType  # 3
+
+class IncidentState(_IncidentState, metaclass=_IncidentStateEnumTypeWrapper):
+    """Incidents: a deployment's alerts, grouped while they keep coming. An alert joins the deployment's
+    open incident when it comes at most the server's alert_group_gap_s (default 600 s) after that
+    incident's last alert; otherwise it opens a new one. An incident is firing until someone
+    acknowledges it, and resolved by hand or by itself when no alert joined it for alert_quiet_s
+    (default 600 s). A resolved incident never opens again: the next alert opens a new one.
+    """
+
+INCIDENT_STATE_UNSPECIFIED: IncidentState.ValueType  # 0
+INCIDENT_STATE_FIRING: IncidentState.ValueType  # 1
+INCIDENT_STATE_ACKNOWLEDGED: IncidentState.ValueType  # 2
+INCIDENT_STATE_RESOLVED: IncidentState.ValueType  # 3
+Global___IncidentState: _TypeAlias = IncidentState  # noqa: Y015
+
+class _Severity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEVERITY_UNSPECIFIED: _Severity.ValueType  # 0
+    SEVERITY_INFO: _Severity.ValueType  # 1
+    SEVERITY_WARNING: _Severity.ValueType  # 2
+    SEVERITY_CRITICAL: _Severity.ValueType  # 3
+
+class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper):
+    """From the largest score/threshold ratio of the incident's alerts and their number: critical at a
+    ratio of 2 or more or at 10 alerts or more, warning at 1.25 or 3 alerts, info below.
+    """
+
+SEVERITY_UNSPECIFIED: Severity.ValueType  # 0
+SEVERITY_INFO: Severity.ValueType  # 1
+SEVERITY_WARNING: Severity.ValueType  # 2
+SEVERITY_CRITICAL: Severity.ValueType  # 3
+Global___Severity: _TypeAlias = Severity  # noqa: Y015
+
+class _IncidentEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IncidentEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INCIDENT_EVENT_KIND_UNSPECIFIED: _IncidentEventKind.ValueType  # 0
+    INCIDENT_EVENT_KIND_OPENED: _IncidentEventKind.ValueType  # 1
+    INCIDENT_EVENT_KIND_UPDATED: _IncidentEventKind.ValueType  # 2
+    """More alerts joined."""
+    INCIDENT_EVENT_KIND_ACKNOWLEDGED: _IncidentEventKind.ValueType  # 3
+    INCIDENT_EVENT_KIND_RESOLVED: _IncidentEventKind.ValueType  # 4
+    INCIDENT_EVENT_KIND_OPEN: _IncidentEventKind.ValueType  # 5
+    """WatchAlerts only: an incident open when the watch began (sent first, when after_event_id is 0)."""
+    INCIDENT_EVENT_KIND_CAUGHT_UP: _IncidentEventKind.ValueType  # 6
+    """WatchAlerts only: what was pending is sent; what follows happens live. `id` is the cursor."""
+
+class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper): ...
+
+INCIDENT_EVENT_KIND_UNSPECIFIED: IncidentEventKind.ValueType  # 0
+INCIDENT_EVENT_KIND_OPENED: IncidentEventKind.ValueType  # 1
+INCIDENT_EVENT_KIND_UPDATED: IncidentEventKind.ValueType  # 2
+"""More alerts joined."""
+INCIDENT_EVENT_KIND_ACKNOWLEDGED: IncidentEventKind.ValueType  # 3
+INCIDENT_EVENT_KIND_RESOLVED: IncidentEventKind.ValueType  # 4
+INCIDENT_EVENT_KIND_OPEN: IncidentEventKind.ValueType  # 5
+"""WatchAlerts only: an incident open when the watch began (sent first, when after_event_id is 0)."""
+INCIDENT_EVENT_KIND_CAUGHT_UP: IncidentEventKind.ValueType  # 6
+"""WatchAlerts only: what was pending is sent; what follows happens live. `id` is the cursor."""
+Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 
 @_typing.final
 class AgentStatus(_message.Message):
@@ -103,9 +182,12 @@ class Alert(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     ALERT_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     deployment: _builtins.str
     agent: _builtins.str
+    incident_id: _builtins.int
+    """The incident the alert was grouped into; 0 until it is grouped (within seconds)."""
     @_builtins.property
     def alert(self) -> _agent_pb2.AgentAlert: ...
     def __init__(
@@ -115,14 +197,231 @@ class Alert(_message.Message):
         deployment: _builtins.str = ...,
         agent: _builtins.str = ...,
         alert: _agent_pb2.AgentAlert | None = ...,
+        incident_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "alert", b"alert", "deployment", b"deployment", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "alert", b"alert", "deployment", b"deployment", "id", b"id", "incident_id", b"incident_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class MetricWeight(_message.Message):
+    """A metric's share of the SHAP attributions (absolute values, summed over the incident's alerts)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    weight: _builtins.float
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricWeight: _TypeAlias = MetricWeight  # noqa: Y015
+
+@_typing.final
+class Incident(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    FIRST_ALERT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LAST_ALERT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ALERT_COUNT_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    MAX_SCORE_RATIO_FIELD_NUMBER: _builtins.int
+    OPENED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    deployment: _builtins.str
+    state: Global___IncidentState.ValueType
+    severity: Global___Severity.ValueType
+    first_alert_unix_ms: _builtins.int
+    """Times of the first and the last alert (the agents' clocks)."""
+    last_alert_unix_ms: _builtins.int
+    alert_count: _builtins.int
+    max_score_ratio: _builtins.float
+    opened_unix_ms: _builtins.int
+    updated_unix_ms: _builtins.int
+    acknowledged_by: _builtins.str
+    """Who acknowledged and who resolved it (a key id; "auto" for a quiet incident), when."""
+    resolved_by: _builtins.str
+    state_changed_unix_ms: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Versions and kinds the alerts were about, ascending."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricWeight]:
+        """Largest weight first."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        deployment: _builtins.str = ...,
+        state: Global___IncidentState.ValueType = ...,
+        severity: Global___Severity.ValueType = ...,
+        first_alert_unix_ms: _builtins.int = ...,
+        last_alert_unix_ms: _builtins.int = ...,
+        alert_count: _builtins.int = ...,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        metrics: _abc.Iterable[Global___MetricWeight] | None = ...,
+        max_score_ratio: _builtins.float = ...,
+        opened_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+        acknowledged_by: _builtins.str = ...,
+        resolved_by: _builtins.str = ...,
+        state_changed_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "alert_count", b"alert_count", "deployment", b"deployment", "first_alert_unix_ms", b"first_alert_unix_ms", "id", b"id", "kinds", b"kinds", "last_alert_unix_ms", b"last_alert_unix_ms", "max_score_ratio", b"max_score_ratio", "metrics", b"metrics", "opened_unix_ms", b"opened_unix_ms", "resolved_by", b"resolved_by", "severity", b"severity", "state", b"state", "state_changed_unix_ms", b"state_changed_unix_ms", "updated_unix_ms", b"updated_unix_ms", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Incident: _TypeAlias = Incident  # noqa: Y015
+
+@_typing.final
+class IncidentEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Increases with every change; resume a watch after it with after_event_id."""
+    kind: Global___IncidentEventKind.ValueType
+    time_unix_ms: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident:
+        """The incident as it is when the event is sent (absent for CAUGHT_UP)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        kind: Global___IncidentEventKind.ValueType = ...,
+        time_unix_ms: _builtins.int = ...,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "incident", b"incident", "kind", b"kind", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentEvent: _TypeAlias = IncidentEvent  # noqa: Y015
+
+@_typing.final
+class Cause(_message.Message):
+    """One candidate cause of an incident, ranked by score (0..1).
+      kind "metric": a metric the agents' SHAP attributions blame; score = its share of them.
+      kind "change": a change of the deployment in the window before onset (a rollout event, a
+      traffic switch, the deployment's creation); score = proximity (1 at onset, 0 at the window's
+      start) times 1 when the change brought in a version that is alerting, 0.25 otherwise.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    name: _builtins.str
+    """The metric, or the change: rollout_started, rollout_step, rollout_promoted, ..., traffic_set,
+    deployment_created.
+    """
+    score: _builtins.float
+    detail: _builtins.str
+    time_unix_ms: _builtins.int
+    """Changes: when, the version it brought in (0: none), the rollout (0: none), who."""
+    version: _builtins.int
+    rollout_id: _builtins.int
+    actor: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        score: _builtins.float = ...,
+        detail: _builtins.str = ...,
+        time_unix_ms: _builtins.int = ...,
+        version: _builtins.int = ...,
+        rollout_id: _builtins.int = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "kind", b"kind", "name", b"name", "rollout_id", b"rollout_id", "score", b"score", "time_unix_ms", b"time_unix_ms", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cause: _TypeAlias = Cause  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """Where incidents are POSTed (opened, acknowledged, resolved) as JSON, with the header
+    X-Foedus-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed by the secret>.
+    The secret is stored by the server and never returned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    url: _builtins.str
+    description: _builtins.str
+    created_unix_ms: _builtins.int
+    created_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        url: _builtins.str = ...,
+        description: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "created_unix_ms", b"created_unix_ms", "description", b"description", "id", b"id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
 
 @_typing.final
 class Point(_message.Message):
@@ -507,3 +806,389 @@ class GetDriftReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDriftReportResponse: _TypeAlias = GetDriftReportResponse  # noqa: Y015
+
+@_typing.final
+class ListIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    OPEN_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    """Empty: every deployment of the tenant."""
+    open_only: _builtins.bool
+    """Only firing and acknowledged incidents."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        open_only: _builtins.bool = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "open_only", b"open_only", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsRequest: _TypeAlias = ListIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class ListIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Incident]: ...
+    def __init__(
+        self,
+        *,
+        incidents: _abc.Iterable[Global___Incident] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incidents", b"incidents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsResponse: _TypeAlias = ListIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class GetIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentRequest: _TypeAlias = GetIncidentRequest  # noqa: Y015
+
+@_typing.final
+class GetIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """Its newest alerts (at most 100), newest first."""
+
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentResponse: _TypeAlias = GetIncidentResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentRequest: _TypeAlias = AcknowledgeIncidentRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentResponse: _TypeAlias = AcknowledgeIncidentResponse  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentRequest: _TypeAlias = ResolveIncidentRequest  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentResponse: _TypeAlias = ResolveIncidentResponse  # noqa: Y015
+
+@_typing.final
+class WatchAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    """Empty: every deployment of the tenant."""
+    after_event_id: _builtins.int
+    """0: begin with the incidents open now (kind OPEN); else resume after this event id."""
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        after_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAlertsRequest: _TypeAlias = WatchAlertsRequest  # noqa: Y015
+
+@_typing.final
+class WatchAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___IncidentEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___IncidentEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAlertsResponse: _TypeAlias = WatchAlertsResponse  # noqa: Y015
+
+@_typing.final
+class ExplainIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    window_s: _builtins.int
+    """How far before onset changes count; 0 means 1800 s."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        window_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainIncidentRequest: _TypeAlias = ExplainIncidentRequest  # noqa: Y015
+
+@_typing.final
+class ExplainIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    CAUSES_FIELD_NUMBER: _builtins.int
+    WINDOW_START_UNIX_MS_FIELD_NUMBER: _builtins.int
+    window_start_unix_ms: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    @_builtins.property
+    def causes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cause]:
+        """Highest score first."""
+
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        causes: _abc.Iterable[Global___Cause] | None = ...,
+        window_start_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causes", b"causes", "incident", b"incident", "window_start_unix_ms", b"window_start_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainIncidentResponse: _TypeAlias = ExplainIncidentResponse  # noqa: Y015
+
+@_typing.final
+class SetWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """http:// or https://."""
+    secret: _builtins.str
+    """16-256 characters; signs every delivery."""
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWebhookRequest: _TypeAlias = SetWebhookRequest  # noqa: Y015
+
+@_typing.final
+class SetWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook: ...
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWebhookResponse: _TypeAlias = SetWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]: ...
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015

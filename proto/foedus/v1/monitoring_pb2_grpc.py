@@ -54,6 +54,51 @@ class MonitoringServiceStub:
                 request_serializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.SerializeToString,
                 response_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.FromString,
                 _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/foedus.v1.MonitoringService/ListIncidents',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
+        self.GetIncident = channel.unary_unary(
+                '/foedus.v1.MonitoringService/GetIncident',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.GetIncidentRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetIncidentResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeIncident = channel.unary_unary(
+                '/foedus.v1.MonitoringService/AcknowledgeIncident',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentResponse.FromString,
+                _registered_method=True)
+        self.ResolveIncident = channel.unary_unary(
+                '/foedus.v1.MonitoringService/ResolveIncident',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentResponse.FromString,
+                _registered_method=True)
+        self.WatchAlerts = channel.unary_stream(
+                '/foedus.v1.MonitoringService/WatchAlerts',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.FromString,
+                _registered_method=True)
+        self.ExplainIncident = channel.unary_unary(
+                '/foedus.v1.MonitoringService/ExplainIncident',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentResponse.FromString,
+                _registered_method=True)
+        self.SetWebhook = channel.unary_unary(
+                '/foedus.v1.MonitoringService/SetWebhook',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.SetWebhookRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.SetWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/foedus.v1.MonitoringService/ListWebhooks',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/foedus.v1.MonitoringService/DeleteWebhook',
+                request_serializer=foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServiceServicer:
@@ -90,6 +135,68 @@ class MonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIncidents(self, request, context):
+        """Incidents (grouped alerts), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIncident(self, request, context):
+        """One incident and its newest alerts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeIncident(self, request, context):
+        """Firing -> acknowledged (acknowledging twice is no change); FAILED_PRECONDITION once resolved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIncident(self, request, context):
+        """Firing or acknowledged -> resolved (resolving twice is no change).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAlerts(self, request, context):
+        """Incident events of the tenant (or of one deployment) as they happen; never ends by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainIncident(self, request, context):
+        """Ranked causes of an incident: the metrics its alerts' SHAP attributions blame, and the
+        deployment's changes in a window before its onset (see Cause).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWebhook(self, request, context):
+        """Adds the tenant's webhook for a URL, or replaces its secret and description.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +219,51 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
                     servicer.GetDriftReport,
                     request_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.FromString,
                     response_serializer=foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.ListIncidentsResponse.SerializeToString,
+            ),
+            'GetIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncident,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.GetIncidentRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.GetIncidentResponse.SerializeToString,
+            ),
+            'AcknowledgeIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeIncident,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentResponse.SerializeToString,
+            ),
+            'ResolveIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIncident,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentResponse.SerializeToString,
+            ),
+            'WatchAlerts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAlerts,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.SerializeToString,
+            ),
+            'ExplainIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainIncident,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentResponse.SerializeToString,
+            ),
+            'SetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWebhook,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.SetWebhookRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.SetWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +374,249 @@ class MonitoringService:
             '/foedus.v1.MonitoringService/GetDriftReport',
             foedus_dot_v1_dot_monitoring__pb2.GetDriftReportRequest.SerializeToString,
             foedus_dot_v1_dot_monitoring__pb2.GetDriftReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/ListIncidents',
+            foedus_dot_v1_dot_monitoring__pb2.ListIncidentsRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.ListIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/GetIncident',
+            foedus_dot_v1_dot_monitoring__pb2.GetIncidentRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.GetIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/AcknowledgeIncident',
+            foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.AcknowledgeIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/ResolveIncident',
+            foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.ResolveIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/WatchAlerts',
+            foedus_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/ExplainIncident',
+            foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.ExplainIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/SetWebhook',
+            foedus_dot_v1_dot_monitoring__pb2.SetWebhookRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.SetWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/ListWebhooks',
+            foedus_dot_v1_dot_monitoring__pb2.ListWebhooksRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foedus.v1.MonitoringService/DeleteWebhook',
+            foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookRequest.SerializeToString,
+            foedus_dot_v1_dot_monitoring__pb2.DeleteWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,24 @@ class MonitoringServiceStub:
     feature on the version's reference-profile bins against the profile's own counts (PSI,
     Jensen-Shannon, chi-square, KS and Wasserstein per feature, and a dataset-level verdict).
     """
+    ListIncidents: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.ListIncidentsRequest, _monitoring_pb2.ListIncidentsResponse]
+    """Incidents (grouped alerts), newest first."""
+    GetIncident: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.GetIncidentRequest, _monitoring_pb2.GetIncidentResponse]
+    """One incident and its newest alerts."""
+    AcknowledgeIncident: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.AcknowledgeIncidentRequest, _monitoring_pb2.AcknowledgeIncidentResponse]
+    """Firing -> acknowledged (acknowledging twice is no change); FAILED_PRECONDITION once resolved."""
+    ResolveIncident: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.ResolveIncidentRequest, _monitoring_pb2.ResolveIncidentResponse]
+    """Firing or acknowledged -> resolved (resolving twice is no change)."""
+    WatchAlerts: _grpc.UnaryStreamMultiCallable[_monitoring_pb2.WatchAlertsRequest, _monitoring_pb2.WatchAlertsResponse]
+    """Incident events of the tenant (or of one deployment) as they happen; never ends by itself."""
+    ExplainIncident: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.ExplainIncidentRequest, _monitoring_pb2.ExplainIncidentResponse]
+    """Ranked causes of an incident: the metrics its alerts' SHAP attributions blame, and the
+    deployment's changes in a window before its onset (see Cause).
+    """
+    SetWebhook: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.SetWebhookRequest, _monitoring_pb2.SetWebhookResponse]
+    """Adds the tenant's webhook for a URL, or replaces its secret and description."""
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.ListWebhooksRequest, _monitoring_pb2.ListWebhooksResponse]
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.DeleteWebhookRequest, _monitoring_pb2.DeleteWebhookResponse]
 
 @_typing.type_check_only
 class MonitoringServiceAsyncStub(MonitoringServiceStub):
@@ -61,6 +79,24 @@ class MonitoringServiceAsyncStub(MonitoringServiceStub):
     feature on the version's reference-profile bins against the profile's own counts (PSI,
     Jensen-Shannon, chi-square, KS and Wasserstein per feature, and a dataset-level verdict).
     """
+    ListIncidents: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.ListIncidentsRequest, _monitoring_pb2.ListIncidentsResponse]  # type: ignore[assignment]
+    """Incidents (grouped alerts), newest first."""
+    GetIncident: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.GetIncidentRequest, _monitoring_pb2.GetIncidentResponse]  # type: ignore[assignment]
+    """One incident and its newest alerts."""
+    AcknowledgeIncident: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.AcknowledgeIncidentRequest, _monitoring_pb2.AcknowledgeIncidentResponse]  # type: ignore[assignment]
+    """Firing -> acknowledged (acknowledging twice is no change); FAILED_PRECONDITION once resolved."""
+    ResolveIncident: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.ResolveIncidentRequest, _monitoring_pb2.ResolveIncidentResponse]  # type: ignore[assignment]
+    """Firing or acknowledged -> resolved (resolving twice is no change)."""
+    WatchAlerts: _aio.UnaryStreamMultiCallable[_monitoring_pb2.WatchAlertsRequest, _monitoring_pb2.WatchAlertsResponse]  # type: ignore[assignment]
+    """Incident events of the tenant (or of one deployment) as they happen; never ends by itself."""
+    ExplainIncident: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.ExplainIncidentRequest, _monitoring_pb2.ExplainIncidentResponse]  # type: ignore[assignment]
+    """Ranked causes of an incident: the metrics its alerts' SHAP attributions blame, and the
+    deployment's changes in a window before its onset (see Cause).
+    """
+    SetWebhook: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.SetWebhookRequest, _monitoring_pb2.SetWebhookResponse]  # type: ignore[assignment]
+    """Adds the tenant's webhook for a URL, or replaces its secret and description."""
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.ListWebhooksRequest, _monitoring_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.DeleteWebhookRequest, _monitoring_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
 
 class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +135,77 @@ class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         feature on the version's reference-profile bins against the profile's own counts (PSI,
         Jensen-Shannon, chi-square, KS and Wasserstein per feature, and a dataset-level verdict).
         """
+
+    @_abc_1.abstractmethod
+    def ListIncidents(
+        self,
+        request: _monitoring_pb2.ListIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.ListIncidentsResponse, _abc.Awaitable[_monitoring_pb2.ListIncidentsResponse]]:
+        """Incidents (grouped alerts), newest first."""
+
+    @_abc_1.abstractmethod
+    def GetIncident(
+        self,
+        request: _monitoring_pb2.GetIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.GetIncidentResponse, _abc.Awaitable[_monitoring_pb2.GetIncidentResponse]]:
+        """One incident and its newest alerts."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeIncident(
+        self,
+        request: _monitoring_pb2.AcknowledgeIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.AcknowledgeIncidentResponse, _abc.Awaitable[_monitoring_pb2.AcknowledgeIncidentResponse]]:
+        """Firing -> acknowledged (acknowledging twice is no change); FAILED_PRECONDITION once resolved."""
+
+    @_abc_1.abstractmethod
+    def ResolveIncident(
+        self,
+        request: _monitoring_pb2.ResolveIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.ResolveIncidentResponse, _abc.Awaitable[_monitoring_pb2.ResolveIncidentResponse]]:
+        """Firing or acknowledged -> resolved (resolving twice is no change)."""
+
+    @_abc_1.abstractmethod
+    def WatchAlerts(
+        self,
+        request: _monitoring_pb2.WatchAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_monitoring_pb2.WatchAlertsResponse], _abc.AsyncIterator[_monitoring_pb2.WatchAlertsResponse]]:
+        """Incident events of the tenant (or of one deployment) as they happen; never ends by itself."""
+
+    @_abc_1.abstractmethod
+    def ExplainIncident(
+        self,
+        request: _monitoring_pb2.ExplainIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.ExplainIncidentResponse, _abc.Awaitable[_monitoring_pb2.ExplainIncidentResponse]]:
+        """Ranked causes of an incident: the metrics its alerts' SHAP attributions blame, and the
+        deployment's changes in a window before its onset (see Cause).
+        """
+
+    @_abc_1.abstractmethod
+    def SetWebhook(
+        self,
+        request: _monitoring_pb2.SetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.SetWebhookResponse, _abc.Awaitable[_monitoring_pb2.SetWebhookResponse]]:
+        """Adds the tenant's webhook for a URL, or replaces its secret and description."""
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _monitoring_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.ListWebhooksResponse, _abc.Awaitable[_monitoring_pb2.ListWebhooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _monitoring_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.DeleteWebhookResponse, _abc.Awaitable[_monitoring_pb2.DeleteWebhookResponse]]: ...
 
 def add_MonitoringServiceServicer_to_server(servicer: MonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,8 +30,10 @@ from foedus.server.deployments.feed import BROADCAST, ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
 from foedus.server.interceptors import SERVICE_MODULES, CallGuard
+from foedus.server.monitoring.incidents import IncidentService, IncidentSettings
 from foedus.server.monitoring.performance import PerformanceService
 from foedus.server.monitoring.service import MonitoringService
+from foedus.server.monitoring.webhooks import WebhookDispatcher
 from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.registry.gates import GateConfig
 from foedus.server.registry.service import RegistryLimits, RegistryService
@@ -42,7 +44,7 @@ from foedus.server.servicers.agent import AgentServicer
 from foedus.server.servicers.base import BlockingRunner
 from foedus.server.servicers.deployment import DeploymentServicer
 from foedus.server.servicers.federation import FederationServicer
-from foedus.server.servicers.monitoring import MonitoringServicer
+from foedus.server.servicers.monitoring import ALERTS_FEED_KEY, MonitoringServicer
 from foedus.server.servicers.performance import PerformanceServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.servicers.rollout import RolloutServicer, feed_key
@@ -78,6 +80,9 @@ class FoedusServer:
     admin_key_id: str | None
     controller: RolloutController
     feed: ChangeFeed
+    incidents: IncidentService | None = None
+    """Groups alerts into incidents; its sweep runs in the background."""
+    webhooks: WebhookDispatcher | None = None
     background: bool = True
     """Run background work (garbage collection); with several workers only the first one does."""
     health_server: grpc.aio.Server | None = None
@@ -107,6 +112,9 @@ class FoedusServer:
             self._tasks.append(asyncio.create_task(self._collect_garbage()))
         # Every process runs the controller; a lease in the store lets one of them tick at a time.
         self._tasks.append(asyncio.create_task(self.controller.run()))
+        if self.incidents is not None:
+            # Every process sweeps: grouping and resolving are safe to run concurrently.
+            self._tasks.append(asyncio.create_task(self._sweep_incidents(self.incidents)))
         log.info("foedus control plane serving on %s (store: %s)", self.target, self.store.dialect)
 
     async def stop(self, grace: float | None = 5.0) -> None:
@@ -117,6 +125,8 @@ class FoedusServer:
         if self.health_server is not None:
             await self.health_server.stop(None)
         self.feed.close()
+        if self.webhooks is not None:
+            self.webhooks.close()
         self.executor.shutdown(wait=True)
         self.store.close()
         if self.observability is not None:
@@ -129,6 +139,15 @@ class FoedusServer:
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+    async def _sweep_incidents(self, incidents: IncidentService) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(incidents.settings.sweep_s)
+            try:
+                await loop.run_in_executor(self.executor, incidents.sweep)
+            except Exception:
+                log.exception("the incident sweep failed")
 
     async def _collect_garbage(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,7 +243,16 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
     deployments = DeploymentService(store, on_change=feed.notify)
-    monitoring = MonitoringService(store)
+    webhooks = WebhookDispatcher()
+    incidents = IncidentService(
+        store,
+        IncidentSettings(
+            gap_s=config.alert_group_gap_s, quiet_s=config.alert_quiet_s, sweep_s=config.alert_sweep_s
+        ),
+        on_change=lambda tenant: feed.notify(tenant, ALERTS_FEED_KEY),
+        webhooks=webhooks,
+    )
+    monitoring = MonitoringService(store, on_alerts=incidents.group)
     performance = PerformanceService(store)
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, runner), server
@@ -247,7 +275,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         PerformanceServicer(performance, runner), server
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
-        MonitoringServicer(monitoring, runner), server
+        MonitoringServicer(monitoring, incidents, feed, runner), server
     )
     rollouts = RolloutService(store, on_change=feed.notify)
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
@@ -304,6 +332,8 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         admin_key_id=admin_key_id,
         controller=controller,
         feed=feed,
+        incidents=incidents,
+        webhooks=webhooks,
         background=background,
         health_server=health_server,
         health_port=health_port,

@@ -84,6 +84,13 @@ class ServerConfig:
     """Models each tenant may have; 0: unlimited. Over it, RESOURCE_EXHAUSTED."""
     tenant_max_artifact_bytes: int = 0
     """Bytes of artifacts all of a tenant's versions may hold (archived included); 0: unlimited."""
+    alert_group_gap_s: float = 600.0
+    """An agent's alert joins its deployment's open incident when it comes at most this long after
+    the incident's last alert; otherwise it opens a new incident."""
+    alert_quiet_s: float = 600.0
+    """An open incident that no alert joined for this long is resolved by the server."""
+    alert_sweep_s: float = 5.0
+    """How often the server groups stray alerts and resolves quiet incidents."""
     otlp_endpoint: str = ""
     """OpenTelemetry collector (OTLP over gRPC), e.g. http://collector:4317, for traces and metrics;
     empty: OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. OTEL_SERVICE_NAME names the service
@@ -125,6 +132,10 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive")
         if not self.auth_cache_s >= 0:
             raise ConfigError("auth_cache_s must be >= 0")
+        for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if not (math.isfinite(self.tenant_requests_per_s) and self.tenant_requests_per_s >= 0):
             raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
         if not (math.isfinite(self.tenant_ingest_points_per_s) and self.tenant_ingest_points_per_s >= 0):

@@ -88,6 +88,18 @@ def start(
         min=0,
         help="bytes of artifacts each tenant's versions may hold [default 0: unlimited]",
     ),
+    alert_gap: float | None = typer.Option(
+        None,
+        "--alert-gap",
+        min=0.001,
+        help="seconds after an incident's last alert in which a new alert still joins it [default 600]",
+    ),
+    alert_quiet: float | None = typer.Option(
+        None,
+        "--alert-quiet",
+        min=0.001,
+        help="seconds without alerts after which an open incident resolves itself [default 600]",
+    ),
 ) -> None:
     """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
     try:
@@ -118,6 +130,8 @@ def start(
             tenant_ingest_points_per_s=tenant_ingest_rate,
             tenant_max_models=tenant_max_models,
             tenant_max_artifact_bytes=tenant_max_artifact_bytes,
+            alert_group_gap_s=alert_gap,
+            alert_quiet_s=alert_quiet,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -139,9 +139,17 @@ def _histogram(latency: dict[str, object]) -> LatencyHistogram:
 
 
 class MonitoringService:
-    def __init__(self, store: Store, *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], int] = now_us,
+        on_alerts: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`on_alerts(tenant, deployment)` runs after a batch with alerts was stored (grouping)."""
         self._store = store
         self._clock = clock
+        self._on_alerts = on_alerts
 
     # --- agents --------------------------------------------------------------------------------
     def register_agent(
@@ -179,10 +187,14 @@ class MonitoringService:
         for alert in batch.alerts:
             if not 0 < len(alert.alert_id) <= 128 or not math.isfinite(alert.score):
                 raise InvalidArgument("an alert needs an alert_id (1-128 characters) and a finite score")
-        return self._store.ingest_telemetry(
+        duplicate = self._store.ingest_telemetry(
             tenant, batch.deployment, batch.agent, batch.batch_id, batch.intervals, batch.alerts, batch.series,
             self._clock(),
         )  # fmt: skip
+        if batch.alerts and self._on_alerts is not None:
+            # Also for a retry: the first try may have been stored and then lost before grouping.
+            self._on_alerts(tenant, batch.deployment)
+        return duplicate
 
     @staticmethod
     def _check_series(chunk: MetricSeriesRecord) -> None:

@@ -364,6 +364,7 @@ def alert(rec: AlertRecord) -> monitoring_pb2.Alert:
         id=rec.id,
         deployment=rec.deployment,
         agent=rec.agent,
+        incident_id=rec.incident_id,
         alert=agent_pb2.AgentAlert(
             alert_id=rec.alert_id,
             time_unix_ms=rec.time_ms,

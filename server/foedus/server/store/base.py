@@ -18,6 +18,9 @@ from foedus.server.store.records import (
     DeploymentRecord,
     Evaluation,
     FederationRunRecord,
+    IncidentEventRecord,
+    IncidentRecord,
+    IncidentState,
     IntervalRecord,
     KeyRecord,
     LabelRecord,
@@ -36,6 +39,7 @@ from foedus.server.store.records import (
     TenantState,
     TrafficChange,
     VersionRecord,
+    WebhookRecord,
 )
 
 
@@ -267,6 +271,84 @@ class Store(abc.ABC):
 
         Mirrored (shadow) requests are not counted. Buckets are aligned to multiples of `bucket_ms`.
         """
+
+    # --- incidents -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def ungrouped_alert_deployments(self) -> list[tuple[str, str]]:
+        """(tenant, deployment) of every deployment with alerts not yet grouped into an incident."""
+
+    @abc.abstractmethod
+    def group_alerts(
+        self, tenant: str, deployment: str, gap_ms: int, now_us: int
+    ) -> list[IncidentEventRecord]:
+        """Groups the deployment's ungrouped alerts into incidents, in alert id order, in one
+        transaction, and returns the events it appended (one per incident it opened or updated).
+
+        An alert joins the deployment's open (firing or acknowledged) incident when its time is at
+        most `gap_ms` after that incident's last alert time (and not more than `gap_ms` before its
+        first); otherwise it opens a new firing incident. An alert is grouped once: concurrent
+        calls on several replicas never group it twice nor open two incidents for one burst.
+        NotFound for an unknown deployment.
+        """
+
+    @abc.abstractmethod
+    def resolve_quiet_incidents(self, quiet_before_us: int, now_us: int) -> list[IncidentEventRecord]:
+        """Resolves (by "auto") every open incident of every tenant whose last alert was grouped
+        before `quiet_before_us`, and returns one "resolved" event per incident it resolved."""
+
+    @abc.abstractmethod
+    def get_incident(self, tenant: str, incident_id: int) -> IncidentRecord:
+        """NotFound for an unknown id or another tenant's incident."""
+
+    @abc.abstractmethod
+    def list_incidents(
+        self, tenant: str, deployment: str | None, open_only: bool, page_token: str, page_size: int
+    ) -> Page[IncidentRecord]:
+        """Newest first; NotFound for an unknown deployment."""
+
+    @abc.abstractmethod
+    def set_incident_state(
+        self,
+        tenant: str,
+        incident_id: int,
+        state: IncidentState,
+        allowed_from: tuple[IncidentState, ...],
+        actor: str,
+        now_us: int,
+    ) -> tuple[IncidentRecord, IncidentEventRecord | None]:
+        """Moves the incident to `state` when it is in one of `allowed_from`, appending an event.
+
+        An incident already in `state` is returned unchanged with no event. FailedPrecondition
+        when it is in another state; NotFound for an unknown id or another tenant's incident.
+        """
+
+    @abc.abstractmethod
+    def incident_alerts(self, tenant: str, incident_id: int, limit: int) -> list[AlertRecord]:
+        """The incident's newest alerts (at most `limit`), newest first; NotFound as get_incident."""
+
+    @abc.abstractmethod
+    def incident_events_after(
+        self, tenant: str, deployment: str | None, after_id: int, limit: int
+    ) -> list[IncidentEventRecord]:
+        """The tenant's incident events with an id above `after_id`, oldest first, at most `limit`."""
+
+    @abc.abstractmethod
+    def last_incident_event_id(self, tenant: str) -> int:
+        """The tenant's largest incident event id, 0 when none."""
+
+    # --- webhooks --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def set_webhook(self, webhook: WebhookRecord) -> WebhookRecord:
+        """Adds the tenant's webhook for the URL, or replaces the secret and description of the one
+        it has (keeping its id); returns it with its id. NotFound for an unknown tenant."""
+
+    @abc.abstractmethod
+    def list_webhooks(self, tenant: str) -> list[WebhookRecord]:
+        """The tenant's webhooks, secrets included, by id."""
+
+    @abc.abstractmethod
+    def delete_webhook(self, tenant: str, webhook_id: int) -> None:
+        """NotFound for an unknown id or another tenant's webhook."""
 
     # --- evaluations -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -250,6 +250,7 @@ class AlertRecord:
     top: list[dict[str, object]]
     deployment: str = ""
     id: int = 0
+    incident_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,3 +420,61 @@ class PerformanceRecord:
     segment: str
     sensitive_feature: str
     counts: dict[str, object]
+
+
+class IncidentState(enum.IntEnum):
+    """Values match foedus.v1.IncidentState."""
+
+    FIRING = 1
+    ACKNOWLEDGED = 2
+    RESOLVED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """Alerts of one deployment grouped while they keep coming (see Store.group_alerts)."""
+
+    id: int
+    tenant: str
+    deployment: str
+    state: IncidentState
+    first_ms: int
+    """Time of the first alert, by the agent's clock; `last_ms` of the last one."""
+    last_ms: int
+    alert_count: int
+    max_ratio: float
+    """Largest score / threshold of its alerts (the score itself where the threshold is not positive)."""
+    versions: tuple[int, ...]
+    kinds: tuple[str, ...]
+    attributions: dict[str, float]
+    """Per metric, the absolute SHAP attributions of its alerts, summed."""
+    opened_at_us: int
+    updated_at_us: int
+    last_alert_at_us: int
+    """When the server grouped its last alert; auto-resolution counts quiet time from it."""
+    state_changed_at_us: int
+    acknowledged_by: str = ""
+    resolved_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEventRecord:
+    """A change of an incident: opened, updated (alerts joined), acknowledged or resolved."""
+
+    id: int
+    tenant: str
+    deployment: str
+    incident_id: int
+    kind: str
+    time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    id: int
+    tenant: str
+    url: str
+    secret: str
+    description: str
+    created_at_us: int
+    created_by: str

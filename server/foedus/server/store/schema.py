@@ -181,8 +181,61 @@ alerts = Table(
     Column("threshold", Float, nullable=False),
     Column("detector", String(128), nullable=False),
     Column("top", JSON, nullable=False),
+    # NULL until the alert is grouped into an incident.
+    Column("incident_id", BigInteger, nullable=True),
     UniqueConstraint("deployment_id", "agent", "alert_id", name="uq_alerts_agent_alert"),
     Index("ix_alerts_deployment_id", "deployment_id", "id"),
+    Index("ix_alerts_incident", "incident_id", "id"),
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("first_ms", BigInteger, nullable=False),
+    Column("last_ms", BigInteger, nullable=False),
+    Column("alert_count", BigInteger, nullable=False),
+    Column("max_ratio", Float, nullable=False),
+    Column("versions", JSON, nullable=False),
+    Column("kinds", JSON, nullable=False),
+    Column("attributions", JSON, nullable=False),
+    Column("opened_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Column("last_alert_at_us", BigInteger, nullable=False),
+    Column("state_changed_at_us", BigInteger, nullable=False),
+    Column("acknowledged_by", String(64), nullable=False),
+    Column("resolved_by", String(64), nullable=False),
+    Index("ix_incidents_tenant_id", "tenant", "id"),
+    Index("ix_incidents_deployment_state", "deployment_id", "state"),
+)
+
+incident_events = Table(
+    "incident_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), nullable=False),
+    Column("deployment_id", BigInteger, ForeignKey("deployments.id"), nullable=False),
+    Column("incident_id", BigInteger, ForeignKey("incidents.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Index("ix_incident_events_tenant_id", "tenant", "id"),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), ForeignKey("tenants.name"), nullable=False),
+    Column("url", String(2048), nullable=False),
+    # Kept as given: the server signs deliveries with it. Never returned by the API.
+    Column("secret", String(256), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    UniqueConstraint("tenant", "url", name="uq_webhooks_tenant_url"),
 )
 
 metric_chunks = Table(

@@ -42,6 +42,9 @@ from foedus.server.store.records import (
     Evaluation,
     FederationRunRecord,
     FederationRunState,
+    IncidentEventRecord,
+    IncidentRecord,
+    IncidentState,
     IntervalRecord,
     KeyRecord,
     LabelRecord,
@@ -64,6 +67,7 @@ from foedus.server.store.records import (
     TrafficChange,
     VersionRecord,
     VersionState,
+    WebhookRecord,
 )
 from foedus.server.store.schema import (
     agents,
@@ -75,6 +79,8 @@ from foedus.server.store.schema import (
     deployments,
     federation_run_tenants,
     federation_runs,
+    incident_events,
+    incidents,
     intervals,
     labels,
     leases,
@@ -89,6 +95,7 @@ from foedus.server.store.schema import (
     rollouts,
     telemetry_batches,
     tenants,
+    webhooks,
 )
 
 T = TypeVar("T")
@@ -1096,23 +1103,7 @@ class SqlStore(Store):
             if before is not None:
                 query = query.where(alerts.c.id < before)
             rows = conn.execute(query).all()
-        items = [
-            AlertRecord(
-                agent=r.agent,
-                alert_id=r.alert_id,
-                time_ms=r.time_ms,
-                version=r.version,
-                kind=r.kind,
-                score=r.score,
-                threshold=r.threshold,
-                detector=r.detector,
-                top=list(r.top),
-                deployment=r.deployment_name,
-                id=r.id,
-            )
-            for r in rows
-        ]
-        return _page(items, size, lambda a: a.id)
+        return _page([_alert(r, r.deployment_name) for r in rows], size, lambda a: a.id)
 
     def first_alert_ms(
         self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
@@ -1147,6 +1138,365 @@ class SqlStore(Store):
                 .order_by("b")
             ).all()
         return [(int(b) * bucket_ms, int(n or 0), int(d or 0)) for b, n, d in rows]
+
+    # --- incidents -------------------------------------------------------------------------------
+    def ungrouped_alert_deployments(self) -> list[tuple[str, str]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(deployments.c.tenant, deployments.c.name)
+                .where(
+                    deployments.c.id.in_(
+                        select(alerts.c.deployment_id).where(alerts.c.incident_id.is_(None)).distinct()
+                    )
+                )
+                .order_by(deployments.c.tenant, deployments.c.name)
+            ).all()
+        return [(r.tenant, r.name) for r in rows]
+
+    def group_alerts(
+        self, tenant: str, deployment: str, gap_ms: int, now_us: int
+    ) -> list[IncidentEventRecord]:
+        with self._write() as conn:
+            # The deployment's row lock serializes grouping on PostgreSQL (SQLite has one writer).
+            dep = conn.execute(
+                select(deployments.c.id)
+                .where(deployments.c.tenant == tenant, deployments.c.name == deployment)
+                .with_for_update()
+            ).first()
+            if dep is None:
+                raise NotFound(f"deployment {deployment!r} not found")
+            pending = conn.execute(
+                select(alerts)
+                .where(alerts.c.deployment_id == dep.id, alerts.c.incident_id.is_(None))
+                .order_by(alerts.c.id)
+                .limit(10_000)
+            ).all()
+            if not pending:
+                return []
+            row = conn.execute(
+                select(incidents)
+                .where(incidents.c.deployment_id == dep.id, incidents.c.state != int(IncidentState.RESOLVED))
+                .order_by(incidents.c.id.desc())
+                .limit(1)
+            ).first()
+            current: dict[str, Any] | None = dict(row._mapping) if row is not None else None
+            members: dict[int, list[int]] = {}
+            opened: set[int] = set()
+            for a in pending:
+                ratio = a.score / a.threshold if a.threshold > 0 else a.score
+                if current is None or not (
+                    current["first_ms"] - gap_ms <= a.time_ms <= current["last_ms"] + gap_ms
+                ):
+                    if current is not None and current["id"] in members:
+                        self._save_incident(conn, current)
+                    current = {
+                        "tenant": tenant,
+                        "deployment_id": dep.id,
+                        "state": int(IncidentState.FIRING),
+                        "first_ms": a.time_ms,
+                        "last_ms": a.time_ms,
+                        "alert_count": 0,
+                        "max_ratio": ratio,
+                        "versions": [],
+                        "kinds": [],
+                        "attributions": {},
+                        "opened_at_us": now_us,
+                        "updated_at_us": now_us,
+                        "last_alert_at_us": now_us,
+                        "state_changed_at_us": now_us,
+                        "acknowledged_by": "",
+                        "resolved_by": "",
+                    }
+                    current["id"] = conn.execute(
+                        insert(incidents).values(**current).returning(incidents.c.id)
+                    ).scalar_one()
+                    opened.add(current["id"])
+                current["first_ms"] = min(current["first_ms"], a.time_ms)
+                current["last_ms"] = max(current["last_ms"], a.time_ms)
+                current["alert_count"] += 1
+                current["max_ratio"] = max(current["max_ratio"], ratio)
+                current["versions"] = sorted({*current["versions"], int(a.version)})
+                current["kinds"] = sorted({*current["kinds"], a.kind})
+                weights = dict(current["attributions"])
+                for c in a.top:
+                    metric = str(c.get("metric", ""))
+                    value = c.get("attribution", 0.0)
+                    if metric and isinstance(value, int | float):
+                        weights[metric] = weights.get(metric, 0.0) + abs(float(value))
+                current["attributions"] = weights
+                current["last_alert_at_us"] = now_us
+                current["updated_at_us"] = now_us
+                members.setdefault(current["id"], []).append(a.id)
+            assert current is not None
+            self._save_incident(conn, current)
+            events = []
+            for incident_id, alert_ids in members.items():
+                conn.execute(update(alerts).where(alerts.c.id.in_(alert_ids)).values(incident_id=incident_id))
+                kind = "opened" if incident_id in opened else "updated"
+                events.append(
+                    self._add_incident_event(conn, tenant, dep.id, deployment, incident_id, kind, now_us)
+                )
+        return events
+
+    @staticmethod
+    def _save_incident(conn: Connection, values: dict[str, Any]) -> None:
+        keep = ("first_ms", "last_ms", "alert_count", "max_ratio", "versions", "kinds", "attributions")
+        conn.execute(
+            update(incidents)
+            .where(incidents.c.id == values["id"])
+            .values(
+                **{k: values[k] for k in keep},
+                last_alert_at_us=values["last_alert_at_us"],
+                updated_at_us=values["updated_at_us"],
+            )
+        )
+
+    @staticmethod
+    def _add_incident_event(
+        conn: Connection, tenant: str, dep_id: int, deployment: str, incident_id: int, kind: str, now_us: int
+    ) -> IncidentEventRecord:
+        event_id = conn.execute(
+            insert(incident_events)
+            .values(tenant=tenant, deployment_id=dep_id, incident_id=incident_id, kind=kind, time_us=now_us)
+            .returning(incident_events.c.id)
+        ).scalar_one()
+        return IncidentEventRecord(event_id, tenant, deployment, incident_id, kind, now_us)
+
+    def resolve_quiet_incidents(self, quiet_before_us: int, now_us: int) -> list[IncidentEventRecord]:
+        with self._write() as conn:
+            rows = conn.execute(
+                update(incidents)
+                .where(
+                    incidents.c.state != int(IncidentState.RESOLVED),
+                    incidents.c.last_alert_at_us < quiet_before_us,
+                )
+                .values(
+                    state=int(IncidentState.RESOLVED),
+                    resolved_by="auto",
+                    state_changed_at_us=now_us,
+                    updated_at_us=now_us,
+                )
+                .returning(incidents.c.id, incidents.c.tenant, incidents.c.deployment_id)
+            ).all()
+            if not rows:
+                return []
+            names = dict(
+                conn.execute(
+                    select(deployments.c.id, deployments.c.name).where(
+                        deployments.c.id.in_({r.deployment_id for r in rows})
+                    )
+                ).all()
+            )
+            return [
+                self._add_incident_event(
+                    conn, r.tenant, r.deployment_id, names[r.deployment_id], r.id, "resolved", now_us
+                )
+                for r in sorted(rows, key=lambda r: r.id)
+            ]
+
+    @staticmethod
+    def _incident(r: Row[Any]) -> IncidentRecord:
+        return IncidentRecord(
+            id=r.id,
+            tenant=r.tenant,
+            deployment=r.deployment_name,
+            state=IncidentState(r.state),
+            first_ms=r.first_ms,
+            last_ms=r.last_ms,
+            alert_count=r.alert_count,
+            max_ratio=r.max_ratio,
+            versions=tuple(int(v) for v in r.versions),
+            kinds=tuple(str(k) for k in r.kinds),
+            attributions={str(k): float(v) for k, v in r.attributions.items()},
+            opened_at_us=r.opened_at_us,
+            updated_at_us=r.updated_at_us,
+            last_alert_at_us=r.last_alert_at_us,
+            state_changed_at_us=r.state_changed_at_us,
+            acknowledged_by=r.acknowledged_by,
+            resolved_by=r.resolved_by,
+        )
+
+    @staticmethod
+    def _incident_query() -> Any:
+        return select(incidents, deployments.c.name.label("deployment_name")).select_from(
+            incidents.join(deployments, incidents.c.deployment_id == deployments.c.id)
+        )
+
+    def _incident_row(self, conn: Connection, tenant: str, incident_id: int) -> Row[Any]:
+        row = conn.execute(
+            self._incident_query().where(incidents.c.tenant == tenant, incidents.c.id == incident_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"incident {incident_id} not found")
+        return row
+
+    def get_incident(self, tenant: str, incident_id: int) -> IncidentRecord:
+        with self._read() as conn:
+            return self._incident(self._incident_row(conn, tenant, incident_id))
+
+    def list_incidents(
+        self, tenant: str, deployment: str | None, open_only: bool, page_token: str, page_size: int
+    ) -> Page[IncidentRecord]:
+        before = paging.decode_int(page_token)
+        size = paging.page_size(page_size)
+        query = (
+            self._incident_query()
+            .where(incidents.c.tenant == tenant)
+            .order_by(incidents.c.id.desc())
+            .limit(size + 1)
+        )
+        if open_only:
+            query = query.where(incidents.c.state != int(IncidentState.RESOLVED))
+        if before is not None:
+            query = query.where(incidents.c.id < before)
+        with self._read() as conn:
+            if deployment:
+                query = query.where(
+                    incidents.c.deployment_id == self._deployment_row(conn, tenant, deployment).id
+                )
+            rows = conn.execute(query).all()
+        return _page([self._incident(r) for r in rows], size, lambda i: i.id)
+
+    def set_incident_state(
+        self,
+        tenant: str,
+        incident_id: int,
+        state: IncidentState,
+        allowed_from: tuple[IncidentState, ...],
+        actor: str,
+        now_us: int,
+    ) -> tuple[IncidentRecord, IncidentEventRecord | None]:
+        with self._write() as conn:
+            row = conn.execute(
+                select(incidents.c.state, incidents.c.deployment_id)
+                .where(incidents.c.tenant == tenant, incidents.c.id == incident_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"incident {incident_id} not found")
+            was = IncidentState(row.state)
+            event = None
+            if was != state:
+                if was not in allowed_from:
+                    raise FailedPrecondition(
+                        f"incident {incident_id} is {was.name.lower()}; it cannot become {state.name.lower()}"
+                    )
+                who = "acknowledged_by" if state == IncidentState.ACKNOWLEDGED else "resolved_by"
+                conn.execute(
+                    update(incidents)
+                    .where(incidents.c.id == incident_id)
+                    .values(
+                        {
+                            "state": int(state),
+                            who: actor,
+                            "state_changed_at_us": now_us,
+                            "updated_at_us": now_us,
+                        }
+                    )
+                )
+                record = self._incident(self._incident_row(conn, tenant, incident_id))
+                event = self._add_incident_event(
+                    conn,
+                    tenant,
+                    row.deployment_id,
+                    record.deployment,
+                    incident_id,
+                    state.name.lower(),
+                    now_us,
+                )
+                return record, event
+            return self._incident(self._incident_row(conn, tenant, incident_id)), event
+
+    def incident_alerts(self, tenant: str, incident_id: int, limit: int) -> list[AlertRecord]:
+        with self._read() as conn:
+            incident = self._incident_row(conn, tenant, incident_id)
+            rows = conn.execute(
+                select(alerts)
+                .where(alerts.c.incident_id == incident_id)
+                .order_by(alerts.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [_alert(r, incident.deployment_name) for r in rows]
+
+    def incident_events_after(
+        self, tenant: str, deployment: str | None, after_id: int, limit: int
+    ) -> list[IncidentEventRecord]:
+        query = (
+            select(incident_events, deployments.c.name.label("deployment_name"))
+            .select_from(
+                incident_events.join(deployments, incident_events.c.deployment_id == deployments.c.id)
+            )
+            .where(incident_events.c.tenant == tenant, incident_events.c.id > after_id)
+            .order_by(incident_events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            if deployment:
+                query = query.where(
+                    incident_events.c.deployment_id == self._deployment_row(conn, tenant, deployment).id
+                )
+            rows = conn.execute(query).all()
+        return [
+            IncidentEventRecord(r.id, r.tenant, r.deployment_name, r.incident_id, r.kind, r.time_us)
+            for r in rows
+        ]
+
+    def last_incident_event_id(self, tenant: str) -> int:
+        with self._read() as conn:
+            value = conn.execute(
+                select(func.max(incident_events.c.id)).where(incident_events.c.tenant == tenant)
+            ).scalar()
+        return int(value or 0)
+
+    # --- webhooks --------------------------------------------------------------------------------
+    @staticmethod
+    def _webhook(r: Row[Any]) -> WebhookRecord:
+        return WebhookRecord(r.id, r.tenant, r.url, r.secret, r.description, r.created_at_us, r.created_by)
+
+    def set_webhook(self, webhook: WebhookRecord) -> WebhookRecord:
+        where = and_(webhooks.c.tenant == webhook.tenant, webhooks.c.url == webhook.url)
+        try:
+            with self._write() as conn:
+                if (
+                    conn.execute(select(tenants.c.name).where(tenants.c.name == webhook.tenant)).first()
+                    is None
+                ):
+                    raise NotFound(f"tenant {webhook.tenant!r} not found")
+                changed = conn.execute(
+                    update(webhooks)
+                    .where(where)
+                    .values(secret=webhook.secret, description=webhook.description)
+                ).rowcount
+                if not changed:
+                    conn.execute(
+                        insert(webhooks).values(
+                            tenant=webhook.tenant,
+                            url=webhook.url,
+                            secret=webhook.secret,
+                            description=webhook.description,
+                            created_at_us=webhook.created_at_us,
+                            created_by=webhook.created_by,
+                        )
+                    )
+                row = conn.execute(select(webhooks).where(where)).one()
+        except IntegrityError as exc:  # two first settings of one URL at once: the other one won
+            raise Aborted(f"webhook {webhook.url!r} was set concurrently; set it again") from exc
+        return self._webhook(row)
+
+    def list_webhooks(self, tenant: str) -> list[WebhookRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(webhooks).where(webhooks.c.tenant == tenant).order_by(webhooks.c.id)
+            ).all()
+        return [self._webhook(r) for r in rows]
+
+    def delete_webhook(self, tenant: str, webhook_id: int) -> None:
+        with self._write() as conn:
+            deleted = conn.execute(
+                delete(webhooks).where(webhooks.c.tenant == tenant, webhooks.c.id == webhook_id)
+            ).rowcount
+        if not deleted:
+            raise NotFound(f"webhook {webhook_id} not found")
 
     # --- evaluations -----------------------------------------------------------------------------
     def add_evaluation(self, tenant: str, model: str, version: int, evaluation: Evaluation) -> VersionRecord:
@@ -1690,6 +2040,23 @@ def _interval(r: Row[Any]) -> IntervalRecord:
         features=list(r.features),
         resources=dict(r.resources),
         scores=dict(r.scores),
+    )
+
+
+def _alert(r: Row[Any], deployment: str) -> AlertRecord:
+    return AlertRecord(
+        agent=r.agent,
+        alert_id=r.alert_id,
+        time_ms=r.time_ms,
+        version=r.version,
+        kind=r.kind,
+        score=r.score,
+        threshold=r.threshold,
+        detector=r.detector,
+        top=list(r.top),
+        deployment=deployment,
+        id=r.id,
+        incident_id=r.incident_id or 0,
     )
 
 

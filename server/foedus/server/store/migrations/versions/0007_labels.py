@@ -1,14 +1,14 @@
 """Delayed labels and the agents' performance counts.
 
 Revision ID: 0007_labels
-Revises: 0005
+Revises: 0006_alerts
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_labels"
-down_revision = "0005"
+down_revision = "0006_alerts"
 branch_labels = None
 depends_on = None
 
