@@ -414,6 +414,21 @@ def test_intervals_after_and_hourly_request_history(store: SqlStore) -> None:
         store.intervals_after("beta", "prod", 0, 10)
 
 
+def test_counts_only_interval_queries_leave_the_drift_counts_out(store: SqlStore) -> None:
+    from foedus.server.store import IntervalRecord
+
+    _deployed(store)
+    features = [{"name": "x", "counts": [1, 2]}]
+    full = IntervalRecord(
+        "a", 1, 5, 1000, False, 3, 1, 0, {"sum": 1.0}, {"name": "p", "counts": [3]}, features, {}, {"s": 2.0}
+    )
+    store.ingest_telemetry("acme", "prod", "a", "b1", [full], [], [], 1)
+    (got,) = store.query_intervals("acme", "prod", None, 0, 10)
+    assert got == full
+    (lean,) = store.query_intervals("acme", "prod", None, 0, 10, counts_only=True)
+    assert lean == dataclasses.replace(full, features=[], predictions=None)
+
+
 def test_leases_are_exclusive_until_they_expire(store: SqlStore) -> None:
     assert store.acquire_lease("controller", "a", now_us=100, ttl_us=50)
     assert not store.acquire_lease("controller", "b", now_us=120, ttl_us=50)

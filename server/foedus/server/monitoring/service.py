@@ -247,7 +247,7 @@ class MonitoringService:
         window_ms = (window_s or 300) * 1000
         deployment = self._store.get_deployment(tenant, name)
         end_ms = self._clock() // 1000 + 1
-        rows = self._store.query_intervals(tenant, name, None, end_ms - window_ms, end_ms)
+        rows = self._store.query_intervals(tenant, name, None, end_ms - window_ms, end_ms, counts_only=True)
         groups: dict[tuple[int, bool], list[IntervalRecord]] = {}
         for row in rows:
             groups.setdefault((row.version, row.shadow), []).append(row)
@@ -303,7 +303,9 @@ class MonitoringService:
             for p in logged:
                 buckets.setdefault(start_ms + (p.time_ms - start_ms) // step_ms * step_ms, []).append(p.value)
             return [(t, float(np.mean(v))) for t, v in sorted(buckets.items())]  # type: ignore[arg-type]
-        rows = self._store.query_intervals(tenant, deployment, version or None, start_ms, end_ms)
+        rows = self._store.query_intervals(
+            tenant, deployment, version or None, start_ms, end_ms, counts_only=True
+        )
         for row in rows:
             buckets.setdefault(start_ms + (row.start_ms - start_ms) // step_ms * step_ms, []).append(row)
         return [(t, _aggregate(metric, items)) for t, items in sorted(buckets.items())]  # type: ignore[arg-type]

@@ -240,9 +240,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def query_intervals(
-        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+        self,
+        tenant: str,
+        deployment: str,
+        version: int | None,
+        start_ms: int,
+        end_ms: int,
+        *,
+        counts_only: bool = False,
     ) -> list[IntervalRecord]:
-        """Intervals starting in [start_ms, end_ms), oldest first."""
+        """Intervals starting in [start_ms, end_ms), oldest first. `counts_only` leaves out the bulky
+        drift counts (features empty, predictions None): what status and metric queries need."""
 
     @abc.abstractmethod
     def query_metric_points(

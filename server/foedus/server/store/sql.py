@@ -1035,12 +1035,24 @@ class SqlStore(Store):
         return False
 
     def query_intervals(
-        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+        self,
+        tenant: str,
+        deployment: str,
+        version: int | None,
+        start_ms: int,
+        end_ms: int,
+        *,
+        counts_only: bool = False,
     ) -> list[IntervalRecord]:
+        columns = (
+            [c for c in intervals.c if c.name not in ("features", "predictions")]
+            if counts_only
+            else list(intervals.c)
+        )
         with self._read() as conn:
             dep_id = self._deployment_row(conn, tenant, deployment).id
             query = (
-                select(intervals)
+                select(*columns)
                 .where(
                     intervals.c.deployment_id == dep_id,
                     intervals.c.start_ms >= start_ms,
@@ -2036,8 +2048,8 @@ def _interval(r: Row[Any]) -> IntervalRecord:
         errors=r.errors,
         invalid=r.invalid,
         latency=dict(r.latency),
-        predictions=None if r.predictions is None else dict(r.predictions),
-        features=list(r.features),
+        predictions=None if getattr(r, "predictions", None) is None else dict(r.predictions),
+        features=list(getattr(r, "features", ())),
         resources=dict(r.resources),
         scores=dict(r.scores),
     )
