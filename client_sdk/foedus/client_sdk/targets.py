@@ -32,26 +32,11 @@ READ_PREFIXES = ("Get", "List", "Query", "WhoAmI", "Watch", "Download", "Suggest
 
 
 def _read_methods() -> list[dict[str, str]]:
-    from foedus.v1 import (
-        admin_pb2,
-        deployment_pb2,
-        federation_pb2,
-        monitoring_pb2,
-        performance_pb2,
-        registry_pb2,
-        rollout_pb2,
-    )
+    import importlib
 
     names: list[dict[str, str]] = []
-    modules = (
-        admin_pb2,
-        deployment_pb2,
-        federation_pb2,
-        monitoring_pb2,
-        performance_pb2,
-        registry_pb2,
-        rollout_pb2,
-    )
+    areas = ("admin", "deployment", "federation", "monitoring", "performance", "registry", "rollout")
+    modules = [importlib.import_module(f"foedus.v1.{area}_pb2") for area in areas]
     for module in modules:
         for service in module.DESCRIPTOR.services_by_name.values():
             names += [
