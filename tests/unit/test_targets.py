@@ -33,6 +33,10 @@ def test_a_malformed_replica_list_is_refused_with_the_entry_named(bad: str) -> N
 def test_only_reads_are_retried_and_only_on_unavailable() -> None:
     config = json.loads(service_config())
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert "loadBalancingConfig" not in json.loads(service_config(balanced=False))
+    assert json.loads(dict(resolve_target("127.0.0.1:1,127.0.0.1:2")[1])["grpc.service_config"])[
+        "loadBalancingConfig"
+    ]
     (method_config,) = config["methodConfig"]
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     retried = {(n["service"].rsplit(".", 1)[1], n["method"]) for n in method_config["name"]}

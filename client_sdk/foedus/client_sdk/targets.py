@@ -3,9 +3,11 @@
 A target is `HOST:PORT`, a gRPC URI (`dns:///foedus.example:50051`, `ipv4:10.0.0.1:50051,...`), or a
 comma-separated list of `HOST:PORT` replicas (`cp-1:50051,cp-2:50051`). Every target gets:
 
-- round-robin load balancing over all the addresses it resolves to, so calls spread over the
+- with several replicas, round-robin load balancing over all of them, so calls spread over the
   replicas and a replica that goes away (killed, restarting, partitioned) is skipped at once while
-  gRPC reconnects to it in the background;
+  gRPC reconnects to it in the background (one target keeps gRPC's pick_first, which also moves to
+  another address of a name that resolves to several, and reconnects at the next call when the
+  server comes back);
 - retries of read-only calls that fail with UNAVAILABLE (a replica died with the call in flight):
   reads are safe to send again to another replica. Writes are not retried here: a write whose
   replica died may or may not have committed, and only the caller knows whether to send it again.
@@ -47,25 +49,26 @@ def _read_methods() -> list[dict[str, str]]:
     return names
 
 
-def service_config() -> str:
-    """The channel's service config: round-robin, and retries of reads on UNAVAILABLE."""
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": _read_methods(),
-                    "retryPolicy": {
-                        "maxAttempts": 5,
-                        "initialBackoff": "0.05s",
-                        "maxBackoff": "1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-        }
-    )
+def service_config(*, balanced: bool = True) -> str:
+    """The channel's service config: retries of reads on UNAVAILABLE, and with `balanced`
+    round-robin over the addresses (else gRPC's pick_first, which reconnects at the next call)."""
+    config: dict[str, Any] = {
+        "methodConfig": [
+            {
+                "name": _read_methods(),
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)
 
 
 def _split(hostport: str) -> tuple[str, int]:
@@ -95,15 +98,16 @@ def _addresses(host: str, port: int) -> list[str]:
 
 def resolve_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
     """The gRPC target and channel options for `target` (see the module docstring)."""
+    several = "," in target
     options: list[tuple[str, Any]] = [
-        ("grpc.service_config", service_config()),
+        ("grpc.service_config", service_config(balanced=several)),
         ("grpc.enable_retries", 1),
         # A replica that comes back is used again within seconds (gRPC's default backoff grows to
         # two minutes).
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 4000),
     ]
-    if "," not in target or "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
+    if not several or "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
         return target, options
     replicas = [_split(part) for part in target.split(",") if part.strip()]
     addresses = [a for host, port in replicas for a in _addresses(host, port)]
