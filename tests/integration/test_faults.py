@@ -13,7 +13,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -34,16 +33,10 @@ from foedus.client_sdk.errors import FoedusError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("psycopg")
 
-from test_agents import AgentLoop, request
+from test_agents import AgentLoop, free_port, request
 
 from foedus.client_sdk.agent.runtime import Agent, AgentConfig
 from foedus.oip.v2 import inference_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Traffic:

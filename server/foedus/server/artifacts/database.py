@@ -41,10 +41,7 @@ class DatabaseBlobStore(LocalBlobStore):
         self._clock = clock or (lambda: time.time_ns() // 1000)
 
     def writer(self) -> BlobWriter:
-        plain = super().writer()
-        path = plain.path
-        plain.abort()
-        return DatabaseBlobWriter(self, path)
+        return DatabaseBlobWriter(self, self.part_path())
 
     def persist(self, digest: str, path: Path, size: int) -> None:
         self._db.put_blob(digest, size, _chunks(path), self._clock())

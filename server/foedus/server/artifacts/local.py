@@ -91,8 +91,11 @@ class LocalBlobStore:
         return self._blobs / digest[:2] / digest
 
     def writer(self) -> BlobWriter:
-        name = f"{time.time_ns()}-{os.urandom(6).hex()}.part"
-        return BlobWriter(self, self._tmp / name)
+        return BlobWriter(self, self.part_path())
+
+    def part_path(self) -> Path:
+        """A fresh path for an upload in progress."""
+        return self._tmp / f"{time.time_ns()}-{os.urandom(6).hex()}.part"
 
     def exists(self, digest: str) -> bool:
         return self.path_of(digest).is_file()
