@@ -28,6 +28,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def raises_soon(
+    error: type[Exception], match: str, call: Callable[[], object], timeout: float = 10.0
+) -> None:
+    """Waits until `call` raises `error` (its message matching `match`). One server refuses at
+    once; replicas learn of a revoked key or a disabled tenant through a notification, a few
+    milliseconds later, so a call sent at once to another replica may still pass."""
+
+    def refused() -> bool:
+        try:
+            call()
+        except error:
+            return True
+        return False
+
+    wait_for(refused, timeout, f"{call!r} to raise {error.__name__}")
+    with pytest.raises(error, match=match):
+        call()
+
+
 def shared_data_dir() -> Path | None:
     """FOEDUS_DATA_DIR, else the nearest `shared/data` beside the repository or above it."""
     configured = os.environ.get("FOEDUS_DATA_DIR")

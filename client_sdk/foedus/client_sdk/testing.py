@@ -36,7 +36,8 @@ class LocalServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="foedus-test-")
             data_dir = self._tmp.name
         self.data_dir = Path(data_dir)
-        self._settings = settings
+        self.settings: dict[str, Any] = dict(settings)
+        """The ServerConfig fields this server was given (e.g. `db`, `artifact_store`)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="foedus-local-server", daemon=True
@@ -53,7 +54,7 @@ class LocalServer:
         from foedus.server.app import build_server
         from foedus.server.config import load_config
 
-        settings = {"listen": "127.0.0.1:0", **self._settings}
+        settings = {"listen": "127.0.0.1:0", **self.settings}
         config = load_config(env={}, data_dir=self.data_dir, **settings)
         if not self._thread.is_alive():
             self._thread = threading.Thread(
