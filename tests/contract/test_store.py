@@ -568,6 +568,49 @@ def test_labels_are_sequenced_per_deployment_and_scoped(store: SqlStore) -> None
     assert len(store.labels_after("acme", "prod", 0, 100)) == 4
 
 
+def test_old_labels_are_deleted_in_batches_and_sequences_not_reused(store: SqlStore) -> None:
+    _deployed(store)
+    _deployment(store, "beta")
+    old_first, _ = store.add_labels("acme", "prod", ["a1", "a2", "a3"], ["0", "1", "0"], 100)
+    store.add_labels("beta", "prod", ["b1", "b2"], ["1", "1"], 150)
+    newest = store.add_labels("acme", "prod", ["a4"], ["1"], 200)[1]
+    assert store.delete_labels_before(150, 2) == 2  # the oldest first, at most the limit
+    assert [r.request_id for r in store.labels_after("acme", "prod", 0, 100)] == ["a3", "a4"]
+    assert store.delete_labels_before(150, 2) == 1
+    assert store.delete_labels_before(150, 2) == 0  # nothing logged before 150 is left
+    assert [r.request_id for r in store.labels_after("beta", "prod", 0, 100)] == ["b1", "b2"]
+    # A cursor before the oldest kept label continues from what is there.
+    assert [r.request_id for r in store.labels_after("acme", "prod", old_first, 100)] == ["a4"]
+    # With every label gone, new ones still get sequences above every one handed out before, so
+    # a cursor past the deleted labels does not skip them.
+    assert store.delete_labels_before(1_000, 100) == 3
+    assert store.labels_after("acme", "prod", 0, 100) == []
+    first, _ = store.add_labels("acme", "prod", ["a5"], ["0"], 300)
+    assert first > newest
+    assert [r.request_id for r in store.labels_after("acme", "prod", newest, 100)] == ["a5"]
+
+
+def test_the_retention_sweep_deletes_every_label_past_the_retention_in_batches(store: SqlStore) -> None:
+    from foedus.server.monitoring.performance import DELETE_BATCH, PerformanceService
+    from foedus.server.tenancy.principal import Principal
+
+    _deployed(store)
+    day_us = 86_400 * 10**6
+    now = [100 * day_us]
+    old = DELETE_BATCH * 2 + 5
+    store.add_labels("acme", "prod", [f"o{i}" for i in range(old)], ["1"] * old, now[0] - 31 * day_us)
+    store.add_labels("acme", "prod", ["k1", "k2"], ["0", "1"], now[0] - 29 * day_us)
+    owner = Principal("k", Role.OWNER, "acme")
+    kept = PerformanceService(store, clock=lambda: now[0])  # retention 0: for ever
+    assert kept.expire_labels() == 0
+    sweep = PerformanceService(store, clock=lambda: now[0], retention_s=30 * 86_400)
+    assert sweep.expire_labels() == old
+    assert [r.request_id for r in sweep.pull_labels(owner, "prod", 0, 0)] == ["k1", "k2"]
+    now[0] += 2 * day_us
+    assert sweep.expire_labels() == 2
+    assert sweep.pull_labels(owner, "prod", 0, 0) == []
+
+
 def test_performance_counts_are_stored_once_and_read_by_window(store: SqlStore) -> None:
     from foedus.server.store.records import PerformanceRecord
 

@@ -82,7 +82,9 @@ def infer(stub: Any, deployment: str, row: np.ndarray, request_id: str) -> tuple
 class World:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.server = LocalServer(tmp / "server", latency_runs=3).start()
+        # Labels are kept 30 days (the default), swept often here: old labels are made by moving
+        # their log time back in the database (backdate).
+        self.server = LocalServer(tmp / "server", latency_runs=3, label_sweep_s=0.2).start()
         self.owner_key = self.server.create_tenant("acme")
         self.owner = Client.connect(self.server.target, api_key=self.owner_key)
         self.agent_key = self.owner.keys.create("agent", description="agents").secret
@@ -132,8 +134,28 @@ class World:
         return inference_pb2_grpc.GRPCInferenceServiceStub(channel)
 
     def restart_agent(self, deployment: str) -> Agent:
-        self.loop.call(self.agents.pop(deployment).stop())
+        self.stop_agent(deployment)
         return self.start_agent(deployment)
+
+    def stop_agent(self, deployment: str) -> None:
+        self.loop.call(self.agents.pop(deployment).stop())
+
+    def backdate_labels(self, first: int, last: int, days: float) -> None:
+        """Moves the log time of the labels with sequences first..last `days` into the past."""
+        from sqlalchemy import create_engine, update
+
+        from foedus.server.store.schema import labels
+
+        engine = create_engine(f"sqlite:///{self.server.data_dir / 'foedus.db'}")
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    update(labels)
+                    .where(labels.c.id.between(first, last))
+                    .values(logged_at_us=labels.c.logged_at_us - round(days * 86_400e6))
+                )
+        finally:
+            engine.dispose()
 
     def windows(self, deployment: str, **kwargs: Any) -> dict[int, performance_pb2.WindowPerformance]:
         resp = self.owner.monitoring.performance(deployment, **kwargs)
@@ -296,6 +318,56 @@ def test_regression_mae_and_rmse_equal_sklearn(world: World) -> None:
     )
     assert window.bias == pytest.approx(
         float(np.mean(np.asarray(predictions) - world.reg_y)), rel=1e-9, abs=1e-9
+    )
+
+
+def test_labels_past_the_retention_are_deleted_and_an_agent_continues_after_them(world: World) -> None:
+    world.owner.deployments.create("iris-kept", "iris", traffic={1: 1.0})
+    world.start_agent("iris-kept")
+    x, y = iris_data()
+    stub = world.stub("iris-kept")
+    predicted = [int(infer(stub, "iris-kept", x[i], f"k-{i}")[1][0][0]) for i in range(12)]
+
+    def logged(ids: range) -> tuple[int, int]:
+        resp = world.owner.monitoring.log_labels(
+            "iris-kept", [f"k-{i}" for i in ids], [int(y[i]) for i in ids]
+        )
+        return resp.first_sequence, resp.last_sequence
+
+    # The agent joins the first label, then stops; its cursor stays at that label's sequence.
+    logged(range(1))
+    world.wait_labelled("iris-kept", 1)
+    world.stop_agent("iris-kept")
+    # Labels logged 31 days ago are deleted by the sweep before the agent comes back.
+    world.backdate_labels(*logged(range(1, 6)), days=31)
+    wait_for(
+        lambda: [label.request_id for label in pulled_labels(world, "iris-kept")] == ["k-0"],
+        60,
+        "labels past the retention to be deleted",
+    )
+    # Labels logged 29 days ago and now are kept.
+    world.backdate_labels(*logged(range(6, 9)), days=29)
+    logged(range(9, 12))
+    # One more old label: once the sweep deleted it, it also saw (and kept) the newer ones.
+    world.backdate_labels(*logged(range(12, 13)), days=40)
+    wait_for(
+        lambda: "k-12" not in {label.request_id for label in pulled_labels(world, "iris-kept")},
+        60,
+        "the sweep after the newer labels",
+    )
+    assert [label.request_id for label in pulled_labels(world, "iris-kept")] == [
+        f"k-{i}" for i in (0, *range(6, 12))
+    ]
+    # The agent pulls from its cursor, before the oldest kept label: no error, and each kept
+    # label is counted once; the deleted ones never are.
+    agent = world.start_agent("iris-kept")
+    last = pulled_labels(world, "iris-kept")[-1].sequence
+    wait_for(lambda: agent.prediction_log.cursor >= last, 60, "the agent to pull the kept labels")
+    window = world.wait_labelled("iris-kept", 7)[1]
+    kept = [0, *range(6, 12)]
+    assert window.labelled == len(kept)
+    assert window.accuracy == pytest.approx(
+        skm.accuracy_score([int(y[i]) for i in kept], [predicted[i] for i in kept]), abs=EXACT
     )
 
 

@@ -133,3 +133,50 @@ def _sent(client: Client, points: list[tuple[str, float, int, int]], batch_id: s
     except ResourceExhausted:
         return False
     return True
+
+
+def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(tmp_path: Path) -> None:
+    import grpc
+    from foedus_testdata import iris_onnx
+
+    from foedus.client_sdk.errors import InvalidArgument
+    from foedus.v1 import agent_pb2, agent_pb2_grpc
+
+    with (
+        LocalServer(tenant_ingest_points_per_s=1.0, latency_runs=2) as server,  # bursts of 2 points
+        Client.connect(server.target, api_key=server.create_tenant("labeller")) as client,
+    ):
+        client.models.register("iris", iris_onnx(tmp_path), create_model=True)
+        client.deployments.create("d", "iris", traffic={1: 1.0})
+        agent_key = client.keys.create("agent").secret
+
+        def stored() -> list[str]:
+            with grpc.insecure_channel(server.target) as channel:
+                pull = agent_pb2_grpc.AgentServiceStub(channel).PullLabels
+                meta = (("authorization", f"Bearer {agent_key}"),)
+                resp = pull(agent_pb2.PullLabelsRequest(deployment="d"), metadata=meta)
+                return [label.request_id for label in resp.labels]
+
+        # A call over the bound is refused whole, before it takes from the limit.
+        with pytest.raises(InvalidArgument, match="at most 10000 labels per call"):
+            client.monitoring.log_labels("d", [f"x-{i}" for i in range(10_001)], [0] * 10_001)
+        assert client.monitoring.log_labels("d", ["a-0", "a-1"], [1, 0]).stored == 2  # the burst
+        # Labels and telemetry points take from one limit per tenant.
+        with pytest.raises(ResourceExhausted, match="over its ingest limit of 1 points per second"):
+            client.monitoring.log_batch("d", [("loss", 1.0, int(time.time() * 1000), 0)])
+        with pytest.raises(ResourceExhausted, match="over its ingest limit") as refused:
+            client.monitoring.log_labels("d", ["b-0", "b-1"], [0, 1])
+        assert "the call of 2 labels (2 points) was not stored" in refused.value.message
+        assert 0 < refused.value.retry_after_s <= 2.0
+        assert stored() == ["a-0", "a-1"]  # nothing of the refused call
+        time.sleep(refused.value.retry_after_s)
+
+        def sent() -> bool:
+            try:
+                client.monitoring.log_labels("d", ["b-0", "b-1"], [0, 1])
+            except ResourceExhausted:
+                return False
+            return True
+
+        wait_for(sent, 10.0, "the labels to be accepted after the wait")
+        assert stored() == ["a-0", "a-1", "b-0", "b-1"]

@@ -39,11 +39,16 @@ def test_bad_values_say_which_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tenant_burst"):
         load_config(env={}, tenant_burst=-2)
     assert load_config(env={"FOEDUS_TENANT_REQUESTS_PER_S": "50"}).tenant_requests_per_s == 50.0
-    for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s"):
+    for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s", "label_sweep_s"):
         for bad in ("0", "-5", "nan", "inf"):
             with pytest.raises(ConfigError, match=name):
                 load_config(env={f"FOEDUS_{name.upper()}": bad})
     assert load_config(env={"FOEDUS_ALERT_QUIET_S": "30"}).alert_quiet_s == 30.0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="label_retention_days"):
+            load_config(env={"FOEDUS_LABEL_RETENTION_DAYS": bad})
+    assert load_config(env={}).label_retention_days == 30.0
+    assert load_config(env={"FOEDUS_LABEL_RETENTION_DAYS": "0"}).label_retention_days == 0.0
 
 
 def test_plaintext_only_on_loopback_unless_allowed() -> None:

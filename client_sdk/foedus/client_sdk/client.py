@@ -708,8 +708,11 @@ class MonitoringAPI:
         Labels are classes (any value; numbers that are integers compare equal whatever their type)
         or, for a regression, true values. The agent that served a request joins its label with the
         prediction it kept on its own disk and reports counts only. The call is checked whole:
-        lengths must match, ids and labels must be non-empty, numbers finite; otherwise
-        InvalidArgument and nothing is stored. Returns how many were stored and their sequence numbers.
+        lengths must match, ids and labels must be non-empty, numbers finite, at most 10000 labels
+        per call; otherwise InvalidArgument and nothing is stored. Each label counts as one point
+        against the tenant's ingest limit: over it, ResourceExhausted (`retry_after_s` says when to
+        send the call again) and nothing is stored. Returns how many were stored and their
+        sequence numbers.
         """
         req = performance_pb2.LogLabelsRequest(
             deployment=deployment,

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,11 @@ class FoedusServer:
     incidents: IncidentService | None = None
     """Groups alerts into incidents; its sweep runs in the background."""
     webhooks: WebhookDispatcher | None = None
+    performance: PerformanceService | None = None
+    """Holds the delayed labels; its sweep deletes those past the retention."""
     background: bool = True
-    """Run background work (garbage collection); with several workers only the first one does."""
+    """Run background work (garbage collection, label retention); with several workers only the
+    first one does."""
     health_server: grpc.aio.Server | None = None
     """The plaintext listener that serves only grpc.health.v1 (config.health_listen)."""
     health_port: int = 0
@@ -109,12 +113,17 @@ class FoedusServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.background:
-            self._tasks.append(asyncio.create_task(self._collect_garbage()))
+            self._repeat(self.config.gc_interval_s, self._collect_garbage, "garbage collection")
+            performance = self.performance
+            if performance is not None and self.config.label_retention_days > 0:
+                self._repeat(
+                    self.config.label_sweep_s, lambda: self._expire_labels(performance), "label retention"
+                )
         # Every process runs the controller; a lease in the store lets one of them tick at a time.
         self._tasks.append(asyncio.create_task(self.controller.run()))
         if self.incidents is not None:
             # Every process sweeps: grouping and resolving are safe to run concurrently.
-            self._tasks.append(asyncio.create_task(self._sweep_incidents(self.incidents)))
+            self._repeat(self.incidents.settings.sweep_s, self.incidents.sweep, "the incident sweep")
         log.info("foedus control plane serving on %s (store: %s)", self.target, self.store.dialect)
 
     async def stop(self, grace: float | None = 5.0) -> None:
@@ -140,27 +149,33 @@ class FoedusServer:
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
-    async def _sweep_incidents(self, incidents: IncidentService) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(incidents.settings.sweep_s)
-            try:
-                await loop.run_in_executor(self.executor, incidents.sweep)
-            except Exception:
-                log.exception("the incident sweep failed")
+    def _repeat(self, interval_s: float, work: Callable[[], object], what: str) -> None:
+        """Runs `work` in the store's threads every `interval_s` until the server stops."""
 
-    async def _collect_garbage(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.config.gc_interval_s)
-            try:
-                removed = await loop.run_in_executor(
-                    self.executor, self.registry.collect_garbage, self.config.gc_grace_s
-                )
-                if removed:
-                    log.info("garbage collection removed %d unreferenced artifact file(s)", removed)
-            except Exception:
-                log.exception("garbage collection failed")
+        async def loop() -> None:
+            running = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await running.run_in_executor(self.executor, work)
+                except Exception:
+                    log.exception("%s failed", what)
+
+        self._tasks.append(asyncio.create_task(loop()))
+
+    def _collect_garbage(self) -> None:
+        removed = self.registry.collect_garbage(self.config.gc_grace_s)
+        if removed:
+            log.info("garbage collection removed %d unreferenced artifact file(s)", removed)
+
+    def _expire_labels(self, performance: PerformanceService) -> None:
+        removed = performance.expire_labels()
+        if removed:
+            log.info(
+                "label retention deleted %d label(s) older than %g days",
+                removed,
+                self.config.label_retention_days,
+            )
 
 
 def _service_names() -> list[str]:
@@ -253,7 +268,13 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         webhooks=webhooks,
     )
     monitoring = MonitoringService(store, on_alerts=incidents.group)
-    performance = PerformanceService(store)
+    # Telemetry points and labels count against one ingest limit per tenant.
+    ingest_limiter = (
+        RateLimiter(config.tenant_ingest_points_per_s) if config.tenant_ingest_points_per_s > 0 else None
+    )
+    performance = PerformanceService(
+        store, retention_s=config.label_retention_days * 86_400, ingest_limiter=ingest_limiter
+    )
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, runner), server
     )
@@ -264,9 +285,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             feed,
             runner,
             metrics=metrics,
-            ingest_limiter=RateLimiter(config.tenant_ingest_points_per_s)
-            if config.tenant_ingest_points_per_s > 0
-            else None,
+            ingest_limiter=ingest_limiter,
             performance=performance,
         ),
         server,
@@ -334,6 +353,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         feed=feed,
         incidents=incidents,
         webhooks=webhooks,
+        performance=performance,
         background=background,
         health_server=health_server,
         health_port=health_port,

@@ -78,8 +78,9 @@ class ServerConfig:
     """Calls a tenant may make at once above the rate; 0: twice the rate."""
     tenant_ingest_points_per_s: float = 0.0
     """Telemetry points per second each tenant's agents and SDK may send (intervals, alerts, metric
-    points and series values; bursts up to twice the rate); 0: unlimited. A batch over it is
-    refused with RESOURCE_EXHAUSTED and `retry-after-ms`, and agents send it again later."""
+    points and series values, and delayed labels, one point each; bursts up to twice the rate);
+    0: unlimited. A batch or LogLabels call over it is refused whole with RESOURCE_EXHAUSTED and
+    `retry-after-ms`, and agents send their batch again later."""
     tenant_max_models: int = 0
     """Models each tenant may have; 0: unlimited. Over it, RESOURCE_EXHAUSTED."""
     tenant_max_artifact_bytes: int = 0
@@ -91,6 +92,13 @@ class ServerConfig:
     """An open incident that no alert joined for this long is resolved by the server."""
     alert_sweep_s: float = 5.0
     """How often the server groups stray alerts and resolves quiet incidents."""
+    label_retention_days: float = 30.0
+    """Delayed labels older than this are deleted from the server (agents pull labels as they come,
+    so by then every running agent has joined them); 0: kept forever. An agent that comes back
+    after longer continues from the oldest label kept."""
+    label_sweep_s: float = 600.0
+    """How often labels past label_retention_days are deleted (in batches of 1000 rows, one
+    transaction each)."""
     otlp_endpoint: str = ""
     """OpenTelemetry collector (OTLP over gRPC), e.g. http://collector:4317, for traces and metrics;
     empty: OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. OTEL_SERVICE_NAME names the service
@@ -132,10 +140,12 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive")
         if not self.auth_cache_s >= 0:
             raise ConfigError("auth_cache_s must be >= 0")
-        for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s"):
+        for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s", "label_sweep_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds")
+        if not (math.isfinite(self.label_retention_days) and self.label_retention_days >= 0):
+            raise ConfigError("label_retention_days must be a number >= 0 (0: kept forever)")
         if not (math.isfinite(self.tenant_requests_per_s) and self.tenant_requests_per_s >= 0):
             raise ConfigError("tenant_requests_per_s must be a number >= 0 (0: unlimited)")
         if not (math.isfinite(self.tenant_ingest_points_per_s) and self.tenant_ingest_points_per_s >= 0):

@@ -77,7 +77,7 @@ def start(
         None,
         "--tenant-ingest-rate",
         min=0.0,
-        help="telemetry points per second each tenant may send [default 0: unlimited]",
+        help="telemetry points and labels per second each tenant may send [default 0: unlimited]",
     ),
     tenant_max_models: int | None = typer.Option(
         None, "--tenant-max-models", min=0, help="models each tenant may have [default 0: unlimited]"
@@ -87,6 +87,12 @@ def start(
         "--tenant-max-artifact-bytes",
         min=0,
         help="bytes of artifacts each tenant's versions may hold [default 0: unlimited]",
+    ),
+    label_retention_days: float | None = typer.Option(
+        None,
+        "--label-retention-days",
+        min=0.0,
+        help="days the server keeps delayed labels [env FOEDUS_LABEL_RETENTION_DAYS; default 30; 0: for ever]",
     ),
     alert_gap: float | None = typer.Option(
         None,
@@ -130,6 +136,7 @@ def start(
             tenant_ingest_points_per_s=tenant_ingest_rate,
             tenant_max_models=tenant_max_models,
             tenant_max_artifact_bytes=tenant_max_artifact_bytes,
+            label_retention_days=label_retention_days,
             alert_group_gap_s=alert_gap,
             alert_quiet_s=alert_quiet,
         )

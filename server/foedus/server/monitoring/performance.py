@@ -28,11 +28,14 @@ from foedus.server import validation
 from foedus.server.errors import InvalidArgument
 from foedus.server.store.base import Store
 from foedus.server.store.records import LabelRecord, PerformanceRecord
+from foedus.server.tenancy.limits import RateLimiter, take_ingest
 from foedus.server.tenancy.principal import Principal
 from foedus.server.tenancy.service import now_us
 
 MAX_LABELS = 10_000
 """Labels per LogLabels call."""
+DELETE_BATCH = 1_000
+"""Labels the retention sweep deletes per transaction."""
 MAX_ID = 256
 MAX_PULL = 5_000
 MAX_COUNTS = 10_000
@@ -132,9 +135,20 @@ class _Group:
 
 
 class PerformanceService:
-    def __init__(self, store: Store, *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], int] = now_us,
+        retention_s: float = 0.0,
+        ingest_limiter: RateLimiter | None = None,
+    ) -> None:
+        """`retention_s`: how long labels are kept (0: for ever); `ingest_limiter`: the tenants'
+        ingest limit, which every label counts against as one point."""
         self._store = store
         self._clock = clock
+        self._retention_us = round(retention_s * 1_000_000)
+        self._ingest_limiter = ingest_limiter
 
     def log_labels(
         self, caller: Principal, deployment: str, request_ids: Sequence[str], labels: Sequence[str]
@@ -163,8 +177,23 @@ class PerformanceService:
                 continue
             if not math.isfinite(number):
                 raise InvalidArgument(f"label #{i} (request {rid!r}) is {label!r}: labels must be finite")
+        take_ingest(self._ingest_limiter, tenant, len(labels), f"the call of {len(labels)} labels")
         first, last = self._store.add_labels(tenant, deployment, request_ids, labels, self._clock())
         return len(request_ids), first, last
+
+    def expire_labels(self) -> int:
+        """Deletes the labels logged longer than the retention ago, in batches of DELETE_BATCH
+        (one transaction each); returns how many. Agents' cursors stay valid: a cursor before
+        the oldest kept label pulls from there on."""
+        if not self._retention_us:
+            return 0
+        before = self._clock() - self._retention_us
+        removed = 0
+        while True:
+            n = self._store.delete_labels_before(before, DELETE_BATCH)
+            removed += n
+            if n < DELETE_BATCH:
+                return removed
 
     def pull_labels(
         self, caller: Principal, deployment: str, after: int, page_size: int

@@ -11,14 +11,14 @@ from foedus.client_sdk.agent.labels import totals_from_message
 from foedus.client_sdk.tracing import TENANT
 from foedus.server.deployments.feed import ChangeFeed
 from foedus.server.deployments.service import DeploymentService
-from foedus.server.errors import InvalidArgument, ResourceExhausted
+from foedus.server.errors import InvalidArgument
 from foedus.server.interceptors import current_call, current_principal
 from foedus.server.monitoring.performance import AgentCounts, PerformanceService
 from foedus.server.monitoring.service import MonitoringService, TelemetryBatch
 from foedus.server.observability import ControlPlaneMetrics
 from foedus.server.servicers import convert
 from foedus.server.servicers.base import BlockingRunner, ServicerBase
-from foedus.server.tenancy.limits import RateLimiter
+from foedus.server.tenancy.limits import RateLimiter, take_ingest
 from foedus.v1 import agent_pb2, agent_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -89,18 +89,8 @@ class AgentServicer(ServicerBase, agent_pb2_grpc.AgentServiceServicer):
         principal = current_principal()
         async for request in request_iterator:
             b = request.batch
-            if self._ingest_limiter is not None and principal.tenant is not None:
-                points = (
-                    len(b.intervals) + len(b.alerts) + len(b.metrics) + sum(len(s.values) for s in b.series)
-                )
-                wait = self._ingest_limiter.take(principal.tenant, points)
-                if wait > 0:
-                    raise ResourceExhausted(
-                        f"tenant {principal.tenant!r} is over its ingest limit of "
-                        f"{self._ingest_limiter.rate:g} points per second; batch {b.batch_id!r} "
-                        f"({points} points) was not stored: send it again in {wait:.2f} s",
-                        retry_after_s=wait,
-                    )
+            points = len(b.intervals) + len(b.alerts) + len(b.metrics) + sum(len(s.values) for s in b.series)
+            take_ingest(self._ingest_limiter, principal.tenant, points, f"batch {b.batch_id!r}")
             batch = TelemetryBatch(
                 batch_id=b.batch_id,
                 deployment=b.deployment,

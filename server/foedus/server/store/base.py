@@ -511,6 +511,11 @@ class Store(abc.ABC):
         """Labels of the deployment with a sequence above `after`, ascending, at most `limit`."""
 
     @abc.abstractmethod
+    def delete_labels_before(self, before_us: int, limit: int) -> int:
+        """Deletes at most `limit` labels of any deployment logged before `before_us`, oldest
+        first, in one transaction; returns how many. Sequences of deleted labels are not reused."""
+
+    @abc.abstractmethod
     def ingest_performance(
         self,
         tenant: str,

@@ -378,7 +378,8 @@ opt_ins = Table(
     Column("created_by", String(64), nullable=False),
 )
 
-# Delayed labels of a deployment's requests; `id` is the sequence agents pull them by.
+# Delayed labels of a deployment's requests; `id` is the sequence agents pull them by, never reused
+# once the retention sweep deleted the newest labels (AUTOINCREMENT on SQLite).
 labels = Table(
     "labels",
     metadata,
@@ -388,6 +389,8 @@ labels = Table(
     Column("label", String(256), nullable=False),
     Column("logged_at_us", BigInteger, nullable=False),
     Index("ix_labels_deployment", "deployment_id", "id"),
+    Index("ix_labels_logged_at", "logged_at_us"),
+    sqlite_autoincrement=True,
 )
 
 # Agents' additive performance counts per version, minute of prediction time and segment.

@@ -199,6 +199,16 @@ class SqlStore(Store):
             ).all()
         return [LabelRecord(r.id, r.request_id, r.label, r.logged_at_us) for r in rows]
 
+    def delete_labels_before(self, before_us: int, limit: int) -> int:
+        oldest = (
+            select(labels.c.id)
+            .where(labels.c.logged_at_us < before_us)
+            .order_by(labels.c.logged_at_us)
+            .limit(limit)
+        )
+        with self._write() as conn:
+            return conn.execute(delete(labels).where(labels.c.id.in_(oldest.scalar_subquery()))).rowcount
+
     def ingest_performance(
         self,
         tenant: str,

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from foedus.server.errors import ResourceExhausted
+
 
 class RateLimiter:
     """Token buckets by key (the tenant)."""
@@ -43,3 +45,17 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (need - tokens) / self.rate
+
+
+def take_ingest(limiter: RateLimiter | None, tenant: str | None, points: int, what: str) -> None:
+    """Takes `points` from the tenant's ingest limit (None: unlimited, or the admin); over it,
+    ResourceExhausted with the wait, and the caller stores nothing of `what`."""
+    if limiter is None or tenant is None:
+        return
+    wait = limiter.take(tenant, points)
+    if wait > 0:
+        raise ResourceExhausted(
+            f"tenant {tenant!r} is over its ingest limit of {limiter.rate:g} points per second; "
+            f"{what} ({points} points) was not stored: send it again in {wait:.2f} s",
+            retry_after_s=wait,
+        )
