@@ -2,10 +2,11 @@
 
 What runs, all on this machine:
 
-* `--replicas` (2) control-plane processes (`foedus server start`, default settings) on one fresh
-  PostgreSQL database (created next to `--postgres-url`, dropped at the end) and one shared data
-  directory (the artifact store). The first replica creates the admin key; the others start after
-  it listens.
+* `--replicas` (2) control-plane processes (`foedus server start --artifact-store database`,
+  otherwise default settings) on one fresh PostgreSQL database (created next to `--postgres-url`,
+  dropped at the end), which also holds the artifacts; each replica has a data directory of its
+  own (scratch and read cache). The first replica creates the admin key; the others read its key
+  file and start after it listens.
 * Setup through the SDK: `--tenants` (4) tenants, each with an agent key, one model with two
   versions (a logistic regression on iris as ONNX, with a reference profile) and
   `--deployments-per-tenant` (2) deployments serving {1: 0.9, 2: 0.1}.
@@ -813,6 +814,7 @@ def start_replica(index: int, data_dir: Path, db_url: str, log_dir: Path, timeou
     log_path = log_dir / f"replica-{index}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOEDUS_")}
     cmd = [str(FOEDUS_CLI), "server", "start", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"]
+    cmd += ["--artifact-store", "database"]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [*cmd, "--db", db_url],
@@ -904,11 +906,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
         models = write_models(work, 4)
         db_name = create_database(args.postgres_url)
         db_url = with_database(args.postgres_url, db_name)
-        log(f"database {db_name}; {args.replicas} replica(s), data dir {work / 'data'}")
+        log(f"database {db_name}; {args.replicas} replica(s), artifacts in the database")
         for i in range(args.replicas):
-            replicas.append(start_replica(i, work / "data", db_url, work))
+            data_dir = work / f"data-{i}"
+            if i > 0:
+                # The first replica created the admin key; the others read the same key file.
+                data_dir.mkdir()
+                (data_dir / "admin.key").write_text((work / "data-0" / "admin.key").read_text())
+            replicas.append(start_replica(i, data_dir, db_url, work))
             log(f"replica {i} listening on {replicas[-1].address} (pid {replicas[-1].proc.pid})")
-        admin_key = (work / "data" / "admin.key").read_text().strip()
+        admin_key = (work / "data-0" / "admin.key").read_text().strip()
         tenants = setup_tenants(
             replicas[0].address, admin_key, args.tenants, args.deployments_per_tenant, models
         )

@@ -12,6 +12,7 @@ import typer
 
 from foedus.client_sdk.cli.common import emit, globals_of, number, to_dict
 from foedus.client_sdk.cli.metrics import parse_duration
+from foedus.client_sdk.errors import FoedusError, ResourceExhausted
 
 app = typer.Typer(help="Delayed labels and per-version model performance.", no_args_is_help=True)
 
@@ -47,6 +48,10 @@ def _time(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
+LABELS_PER_CALL = 10_000
+"""The server's limit of labels in one LogLabels call; longer files go in several calls."""
+
+
 @app.command("log-labels")
 def log_labels(
     ctx: typer.Context,
@@ -56,21 +61,46 @@ def log_labels(
     """Logs true labels of answered requests from a CSV file (columns request_id,label).
 
     Labels are classes or, for a regression, true values; the agents join them with the
-    predictions they keep on their own hosts.
+    predictions they keep on their own hosts. A file of more than 10,000 labels goes in calls of
+    10,000, one after the other; a call over the tenant's ingest limit is sent again after the
+    wait the server names. A call that fails otherwise stops the upload: the calls before it are
+    stored (the message says how many rows), the rest is not.
     """
     with open(file, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and not {"request_id", "label"} <= set(rows[0]):
         raise typer.BadParameter("the CSV needs the columns request_id and label", param_hint="FILE")
+    stored, first, last = 0, 0, 0
     with globals_of(ctx).client() as client:
-        resp = client.monitoring.log_labels(
-            deployment, [r["request_id"] for r in rows], [r["label"] for r in rows]
-        )
-    emit(
-        ctx,
-        [{"stored": resp.stored, "first": resp.first_sequence, "last": resp.last_sequence}],
-        ("stored", "first", "last"),
-    )
+        for start in range(0, max(1, len(rows)), LABELS_PER_CALL):
+            chunk = rows[start : start + LABELS_PER_CALL]
+            try:
+                resp = _log_chunk(client, deployment, chunk)
+            except FoedusError as exc:
+                if start:
+                    exc.message = f"{exc.message} (rows 1-{start} were stored; none after)"
+                raise
+            stored += resp.stored
+            first = first or resp.first_sequence
+            last = resp.last_sequence or last
+            if len(rows) > LABELS_PER_CALL:
+                typer.echo(f"{start + len(chunk):,}/{len(rows):,} labels sent", err=True)
+    emit(ctx, [{"stored": stored, "first": first, "last": last}], ("stored", "first", "last"))
+
+
+def _log_chunk(client: Any, deployment: str, rows: list[dict[str, str]]) -> Any:
+    """One LogLabels call, sent again while the tenant is over its ingest limit (nothing of a
+    refused call is stored)."""
+    while True:
+        try:
+            return client.monitoring.log_labels(
+                deployment, [r["request_id"] for r in rows], [r["label"] for r in rows]
+            )
+        except ResourceExhausted as exc:
+            if exc.retry_after_s <= 0:
+                raise
+            typer.echo(f"over the ingest limit; sending again in {exc.retry_after_s:.1f} s", err=True)
+            time.sleep(exc.retry_after_s)
 
 
 @app.command("report")
