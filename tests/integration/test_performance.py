@@ -458,3 +458,20 @@ def test_cli_logs_labels_from_a_csv_file(
     bad.write_text("id,truth\ncli-3,1\n")
     code, _, err = run_cli(capsys, *base, "performance", "log-labels", "credit", str(bad))
     assert code != 0 and "request_id" in err
+
+
+def test_cli_sends_a_long_label_file_in_several_calls(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from foedus.client_sdk.cli.performance import LABELS_PER_CALL
+
+    count = 2 * LABELS_PER_CALL + 1
+    path = tmp_path / "many.csv"
+    path.write_text("request_id,label\n" + "".join(f"bulk-{i},{i % 2}\n" for i in range(count)))
+    before = world.owner.monitoring.log_labels("credit", ["bulk-before"], [0]).last_sequence
+    base = ("--server", world.server.target, "--api-key", world.owner_key, "--output", "json")
+    code, out, err = run_cli(capsys, *base, "performance", "log-labels", "credit", str(path))
+    assert code == 0, err
+    assert f'"stored": {count}' in out
+    assert f'"first": {before + 1}' in out and f'"last": {before + count}' in out
+    assert f"{count:,}/{count:,} labels sent" in err

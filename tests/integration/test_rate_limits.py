@@ -180,3 +180,28 @@ def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(tmp_path: P
 
         wait_for(sent, 10.0, "the labels to be accepted after the wait")
         assert stored() == ["a-0", "a-1", "b-0", "b-1"]
+
+
+def test_the_cli_waits_out_the_ingest_limit_between_label_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from foedus_testdata import iris_onnx
+    from testkit import run_cli
+
+    from foedus.client_sdk.cli.performance import LABELS_PER_CALL
+
+    # 2,000 points/s, a burst of 4,000: the first call of 10,000 is granted from the full bucket and
+    # leaves it 6,000 in debt, so the second is refused until about 5 s later, then sent again.
+    with LocalServer(tenant_ingest_points_per_s=2_000.0, latency_runs=2) as server:
+        key = server.create_tenant("labeller")
+        with Client.connect(server.target, api_key=key) as client:
+            client.models.register("iris", iris_onnx(tmp_path), create_model=True)
+            client.deployments.create("d", "iris", traffic={1: 1.0})
+        count = 2 * LABELS_PER_CALL
+        path = tmp_path / "labels.csv"
+        path.write_text("request_id,label\n" + "".join(f"r-{i},{i % 3}\n" for i in range(count)))
+        base = ("--server", server.target, "--api-key", key, "--output", "json")
+        code, out, err = run_cli(capsys, *base, "performance", "log-labels", "d", str(path))
+    assert code == 0, err
+    assert f'"stored": {count}' in out
+    assert "over the ingest limit; sending again in" in err
