@@ -4,7 +4,7 @@ the agents' hosts, metrics compared with scikit-learn's on the same predictions.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,9 @@ def infer(stub: Any, deployment: str, row: np.ndarray, request_id: str) -> tuple
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, make_server: Callable[..., LocalServer]) -> None:
         self.tmp = tmp
-        self.server = LocalServer(tmp / "server", latency_runs=3).start()
+        self.server = make_server(tmp / "server", latency_runs=3)
         self.owner_key = self.server.create_tenant("acme")
         self.owner = Client.connect(self.server.target, api_key=self.owner_key)
         self.agent_key = self.owner.keys.create("agent", description="agents").secret
@@ -158,8 +158,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World(tmp_path_factory.mktemp("performance"))
+def world(
+    tmp_path_factory: pytest.TempPathFactory, make_server: Callable[..., LocalServer]
+) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("performance"), make_server)
     try:
         yield w
     finally:
