@@ -28,15 +28,20 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy -p foedus.server -p foedus.client_sdk -p foedus.federation -p foedus.v1 -p foedus.oip.v2
 
-# The integration tests that speak only the public API run a second time against two replicas on
-# one PostgreSQL database (skipped with the reason when PostgreSQL is not reachable).
+# The integration tests of the control plane run a second time against two replicas on one
+# PostgreSQL database (skipped with the reason when PostgreSQL is not reachable), all but those
+# marked slow; a test that needs one server process skips itself there and says why.
 REPLICA_TESTS = tests/integration/test_registry.py tests/integration/test_deployments_sdk.py \
 	tests/integration/test_access.py tests/integration/test_cli.py \
-	tests/integration/test_cli_deployments.py tests/integration/test_cli_rollouts.py
+	tests/integration/test_cli_deployments.py tests/integration/test_cli_rollouts.py \
+	tests/integration/test_agents.py tests/integration/test_alerts_watch.py \
+	tests/integration/test_drift_reports.py tests/integration/test_incidents.py \
+	tests/integration/test_performance.py tests/integration/test_rollout_strategies.py \
+	tests/integration/test_federation_delivery.py tests/integration/test_rate_limits.py
 
 pytest: venv
 	$(PY) -m pytest -q
-	$(PY) -m pytest -q --replicas $(REPLICA_TESTS)
+	$(PY) -m pytest -q --replicas -m "not slow" $(REPLICA_TESTS)
 
 ## proto: regenerate foedus.v1 from proto/foedus/v1/*.proto with the pinned generators
 proto: venv

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,21 +78,36 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
-    """One server on SQLite; with --replicas two replicas on one PostgreSQL database, which the
-    tests use through the same interface (target, create_tenant, client, admin_key, data_dir)."""
-    if not request.config.getoption("--replicas"):
-        with LocalServer(latency_runs=5) as srv:
-            yield srv
-        return
-    reason = _postgres_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with (
-        fresh_database(POSTGRES_URL) as url,
-        ReplicaSet(2, db=url, artifact_store="database", latency_runs=5) as replicas,
-    ):
-        yield replicas  # type: ignore[misc]  # the same interface, for the tests' purposes
+def make_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalServer]]:
+    """`make_server(data_dir=None, **settings)` starts a server with these ServerConfig settings:
+    one LocalServer on SQLite; with --replicas a ReplicaSet of two replicas with the same settings
+    on a fresh PostgreSQL database, artifacts in the database. The tests use either through the same
+    interface (target, admin_key, create_tenant, client, data_dir, settings, store, halt, start).
+    `listen` applies to the single server only: replicas keep ports of their own, so a halted set
+    starts again at the same addresses. What still runs at the module's end is stopped then, and
+    the databases are dropped."""
+    replicas = request.config.getoption("--replicas")
+    if replicas:
+        reason = _postgres_reason()
+        if reason is not None:
+            pytest.skip(reason)
+    with contextlib.ExitStack() as stack:
+
+        def make(data_dir: str | Path | None = None, **settings: Any) -> LocalServer:
+            if not replicas:
+                return stack.enter_context(LocalServer(data_dir, **settings))
+            url = stack.enter_context(fresh_database(POSTGRES_URL))
+            settings.pop("listen", None)
+            servers = ReplicaSet(2, data_dir, db=url, artifact_store="database", **settings)
+            return stack.enter_context(servers)  # type: ignore[return-value]  # the same interface
+
+        yield make
+
+
+@pytest.fixture(scope="module")
+def server(make_server: Callable[..., LocalServer]) -> LocalServer:
+    """One server on SQLite; with --replicas two replicas on one PostgreSQL database."""
+    return make_server(latency_runs=5)
 
 
 @pytest.fixture

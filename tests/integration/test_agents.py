@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,9 @@ def request(x: np.ndarray) -> inference_pb2.ModelInferRequest:
 
 
 class Setup:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.server = LocalServer(tmp / "server", listen=f"127.0.0.1:{self.port}", latency_runs=3).start()
+    def __init__(self, tmp: Path, make_server: Callable[..., LocalServer]) -> None:
+        # A fixed port, so that the server halted and started again is back where agents look for it.
+        self.server = make_server(tmp / "server", listen=f"127.0.0.1:{free_port()}", latency_runs=3)
         owner = self.server.create_tenant("acme")
         self.owner = Client.connect(self.server.target, api_key=owner)
         d = tmp / "models"
@@ -143,8 +143,8 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
+def setup(tmp_path: Path, make_server: Callable[..., LocalServer]) -> Iterator[Setup]:
+    s = Setup(tmp_path, make_server)
     try:
         yield s
     finally:
@@ -185,6 +185,7 @@ def test_version_switches_under_load_fail_no_request(setup: Setup) -> None:
     wait_for(lambda: setup.served_requests() == sent[0], 30, f"{sent[0]} requests in telemetry")
 
 
+@pytest.mark.slow
 def test_control_plane_outage_loses_and_duplicates_nothing(setup: Setup) -> None:
     x, _ = iris_data()
     sent = 0
@@ -243,7 +244,7 @@ def test_status_shows_agents_latency_and_feature_counts(setup: Setup) -> None:
     assert v1.errors == 0
     assert 0 < v1.latency_p50_ms <= v1.latency_p99_ms
     # inputs were counted on the reference profile's bins: every row of every feature, nothing raw
-    store = setup.server._server.store
+    store = setup.server.store
     rows = store.query_intervals("acme", "iris-prod", 1, 0, 2**62)
     per_feature: dict[str, int] = {}
     for row in rows:
@@ -307,6 +308,7 @@ def test_sigkilled_agent_delivers_what_it_queued_once(setup: Setup, tmp_path: Pa
             agent.kill()
 
 
+@pytest.mark.slow
 def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tmp_path: Path) -> None:
     from foedus_testdata import distance_scorer_onnx, resource_predictor_onnx, slow_iris_onnx
 
@@ -393,7 +395,7 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
     assert alert.alert.top, "the alert carries its top contributing metrics"
     assert alert.alert.top[0].metric in ("latency_p50_ms", "latency_p99_ms")
     # the resource predictor's outputs arrive as scores of the agent's intervals
-    rows = [r for r in setup.server._server.store.query_intervals("acme", "iris-prod", None, 0, 2**62)]
+    rows = [r for r in setup.server.store.query_intervals("acme", "iris-prod", None, 0, 2**62)]
     predicted = [r for r in rows if r.agent == "ops-agent" and "memory_p90_next" in r.scores]
     assert predicted
     for r in predicted:
@@ -403,6 +405,7 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
         assert "cpu_p90_next" in r.scores
 
 
+@pytest.mark.slow
 def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> None:
     """The anomaly model (windowed autoencoder) and the resource model, trained with torch and
     exported to ONNX by foedus.federation, are registered, assigned and run by a real agent; the
@@ -470,7 +473,7 @@ def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> No
 
     def scored() -> bool:
         stub.ModelInfer(request(x[:2]), timeout=10)
-        store = setup.server._server.store
+        store = setup.server.store
         found = [
             r for r in store.query_intervals("acme", "iris-prod", None, 0, 2**62) if r.agent == "ops-agent"
         ]

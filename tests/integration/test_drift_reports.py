@@ -13,7 +13,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ INTERVAL_S = 0.3
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
-        self.server = LocalServer(tmp / "server", latency_runs=3).start()
+    def __init__(self, tmp: Path, make_server: Callable[..., LocalServer]) -> None:
+        self.server = make_server(tmp / "server", latency_runs=3)
         self.key = self.server.create_tenant("acme")
         self.client = Client.connect(self.server.target, api_key=self.key)
         models = tmp / "models"
@@ -103,8 +103,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+def rig(tmp_path: Path, make_server: Callable[..., LocalServer]) -> Iterator[Rig]:
+    r = Rig(tmp_path, make_server)
     try:
         yield r
     finally:

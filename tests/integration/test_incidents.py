@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,9 +242,8 @@ def test_explain_traces_a_release_that_starts_alerting_inside_an_open_incident(
 
 # --- a server that resolves quiet incidents within a second ----------------------------------------
 @pytest.fixture(scope="module")
-def quick_server() -> Iterator[LocalServer]:
-    with LocalServer(latency_runs=5, alert_quiet_s=1.0, alert_sweep_s=0.2) as srv:
-        yield srv
+def quick_server(make_server: Callable[..., LocalServer]) -> LocalServer:
+    return make_server(latency_runs=5, alert_quiet_s=1.0, alert_sweep_s=0.2)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ the agents' hosts, metrics compared with scikit-learn's on the same predictions.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +80,11 @@ def infer(stub: Any, deployment: str, row: np.ndarray, request_id: str) -> tuple
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, make_server: Callable[..., LocalServer]) -> None:
         self.tmp = tmp
         # Labels are kept 30 days (the default), swept often here: old labels are made by moving
         # their log time back in the database (backdate).
-        self.server = LocalServer(tmp / "server", latency_runs=3, label_sweep_s=0.2).start()
+        self.server = make_server(tmp / "server", latency_runs=3, label_sweep_s=0.2)
         self.owner_key = self.server.create_tenant("acme")
         self.owner = Client.connect(self.server.target, api_key=self.owner_key)
         self.agent_key = self.owner.keys.create("agent", description="agents").secret
@@ -142,20 +142,16 @@ class World:
 
     def backdate_labels(self, first: int, last: int, days: float) -> None:
         """Moves the log time of the labels with sequences first..last `days` into the past."""
-        from sqlalchemy import create_engine, update
+        from sqlalchemy import update
 
         from foedus.server.store.schema import labels
 
-        engine = create_engine(f"sqlite:///{self.server.data_dir / 'foedus.db'}")
-        try:
-            with engine.begin() as conn:
-                conn.execute(
-                    update(labels)
-                    .where(labels.c.id.between(first, last))
-                    .values(logged_at_us=labels.c.logged_at_us - round(days * 86_400e6))
-                )
-        finally:
-            engine.dispose()
+        with self.server.store.engine.begin() as conn:
+            conn.execute(
+                update(labels)
+                .where(labels.c.id.between(first, last))
+                .values(logged_at_us=labels.c.logged_at_us - round(days * 86_400e6))
+            )
 
     def windows(self, deployment: str, **kwargs: Any) -> dict[int, performance_pb2.WindowPerformance]:
         resp = self.owner.monitoring.performance(deployment, **kwargs)
@@ -180,8 +176,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World(tmp_path_factory.mktemp("performance"))
+def world(
+    tmp_path_factory: pytest.TempPathFactory, make_server: Callable[..., LocalServer]
+) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("performance"), make_server)
     try:
         yield w
     finally:

@@ -5,7 +5,7 @@ what would pass them, before any upload."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,19 @@ from foedus.client_sdk.errors import ResourceExhausted
 from foedus.client_sdk.testing import LocalServer
 from foedus.server.tenancy.limits import RateLimiter
 
+PER_PROCESS = (
+    "rate buckets are kept per server process (see the README), so two replicas allow twice the rate"
+)
+
+
+def single_server(request: pytest.FixtureRequest) -> None:
+    if request.config.getoption("--replicas"):
+        pytest.skip(PER_PROCESS)
+
 
 @pytest.fixture(scope="module")
-def limited() -> Iterator[LocalServer]:
+def limited(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    single_server(request)
     with LocalServer(tenant_requests_per_s=2.0, tenant_burst=3) as server:
         yield server
 
@@ -71,33 +81,37 @@ def test_token_bucket() -> None:
         RateLimiter(0.0)
 
 
-def test_quotas_on_models_and_artifact_bytes(tmp_path: Path) -> None:
+def test_quotas_on_models_and_artifact_bytes(tmp_path: Path, make_server: Callable[..., LocalServer]) -> None:
     from foedus_testdata import iris_onnx
 
     artifact = iris_onnx(tmp_path)
     size = artifact.stat().st_size
-    with LocalServer(tenant_max_models=2, tenant_max_artifact_bytes=3 * size, latency_runs=2) as server:
-        key = server.create_tenant("small")
-        with Client.connect(server.target, api_key=key) as client:
-            client.models.register("a", artifact, create_model=True)
-            client.models.create("b")
-            with pytest.raises(ResourceExhausted, match="has 2 models, its quota is 2"):
-                client.models.create("c")
-            with pytest.raises(ResourceExhausted, match="quota is 2"):
-                client.models.register("c", artifact, create_model=True)
-            client.models.register("a", artifact)  # new versions of existing models still fit
-            client.models.register("b", artifact)
-            with pytest.raises(ResourceExhausted, match=f"quota of {3 * size} bytes"):
-                client.models.register("a", artifact)
-            assert [m.name for m in client.models.list()] == ["a", "b"]  # nothing half-made
-            assert [v.version for v in client.models.versions("a")] == [2, 1]
-        other = server.create_tenant("other")  # quotas are per tenant
-        with Client.connect(server.target, api_key=other) as client:
-            client.models.register("a", artifact, create_model=True)
+    server = make_server(tenant_max_models=2, tenant_max_artifact_bytes=3 * size, latency_runs=2)
+    key = server.create_tenant("small")
+    with Client.connect(server.target, api_key=key) as client:
+        client.models.register("a", artifact, create_model=True)
+        client.models.create("b")
+        with pytest.raises(ResourceExhausted, match="has 2 models, its quota is 2"):
+            client.models.create("c")
+        with pytest.raises(ResourceExhausted, match="quota is 2"):
+            client.models.register("c", artifact, create_model=True)
+        client.models.register("a", artifact)  # new versions of existing models still fit
+        client.models.register("b", artifact)
+        with pytest.raises(ResourceExhausted, match=f"quota of {3 * size} bytes"):
+            client.models.register("a", artifact)
+        assert [m.name for m in client.models.list()] == ["a", "b"]  # nothing half-made
+        assert [v.version for v in client.models.versions("a")] == [2, 1]
+    other = server.create_tenant("other")  # quotas are per tenant
+    with Client.connect(server.target, api_key=other) as client:
+        client.models.register("a", artifact, create_model=True)
 
 
-def test_ingest_over_the_tenants_points_per_second_is_refused_and_not_stored(tmp_path: Path) -> None:
+def test_ingest_over_the_tenants_points_per_second_is_refused_and_not_stored(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     import uuid
+
+    single_server(request)
 
     from foedus_testdata import iris_onnx
 

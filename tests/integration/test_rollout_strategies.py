@@ -11,7 +11,7 @@ import csv
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,8 +141,8 @@ class SimAgent:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
-        self.server = LocalServer(tmp / "server", latency_runs=5, rollout_tick_s=TICK_S).start()
+    def __init__(self, tmp: Path, make_server: Callable[..., LocalServer]) -> None:
+        self.server = make_server(tmp / "server", latency_runs=5, rollout_tick_s=TICK_S)
         self.key = self.server.create_tenant("acme")
         self.client = Client.connect(self.server.target, api_key=self.key)
         self.agent_key = self.client.keys.create("agent").secret
@@ -186,8 +186,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
+def world(tmp_path: Path, make_server: Callable[..., LocalServer]) -> Iterator[World]:
+    w = World(tmp_path, make_server)
     try:
         yield w
     finally:

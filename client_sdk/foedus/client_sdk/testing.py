@@ -94,6 +94,13 @@ class LocalServer:
             asyncio.run_coroutine_threadsafe(self._server.stop(grace=1.0), self._loop).result(timeout=30)
             self._server = None
 
+    @property
+    def store(self) -> Any:
+        """The running server's store, for tests that look at what was stored."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server.store
+
     def client(self, api_key: str | None = None) -> Client:
         """A client with the given key (default: the platform admin key)."""
         return Client.connect(self.target, api_key=api_key or self.admin_key, tls=self.client_tls)
@@ -121,23 +128,45 @@ def _free_port() -> int:
 class ReplicaSet:
     """Several in-process servers on one database, as replicas of one control plane: `target` lists
     them all (`ipv4:HOST:PORT,HOST:PORT`), so clients and agents spread their calls over the replicas and
-    fail over between them. Each replica has a data directory of its own (give `db`, a PostgreSQL
-    URL, and usually `artifact_store="database"`) and a fixed port: `replicas[i].halt()` takes one
-    away, `replicas[i].start()` brings it back at the same address.
+    fail over between them. Give `db`, a PostgreSQL URL, and usually `artifact_store="database"`.
+
+    Each replica has a data directory of its own (`DATA_DIR/replica-N` when `data_dir` is given,
+    else a temporary one) and a fixed port: `replicas[i].halt()` takes one away, `replicas[i].start()`
+    brings it back at the same address; `halt()` and `start()` do so for all of them. Otherwise it
+    offers what LocalServer does (`target`, `admin_key`, `client()`, `create_tenant()`, `data_dir`,
+    `settings`, `store`), so a test can take either.
 
         with ReplicaSet(2, db=postgres_url, artifact_store="database") as servers:
             key = servers.create_tenant("acme")
             with Client.connect(servers.target, api_key=key) as client: ...
     """
 
-    def __init__(self, count: int = 2, *, client_tls: TlsConfig | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        count: int = 2,
+        data_dir: str | Path | None = None,
+        *,
+        client_tls: TlsConfig | None = None,
+        **settings: Any,
+    ) -> None:
+        """`settings` are ServerConfig fields, the same for every replica; not `listen`: each
+        replica listens on a free port of 127.0.0.1 of its own, kept across `halt()` and `start()`."""
         if count < 1:
             raise ValueError("a replica set needs at least one replica")
+        if "listen" in settings:
+            raise ValueError("each replica listens on a port of its own; a ReplicaSet picks them")
         self.client_tls = client_tls
+        self.settings: dict[str, Any] = dict(settings)
+        """The ServerConfig fields every replica was given (e.g. `db`, `artifact_store`)."""
         # Fixed ports, so that a replica halted and started again is back where clients look for it.
         self.replicas = [
-            LocalServer(client_tls=client_tls, **{"listen": f"127.0.0.1:{_free_port()}", **settings})
-            for _ in range(count)
+            LocalServer(
+                None if data_dir is None else Path(data_dir) / f"replica-{i}",
+                client_tls=client_tls,
+                listen=f"127.0.0.1:{_free_port()}",
+                **settings,
+            )
+            for i in range(count)
         ]
         self.target = ""
         self.admin_key = ""
@@ -147,11 +176,18 @@ class ReplicaSet:
         """The first replica's data directory (the one that created the admin key)."""
         return self.replicas[0].data_dir
 
+    @property
+    def store(self) -> Any:
+        """The first replica's store: all of them read and write the same database."""
+        return self.replicas[0].store
+
     def start(self) -> ReplicaSet:
+        """Starts the replicas (again, after `halt()`: at the same addresses)."""
         first, *others = self.replicas
         first.start()
         for replica in others:
             # The admin key exists in the database now; the others read the same file.
+            replica.data_dir.mkdir(parents=True, exist_ok=True)
             (replica.data_dir / "admin.key").write_text(first.admin_key + "\n")
             replica.start()
         self.admin_key = first.admin_key
@@ -159,14 +195,22 @@ class ReplicaSet:
         self.target = "ipv4:" + ",".join(replica.target for replica in self.replicas)
         return self
 
+    def halt(self) -> None:
+        """Stops every replica but keeps their data directories and ports: a whole control plane
+        outage, which `start()` ends."""
+        for replica in self.replicas:
+            replica.halt()
+
     def stop(self) -> None:
         for replica in self.replicas:
             replica.stop()
 
     def client(self, api_key: str | None = None) -> Client:
+        """A client of all replicas with the given key (default: the platform admin key)."""
         return Client.connect(self.target, api_key=api_key or self.admin_key, tls=self.client_tls)
 
     def create_tenant(self, name: str) -> str:
+        """Creates a tenant and returns the secret of its first owner key."""
         with self.client() as admin:
             return admin.tenants.create(name).owner_key_secret
 
