@@ -149,7 +149,10 @@ def _sent(client: Client, points: list[tuple[str, float, int, int]], batch_id: s
     return True
 
 
-def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(tmp_path: Path) -> None:
+def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    single_server(request)
     import grpc
     from foedus_testdata import iris_onnx
 
@@ -197,8 +200,9 @@ def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(tmp_path: P
 
 
 def test_the_cli_waits_out_the_ingest_limit_between_label_calls(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
+    single_server(request)
     from foedus_testdata import iris_onnx
     from testkit import run_cli
 
