@@ -429,6 +429,61 @@ def test_counts_only_interval_queries_leave_the_drift_counts_out(store: SqlStore
     assert lean == dataclasses.replace(full, features=[], predictions=None)
 
 
+def test_status_and_metric_series_add_up_the_streamed_intervals(store: SqlStore) -> None:
+    from foedus.server.monitoring.service import MonitoringService
+    from foedus.server.store import IntervalRecord
+    from foedus.server.store.records import Role
+    from foedus.server.tenancy.principal import Principal
+
+    _deployed(store)
+    now_ms = 10_000_000
+    rows = [
+        IntervalRecord(
+            agent="a",
+            version=1 + i % 2,
+            start_ms=now_ms - 200_000 + i * 100,
+            duration_ms=100,
+            shadow=i % 3 == 2,
+            requests=10 + i % 7,
+            errors=i % 2,
+            invalid=int(i % 5 == 0),
+            latency={},
+            predictions=None,
+            features=[],
+            resources={"cpu": float(i % 10)},
+            scores={"anomaly": float(i % 13 + i // 100)},
+        )
+        for i in range(600)  # more than one batch of streamed rows
+    ]
+    store.ingest_telemetry("acme", "prod", "a", "b1", rows, [], [], 1)
+    streamed = list(store.stream_intervals("acme", "prod", None, 0, now_ms))
+    assert streamed == store.query_intervals("acme", "prod", None, 0, now_ms, counts_only=True)
+    assert [r.version for r in store.stream_intervals("acme", "prod", 2, 0, now_ms)] == [2] * 300
+
+    service = MonitoringService(store, clock=lambda: now_ms * 1000)
+    owner = Principal("k", Role.OWNER, "acme")
+    _, _, stats = service.status(owner, "prod", 300)
+    for s in stats:  # per version, served and shadow apart
+        group = [r for r in rows if (r.version, r.shadow) == (s.version, s.shadow)]
+        assert (s.requests, s.errors, s.invalid) == (
+            sum(r.requests for r in group),
+            sum(r.errors for r in group),
+            sum(r.invalid for r in group),
+        )
+        assert s.max_anomaly_score == max(r.scores["anomaly"] for r in group)
+    assert sorted((s.version, s.shadow) for s in stats) == [(1, False), (1, True), (2, False), (2, True)]
+
+    start = now_ms - 200_000
+    series = dict(service.query(owner, "prod", "requests", 0, start, now_ms, 10))
+    cpu = dict(service.query(owner, "prod", "cpu", 0, start, now_ms, 10))
+    for step in range(6):  # 100 intervals a step; shadow traffic stays out of the counts
+        in_step = rows[step * 100 : (step + 1) * 100]
+        t = start + step * 10_000
+        assert series[t] == sum(r.requests for r in in_step if not r.shadow)
+        assert cpu[t] == pytest.approx(sum(r.resources["cpu"] for r in in_step) / len(in_step))
+    assert len(series) == 6
+
+
 def test_leases_are_exclusive_until_they_expire(store: SqlStore) -> None:
     assert store.acquire_lease("controller", "a", now_us=100, ttl_us=50)
     assert not store.acquire_lease("controller", "b", now_us=120, ttl_us=50)

@@ -247,29 +247,26 @@ class MonitoringService:
         window_ms = (window_s or 300) * 1000
         deployment = self._store.get_deployment(tenant, name)
         end_ms = self._clock() // 1000 + 1
-        rows = self._store.query_intervals(tenant, name, None, end_ms - window_ms, end_ms, counts_only=True)
-        groups: dict[tuple[int, bool], list[IntervalRecord]] = {}
-        for row in rows:
-            groups.setdefault((row.version, row.shadow), []).append(row)
+        groups: dict[tuple[int, bool], _Totals] = {}
+        for row in self._store.stream_intervals(tenant, name, None, end_ms - window_ms, end_ms):
+            totals = groups.get((row.version, row.shadow))
+            if totals is None:
+                totals = groups[(row.version, row.shadow)] = _Totals()
+            totals.add(row)
         stats = []
-        for (version, shadow), items in sorted(groups.items()):
-            hist = LatencyHistogram()
-            for item in items:
-                hist.merge(_histogram(item.latency))
-            requests = sum(i.requests for i in items)
-            errors = sum(i.errors for i in items)
+        for (version, shadow), t in sorted(groups.items()):
             stats.append(
                 VersionStats(
                     version=version,
                     shadow=shadow,
-                    requests=requests,
-                    errors=errors,
-                    invalid=sum(i.invalid for i in items),
-                    error_rate=errors / requests if requests else 0.0,
-                    latency_p50_ms=hist.quantile(0.5) if hist.count else 0.0,
-                    latency_p99_ms=hist.quantile(0.99) if hist.count else 0.0,
-                    requests_per_s=requests / (window_ms / 1000.0),
-                    max_anomaly_score=max((i.scores.get("anomaly", 0.0) for i in items), default=0.0),
+                    requests=t.requests,
+                    errors=t.errors,
+                    invalid=t.invalid,
+                    error_rate=t.errors / t.requests if t.requests else 0.0,
+                    latency_p50_ms=t.latency.quantile(0.5) if t.latency.count else 0.0,
+                    latency_p99_ms=t.latency.quantile(0.99) if t.latency.count else 0.0,
+                    requests_per_s=t.requests / (window_ms / 1000.0),
+                    max_anomaly_score=t.max_anomaly,
                 )
             )
         return deployment, self._store.list_agents(tenant, name), stats
@@ -303,12 +300,14 @@ class MonitoringService:
             for p in logged:
                 buckets.setdefault(start_ms + (p.time_ms - start_ms) // step_ms * step_ms, []).append(p.value)
             return [(t, float(np.mean(v))) for t, v in sorted(buckets.items())]  # type: ignore[arg-type]
-        rows = self._store.query_intervals(
-            tenant, deployment, version or None, start_ms, end_ms, counts_only=True
-        )
-        for row in rows:
-            buckets.setdefault(start_ms + (row.start_ms - start_ms) // step_ms * step_ms, []).append(row)
-        return [(t, _aggregate(metric, items)) for t, items in sorted(buckets.items())]  # type: ignore[arg-type]
+        steps: dict[int, _Totals] = {}
+        for row in self._store.stream_intervals(tenant, deployment, version or None, start_ms, end_ms):
+            step = start_ms + (row.start_ms - start_ms) // step_ms * step_ms
+            totals = steps.get(step)
+            if totals is None:
+                totals = steps[step] = _Totals(metric, served_only=True)
+            totals.add(row)
+        return [(t, totals.value(metric)) for t, totals in sorted(steps.items())]
 
     def drift(
         self,
@@ -362,17 +361,57 @@ class MonitoringService:
         return self._store.list_alerts(tenant, deployment or None, page_token, page_size)
 
 
-def _aggregate(metric: str, rows: list[IntervalRecord]) -> float:
-    served = [r for r in rows if not r.shadow]
-    if metric in ("requests", "errors", "invalid"):
-        return float(sum(getattr(r, metric) for r in served))
-    if metric in ("latency_p50_ms", "latency_p99_ms"):
-        hist = LatencyHistogram()
-        for r in served:
-            hist.merge(_histogram(r.latency))
-        return hist.quantile(0.5 if metric == "latency_p50_ms" else 0.99) if hist.count else 0.0
-    values = [r.resources[metric] for r in rows if metric in r.resources]
-    values += [r.scores[metric] for r in rows if metric in r.scores]
-    if not values:
-        return 0.0
-    return float(np.mean(values))
+class _Totals:
+    """What status and metric series need of a group of intervals, added up one interval at a time:
+    request, error and invalid counts and the merged latency histogram (of the served intervals
+    only, with `served_only`: a series leaves shadow traffic out), the largest anomaly score, and
+    the sum and count of one resource or score (`metric`) over all of them."""
+
+    __slots__ = (
+        "_max_anomaly",
+        "_metric",
+        "_n",
+        "_served_only",
+        "_sum",
+        "errors",
+        "invalid",
+        "latency",
+        "requests",
+    )
+
+    def __init__(self, metric: str = "", *, served_only: bool = False) -> None:
+        self.requests = self.errors = self.invalid = 0
+        self.latency = LatencyHistogram()
+        self._max_anomaly = -math.inf
+        self._metric = metric
+        self._served_only = served_only
+        self._sum = 0.0
+        self._n = 0
+
+    @property
+    def max_anomaly(self) -> float:
+        return self._max_anomaly if self._max_anomaly > -math.inf else 0.0
+
+    def add(self, row: IntervalRecord) -> None:
+        self._max_anomaly = max(self._max_anomaly, row.scores.get("anomaly", 0.0))
+        if self._metric:
+            for found in (row.resources.get(self._metric), row.scores.get(self._metric)):
+                if found is not None:
+                    self._sum += found
+                    self._n += 1
+        if row.shadow and self._served_only:
+            return
+        self.requests += row.requests
+        self.errors += row.errors
+        self.invalid += row.invalid
+        self.latency.merge(_histogram(row.latency))
+
+    def value(self, metric: str) -> float:
+        """The step's value of a metric series: a sum for counts, a merged quantile for latency, the
+        mean of the intervals that report it for resources and scores (0 where none do)."""
+        if metric in ("requests", "errors", "invalid"):
+            return float(getattr(self, metric))
+        if metric in ("latency_p50_ms", "latency_p99_ms"):
+            q = 0.5 if metric == "latency_p50_ms" else 0.99
+            return self.latency.quantile(q) if self.latency.count else 0.0
+        return self._sum / self._n if self._n else 0.0

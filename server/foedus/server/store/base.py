@@ -252,6 +252,13 @@ class Store(abc.ABC):
         """Intervals starting in [start_ms, end_ms), oldest first. `counts_only` leaves out the bulky
         drift counts (features empty, predictions None): what status and metric queries need."""
 
+    def stream_intervals(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> Iterator[IntervalRecord]:
+        """The intervals of `query_intervals(..., counts_only=True)`, one at a time, for callers that
+        aggregate as they go: memory stays that of one batch of rows, however long the range."""
+        yield from self.query_intervals(tenant, deployment, version, start_ms, end_ms, counts_only=True)
+
     @abc.abstractmethod
     def query_metric_points(
         self, tenant: str, deployment: str, name: str, start_ms: int, end_ms: int

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy import (
     Row,
+    Select,
     and_,
     bindparam,
     create_engine,
@@ -1054,26 +1055,49 @@ class SqlStore(Store):
         *,
         counts_only: bool = False,
     ) -> list[IntervalRecord]:
+        with self._read() as conn:
+            query = self._intervals_query(conn, tenant, deployment, version, start_ms, end_ms, counts_only)
+            rows = conn.execute(query).all()
+        return [_interval(r) for r in rows]
+
+    def stream_intervals(
+        self, tenant: str, deployment: str, version: int | None, start_ms: int, end_ms: int
+    ) -> Iterator[IntervalRecord]:
+        with self._read() as conn:
+            query = self._intervals_query(conn, tenant, deployment, version, start_ms, end_ms, True)
+            # A server-side cursor on PostgreSQL; SQLite's cursor reads row by row anyway.
+            result = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(query)
+            for row in result:
+                yield _interval(row)
+
+    def _intervals_query(
+        self,
+        conn: Connection,
+        tenant: str,
+        deployment: str,
+        version: int | None,
+        start_ms: int,
+        end_ms: int,
+        counts_only: bool,
+    ) -> Select[Any]:
         columns = (
             [c for c in intervals.c if c.name not in ("features", "predictions")]
             if counts_only
             else list(intervals.c)
         )
-        with self._read() as conn:
-            dep_id = self._deployment_row(conn, tenant, deployment).id
-            query = (
-                select(*columns)
-                .where(
-                    intervals.c.deployment_id == dep_id,
-                    intervals.c.start_ms >= start_ms,
-                    intervals.c.start_ms < end_ms,
-                )
-                .order_by(intervals.c.start_ms, intervals.c.id)
+        dep_id = self._deployment_row(conn, tenant, deployment).id
+        query = (
+            select(*columns)
+            .where(
+                intervals.c.deployment_id == dep_id,
+                intervals.c.start_ms >= start_ms,
+                intervals.c.start_ms < end_ms,
             )
-            if version is not None:
-                query = query.where(intervals.c.version == version)
-            rows = conn.execute(query).all()
-        return [_interval(r) for r in rows]
+            .order_by(intervals.c.start_ms, intervals.c.id)
+        )
+        if version is not None:
+            query = query.where(intervals.c.version == version)
+        return query
 
     def query_metric_points(
         self, tenant: str, deployment: str, name: str, start_ms: int, end_ms: int
@@ -2089,6 +2113,9 @@ def _page(items: list[T], size: int, key: Callable[[T], str | int]) -> Page[T]:
 
 
 # Statements of the hot read paths, built once: building a statement costs more than running it.
+_STREAM_ROWS = 256
+"""Rows fetched at a time by `stream_intervals`."""
+
 _VERSION_COLUMNS = (
     model_versions.c.model_id,
     model_versions.c.version,
