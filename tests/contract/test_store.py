@@ -493,6 +493,18 @@ def test_leases_are_exclusive_until_they_expire(store: SqlStore) -> None:
     assert not store.acquire_lease("controller", "a", now_us=200, ttl_us=50)
 
 
+def test_server_members_register_renew_and_expire(store: SqlStore) -> None:
+    assert store.renew_member("a", now_us=100, ttl_us=50) == 1  # registered
+    assert store.renew_member("b", now_us=120, ttl_us=50) == 2
+    assert store.renew_member("a", now_us=160, ttl_us=50) == 2  # renewed; b (120) is still live
+    assert store.renew_member("a", now_us=171, ttl_us=50) == 1  # b was last renewed 51 us ago
+    assert store.renew_member("b", now_us=180, ttl_us=50) == 2  # an expired member comes back
+    store.remove_member("b")
+    store.remove_member("b")  # gone already: nothing to do
+    assert store.renew_member("a", now_us=190, ttl_us=50) == 1
+    assert store.renew_member("c", now_us=300, ttl_us=50) == 1  # a expired meanwhile
+
+
 def test_evaluations_append_to_the_lineage(store: SqlStore) -> None:
     from foedus.server.store import Evaluation
 

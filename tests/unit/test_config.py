@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from foedus.server.config import ConfigError, load_config
+from foedus.server.config import SECONDS_FIELDS, ConfigError, load_config
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -39,7 +39,8 @@ def test_bad_values_say_which_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tenant_burst"):
         load_config(env={}, tenant_burst=-2)
     assert load_config(env={"FOEDUS_TENANT_REQUESTS_PER_S": "50"}).tenant_requests_per_s == 50.0
-    for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s", "label_sweep_s"):
+    assert "member_heartbeat_s" in SECONDS_FIELDS
+    for name in SECONDS_FIELDS:
         for bad in ("0", "-5", "nan", "inf"):
             with pytest.raises(ConfigError, match=name):
                 load_config(env={f"FOEDUS_{name.upper()}": bad})

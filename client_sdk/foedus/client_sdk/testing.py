@@ -101,6 +101,13 @@ class LocalServer:
             raise RuntimeError("the server is not running")
         return self._server.store
 
+    @property
+    def app(self) -> Any:
+        """The running server (foedus.server.app.FoedusServer), for tests that look inside it."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server
+
     def client(self, api_key: str | None = None) -> Client:
         """A client with the given key (default: the platform admin key)."""
         return Client.connect(self.target, api_key=api_key or self.admin_key, tls=self.client_tls)

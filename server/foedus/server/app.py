@@ -50,7 +50,7 @@ from foedus.server.servicers.performance import PerformanceServicer
 from foedus.server.servicers.registry import RegistryServicer
 from foedus.server.servicers.rollout import RolloutServicer, feed_key
 from foedus.server.store.sql import SqlStore
-from foedus.server.tenancy.limits import RateLimiter
+from foedus.server.tenancy.limits import Membership, RateLimiter
 from foedus.server.tenancy.service import ADMIN_KEY_FILE, TenancyService
 from foedus.v1 import (
     admin_pb2_grpc,
@@ -94,6 +94,9 @@ class FoedusServer:
     health_port: int = 0
     observability: Observability | None = None
     """The OpenTelemetry providers the server reports with; None when OpenTelemetry is off."""
+    membership: Membership | None = None
+    """This process's row among the server processes that share the rate limits; None when no
+    rate limit is set."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -106,6 +109,11 @@ class FoedusServer:
         return self.config.data_dir / ADMIN_KEY_FILE
 
     async def start(self) -> None:
+        membership = self.membership
+        if membership is not None:
+            # Counted before serving, so that the first calls already get this process's share.
+            await asyncio.get_running_loop().run_in_executor(self.executor, membership.renew)
+            self._repeat(self.config.member_heartbeat_s, membership.renew, "the member renewal")
         await self.grpc_server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -137,6 +145,11 @@ class FoedusServer:
         if self.webhooks is not None:
             self.webhooks.close()
         self.executor.shutdown(wait=True)
+        if self.membership is not None:
+            try:  # the others take over this process's share at their next renewal
+                self.membership.leave()
+            except Exception:
+                log.exception("leaving the server members failed")
         self.store.close()
         if self.observability is not None:
             self.observability.shutdown()
@@ -272,6 +285,9 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
     ingest_limiter = (
         RateLimiter(config.tenant_ingest_points_per_s) if config.tenant_ingest_points_per_s > 0 else None
     )
+    limiters = [limit for limit in (limiter, ingest_limiter) if limit is not None]
+    # The limits hold for the whole control plane: each process enforces its share of them.
+    membership = Membership(store, limiters, timeout_s=3 * config.member_heartbeat_s) if limiters else None
     performance = PerformanceService(
         store, retention_s=config.label_retention_days * 86_400, ingest_limiter=ingest_limiter
     )
@@ -358,6 +374,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         health_server=health_server,
         health_port=health_port,
         observability=observability,
+        membership=membership,
     )
 
 

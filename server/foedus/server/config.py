@@ -20,6 +20,16 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message says which setting and why."""
 
 
+SECONDS_FIELDS = (
+    "alert_group_gap_s",
+    "alert_quiet_s",
+    "alert_sweep_s",
+    "label_sweep_s",
+    "member_heartbeat_s",
+)
+"""ServerConfig fields that must be a positive, finite number of seconds."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     data_dir: Path = Path("foedus-data")
@@ -71,16 +81,24 @@ class ServerConfig:
     or disabling a tenant clears it at once in the replica that did it and, on PostgreSQL, in all
     the others; SQLite worker processes see it when their cache entry expires."""
     tenant_requests_per_s: float = 0.0
-    """Calls per second each tenant's keys may make (a token bucket per tenant, per server
-    process); 0: unlimited. Over it, calls are refused with RESOURCE_EXHAUSTED and a
-    `retry-after-ms` trailer. The admin is not limited."""
+    """Calls per second each tenant's keys may make to the whole control plane; 0: unlimited. Over
+    it, calls are refused with RESOURCE_EXHAUSTED and a `retry-after-ms` trailer. The admin is not
+    limited. A token bucket per tenant in each server process enforces 1/N of the rate and burst,
+    N the live server processes (replicas and workers, see member_heartbeat_s): exact when calls
+    are spread evenly over them (round-robin), approximate otherwise."""
     tenant_burst: int = 0
-    """Calls a tenant may make at once above the rate; 0: twice the rate."""
+    """Calls a tenant may make at once above the rate, in all; 0: twice the rate."""
     tenant_ingest_points_per_s: float = 0.0
     """Telemetry points per second each tenant's agents and SDK may send (intervals, alerts, metric
     points and series values, and delayed labels, one point each; bursts up to twice the rate);
     0: unlimited. A batch or LogLabels call over it is refused whole with RESOURCE_EXHAUSTED and
-    `retry-after-ms`, and agents send their batch again later."""
+    `retry-after-ms`, and agents send their batch again later. Shared among the server processes
+    like tenant_requests_per_s."""
+    member_heartbeat_s: float = 5.0
+    """With rate limits on, how often each server process renews its row in the database's members
+    table. The rate limits are divided among the processes renewed within 3 times this; a process
+    that dies without leaving stops counting after that long, and one that starts is counted by
+    the others at their next renewal."""
     tenant_max_models: int = 0
     """Models each tenant may have; 0: unlimited. Over it, RESOURCE_EXHAUSTED."""
     tenant_max_artifact_bytes: int = 0
@@ -140,7 +158,7 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive")
         if not self.auth_cache_s >= 0:
             raise ConfigError("auth_cache_s must be >= 0")
-        for name in ("alert_group_gap_s", "alert_quiet_s", "alert_sweep_s", "label_sweep_s"):
+        for name in SECONDS_FIELDS:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds")

@@ -67,7 +67,8 @@ def start(
         None,
         "--tenant-rate",
         min=0.0,
-        help="calls per second each tenant may make; over it RESOURCE_EXHAUSTED with retry-after-ms "
+        help="calls per second each tenant may make to the whole control plane (shared among the "
+        "replicas and workers); over it RESOURCE_EXHAUSTED with retry-after-ms "
         "[env FOEDUS_TENANT_REQUESTS_PER_S; default 0: unlimited]",
     ),
     tenant_burst: int | None = typer.Option(

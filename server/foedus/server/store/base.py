@@ -443,6 +443,16 @@ class Store(abc.ABC):
         """Takes or renews the named lease for `owner` until now + ttl when it is free, expired or
         already `owner`'s; True when `owner` holds it afterwards."""
 
+    @abc.abstractmethod
+    def renew_member(self, member: str, now_us: int, ttl_us: int) -> int:
+        """Registers the server process `member`, or renews its row, at `now_us`; deletes the rows
+        of members not renewed since now - ttl, and returns how many members are left (with
+        `member`: at least 1)."""
+
+    @abc.abstractmethod
+    def remove_member(self, member: str) -> None:
+        """Deletes `member`'s row (a server process that stops); nothing when there is none."""
+
     # --- artifacts in the database ------------------------------------------------------------
     @abc.abstractmethod
     def put_blob(self, sha256: str, size: int, chunks: Iterable[bytes], now_us: int) -> bool:

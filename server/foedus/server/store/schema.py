@@ -307,6 +307,16 @@ leases = Table(
     Column("until_us", BigInteger, nullable=False),
 )
 
+# The running server processes (replicas and workers): each renews its row every few seconds, and
+# per-tenant rate limits are divided among the processes renewed lately.
+server_members = Table(
+    "server_members",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_us", BigInteger, nullable=False),
+    Column("renewed_us", BigInteger, nullable=False),
+)
+
 # Artifacts kept in the database itself (`--artifact-store database`): replicas on one PostgreSQL
 # then need no shared volume. A blob is its chunks in order; the blob row is written last, in the
 # same transaction, so a blob that exists is complete.

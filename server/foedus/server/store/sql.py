@@ -94,6 +94,7 @@ from foedus.server.store.schema import (
     performance_counts,
     rollout_events,
     rollouts,
+    server_members,
     telemetry_batches,
     tenants,
     webhooks,
@@ -1847,6 +1848,21 @@ class SqlStore(Store):
                 .values(owner=owner, until_us=until)
             )
             return bool(result.rowcount)
+
+    def renew_member(self, member: str, now_us: int, ttl_us: int) -> int:
+        with self._write() as conn:
+            conn.execute(
+                self._upsert(server_members)
+                .values(id=member, started_us=now_us, renewed_us=now_us)
+                .on_conflict_do_update(index_elements=["id"], set_={"renewed_us": now_us})
+            )
+            conn.execute(delete(server_members).where(server_members.c.renewed_us < now_us - ttl_us))
+            count = conn.execute(select(func.count()).select_from(server_members)).scalar()
+        return int(count or 0)
+
+    def remove_member(self, member: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(server_members).where(server_members.c.id == member))
 
     # --- artifacts in the database ------------------------------------------------------------
     def put_blob(self, sha256: str, size: int, chunks: Iterable[bytes], now_us: int) -> bool:
