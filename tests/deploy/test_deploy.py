@@ -205,6 +205,36 @@ def test_chart_command_lines_parse_and_probes_use_grpc_health(values: str) -> No
     assert ["server", "start"] in commands
 
 
+def server_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    server = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "foedus")
+    spec: dict[str, Any] = server["spec"]["template"]["spec"]
+    return spec
+
+
+def test_replicas_values_mount_the_admin_key_secret_and_share_no_volume() -> None:
+    docs = manifests(VALUE_SETS["replicas-values"])
+    assert "ReadWriteMany" not in yaml.safe_dump_all(docs)
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pod = server_pod(docs)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    secret = volumes["admin-key"]["secret"]
+    assert secret["secretName"] == "foedus-admin-key"
+    container = pod["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "admin-key")
+    assert mount["readOnly"] is True
+    args = container["args"]
+    assert args[args.index("--admin-key-file") + 1] == f"{mount['mountPath']}/{secret['items'][0]['path']}"
+
+
+def test_default_values_keep_the_data_volume_and_generate_the_admin_key() -> None:
+    docs = manifests({})
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"] == ["foedus-data"]
+    pod = server_pod(docs)
+    assert "admin-key" not in {v["name"] for v in pod["volumes"]}
+    assert "--admin-key-file" not in pod["containers"][0]["args"]
+
+
 def test_chart_refuses_bad_values() -> None:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's Go SDK) is not installed")
     for bad in (
@@ -212,6 +242,11 @@ def test_chart_refuses_bad_values() -> None:
         {"server": {"port": "50051"}},  # values.schema.json: wrong type
         {"server": {"replicas": 2}},  # several replicas without PostgreSQL
         {"tls": {"enabled": False}},  # plaintext without saying so
+        {"adminKey": {"bogus": 1}},  # values.schema.json: unknown key
+        # a volume per pod, but the generated admin.key would go with it
+        {"server": {"persistence": {"enabled": False}}, "database": {"url": "postgresql://u@h/db"}},
+        # a volume per pod with SQLite in it
+        {"server": {"persistence": {"enabled": False}}, "adminKey": {"existingSecret": "k"}},
     ):
         with pytest.raises(helm.HelmError):
             render(bad)

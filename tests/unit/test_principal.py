@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from foedus.client_sdk.apikeys import check_key, format_key, new_key
 from foedus.server.errors import Unauthenticated
 from foedus.server.store.records import Role
 from foedus.server.tenancy.principal import Principal
@@ -33,3 +34,14 @@ def test_key_format() -> None:
     for bad in ("", "abc", "fds_short", "fds_abcdefghijklXsecret"):
         with pytest.raises(Unauthenticated):
             parse_key(bad)
+
+
+def test_new_keys_are_well_formed_and_parse() -> None:
+    key_id, secret = new_key()
+    key = format_key(key_id, secret)
+    assert check_key(key) == parse_key(key) == (key_id, secret)
+    assert len(secret) >= 43 and new_key() != (key_id, secret)
+    for bad in (key + " ", key.replace("fds_", "fdx_"), key.upper(), key[:-2], f"fds_{key_id}-{secret}"):
+        with pytest.raises(ValueError, match="not a well-formed API key") as exc:
+            check_key(bad)
+        assert secret not in str(exc.value)

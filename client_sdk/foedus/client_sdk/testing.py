@@ -75,7 +75,8 @@ class LocalServer:
         if self._server.metrics_port:
             host = config.metrics_listen.rpartition(":")[0]
             self.metrics_url = f"http://{host}:{self._server.metrics_port}/metrics"
-        self.admin_key = (self.data_dir / "admin.key").read_text().strip()
+        key_file = Path(config.admin_key_file) if config.admin_key_file else self.data_dir / "admin.key"
+        self.admin_key = key_file.read_text().strip()
         return self
 
     def stop(self) -> None:

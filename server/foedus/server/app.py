@@ -106,7 +106,7 @@ class FoedusServer:
 
     @property
     def admin_key_path(self) -> Path:
-        return self.config.data_dir / ADMIN_KEY_FILE
+        return _admin_key_path(self.config)
 
     async def start(self) -> None:
         membership = self.membership
@@ -227,7 +227,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             tenant_max_artifact_bytes=config.tenant_max_artifact_bytes,
         ),
     )
-    admin_key_id = tenancy.bootstrap_admin(config.data_dir)
+    admin_key_id = tenancy.bootstrap_admin(config.data_dir, config.admin_key())
     executor = ThreadPoolExecutor(max_workers=config.store_threads, thread_name_prefix="foedus-store")
     runner = BlockingRunner(executor, inline_reads=store.dialect == "sqlite")
     try:
@@ -386,12 +386,7 @@ async def serve(
     `worker` is set in the processes of a multi-process server (see `run_workers`).
     """
     server = build_server(config, reuse_port=worker is not None, background=not worker)
-    if server.admin_key_id is not None:
-        log.warning(
-            "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
-            server.admin_key_id,
-            server.admin_key_path,
-        )
+    _log_new_admin_key(config, server.admin_key_id)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -404,6 +399,23 @@ async def serve(
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+
+
+def _admin_key_path(config: ServerConfig) -> Path:
+    return Path(config.admin_key_file) if config.admin_key_file else config.data_dir / ADMIN_KEY_FILE
+
+
+def _log_new_admin_key(config: ServerConfig, key_id: str | None) -> None:
+    if key_id is None:
+        return
+    if config.admin_key_file:
+        log.warning("first start: registered platform admin key %s of %s", key_id, config.admin_key_file)
+    else:
+        log.warning(
+            "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
+            key_id,
+            _admin_key_path(config),
+        )
 
 
 def _configure_logging(config: ServerConfig) -> None:
@@ -437,15 +449,10 @@ def run_workers(config: ServerConfig) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(config.database_url(), pool_size=1)
     try:
-        key_id = TenancyService(store).bootstrap_admin(config.data_dir)
+        key_id = TenancyService(store).bootstrap_admin(config.data_dir, config.admin_key())
     finally:
         store.close()
-    if key_id is not None:
-        log.warning(
-            "first start: created platform admin key %s and wrote it to %s (mode 0600); it is not shown again",
-            key_id,
-            config.data_dir / ADMIN_KEY_FILE,
-        )
+    _log_new_admin_key(config, key_id)
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker_main, args=(config, i), name=f"foedus-worker-{i}")

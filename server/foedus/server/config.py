@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from foedus.client_sdk.apikeys import check_key
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says which setting and why."""
@@ -34,6 +36,14 @@ SECONDS_FIELDS = (
 class ServerConfig:
     data_dir: Path = Path("foedus-data")
     """Holds the SQLite database, the artifact store and admin.key."""
+    admin_key_file: str = ""
+    """File holding the platform admin key, made beforehand with `foedus server admin-key` (a
+    Kubernetes Secret, say): on a database without an admin key the server registers this key (its
+    hash) instead of creating one, and writes no DATA_DIR/admin.key; replicas then need no shared
+    volume. The server only reads the file. When the database has an admin key already it creates
+    none; if the file's key is not one of them (or was revoked), it logs a warning and starts with
+    the keys it has. A missing or malformed file stops the start. Empty: the first start creates
+    the key and writes it to DATA_DIR/admin.key."""
     listen: str = "127.0.0.1:50051"
     """HOST:PORT to serve on; port 0 picks a free port."""
     db: str = ""
@@ -128,6 +138,20 @@ class ServerConfig:
     def database_url(self) -> str:
         return self.db or f"sqlite:///{self.data_dir / 'foedus.db'}"
 
+    def admin_key(self) -> str | None:
+        """The key in admin_key_file, checked to be well-formed; None without the setting."""
+        if not self.admin_key_file:
+            return None
+        try:
+            text = Path(self.admin_key_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"admin_key_file: cannot read {self.admin_key_file}: {exc}") from exc
+        try:
+            check_key(text.strip())
+        except ValueError as exc:
+            raise ConfigError(f"admin_key_file {self.admin_key_file}: {exc}") from None
+        return text.strip()
+
     def validate(self) -> ServerConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
@@ -176,6 +200,7 @@ class ServerConfig:
         for name in ("max_artifact_bytes", "max_message_bytes", "store_threads", "latency_runs", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        self.admin_key()
         return self
 
 

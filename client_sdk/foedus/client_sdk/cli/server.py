@@ -1,12 +1,43 @@
-"""`foedus server start`: run the control plane."""
+"""`foedus server start`: run the control plane; `foedus server admin-key`: make its admin key."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
+from foedus.client_sdk import apikeys
+from foedus.client_sdk.cli import exit_codes
+
 app = typer.Typer(help="Run the control plane (administrators).", no_args_is_help=True)
+
+
+@app.command("admin-key")
+def admin_key(
+    out: Path = typer.Option(..., "--out", help="file to write the key to (created mode 0600)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Make a platform admin key offline, for `foedus server start --admin-key-file FILE`.
+
+    The server registers it on its first start instead of creating a key of its own, e.g. from a
+    Kubernetes Secret: `kubectl create secret generic foedus-admin-key --from-file=admin.key=FILE`.
+    Prints the key id, never the secret.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(out, flags, 0o600)
+    except FileExistsError:
+        typer.echo(f"error: {out} exists; pass --force to overwrite", err=True)
+        raise typer.Exit(exit_codes.CONFLICT) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write {out}: {exc.strerror}", err=True)
+        raise typer.Exit(exit_codes.ERROR) from None
+    key_id, secret = apikeys.new_key()
+    with os.fdopen(fd, "w") as f:
+        f.write(apikeys.format_key(key_id, secret) + "\n")
+    os.chmod(out, 0o600)
+    typer.echo(f"wrote platform admin key {key_id} to {out} (mode 0600)")
 
 
 @app.command("start")
@@ -18,6 +49,12 @@ def start(
     ),
     listen: str | None = typer.Option(
         None, "--listen", help="HOST:PORT [env FOEDUS_LISTEN; default 127.0.0.1:50051]"
+    ),
+    admin_key_file: str | None = typer.Option(
+        None,
+        "--admin-key-file",
+        help="file with a platform admin key made by `foedus server admin-key`: a new database gets "
+        "this key instead of one written to DATA_DIR/admin.key [env FOEDUS_ADMIN_KEY_FILE]",
     ),
     db: str | None = typer.Option(
         None,
@@ -108,7 +145,8 @@ def start(
         help="seconds without alerts after which an open incident resolves itself [default 600]",
     ),
 ) -> None:
-    """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key."""
+    """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key
+    (or registers the one in --admin-key-file)."""
     try:
         from foedus.server.app import main
         from foedus.server.config import ConfigError, load_config
@@ -122,6 +160,7 @@ def start(
             config,
             data_dir=data_dir,
             listen=listen,
+            admin_key_file=admin_key_file,
             db=db,
             artifact_store=artifact_store,
             tls_cert=tls_cert,

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from foedus.client_sdk.apikeys import KEY_ID_LENGTH, KEY_PREFIX, format_key, new_key
 from foedus.server import validation
 from foedus.server.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from foedus.server.store.base import Store
 from foedus.server.store.records import AuditRecord, KeyRecord, Page, Role, TenantRecord, TenantState
 from foedus.server.tenancy.principal import Principal
 
-KEY_PREFIX = "fds_"
-KEY_ID_LENGTH = 12
-_KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 ADMIN_KEY_FILE = "admin.key"
+
+log = logging.getLogger("foedus.server.tenancy")
 
 
 def now_us() -> int:
@@ -109,24 +109,58 @@ class TenancyService:
             self.on_keys_changed()
 
     # --- bootstrap -----------------------------------------------------------------------------
-    def bootstrap_admin(self, data_dir: Path) -> str | None:
-        """On the first start: creates a platform admin key and writes it to DATA_DIR/admin.key (0600).
+    def bootstrap_admin(self, data_dir: Path, provided: str | None = None) -> str | None:
+        """On the first start: registers the platform admin key.
 
-        Returns the new key id, or None when an admin key exists already.
+        Without `provided` it creates a key and writes it to DATA_DIR/admin.key (0600). With
+        `provided` (a well-formed key from the `admin_key_file` setting) it stores that key's hash
+        and writes nothing. Returns the new key id, or None when an admin key exists already; then a
+        provided key that is not a live admin key (another admin key was registered first, or it was
+        revoked) only draws a warning: it does not authenticate, and the existing keys stay.
         """
-        if self._store.count_keys(int(Role.ADMIN)) > 0:
-            return None
-        new = self._new_key(None, Role.ADMIN, "platform admin (created on first start)", "bootstrap")
-        path = data_dir / ADMIN_KEY_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(new.secret + "\n")
-        os.chmod(path, 0o600)
-        return new.record.key_id
+        if provided is None:
+            if self._store.count_keys(int(Role.ADMIN)) > 0:
+                return None
+            new = self._new_key(None, Role.ADMIN, "platform admin (created on first start)", "bootstrap")
+            path = data_dir / ADMIN_KEY_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new.secret + "\n")
+            os.chmod(path, 0o600)
+            return new.record.key_id
+        key_id, secret = parse_key(provided)
+        if self._store.find_key(key_id) is None and self._store.count_keys(int(Role.ADMIN)) == 0:
+            try:
+                self._store_key(None, Role.ADMIN, "platform admin (provided)", "bootstrap", key_id, secret)
+            except Exception:
+                if self._store.find_key(key_id) is None:
+                    raise
+                # Another replica registered it at the same moment.
+            else:
+                return key_id
+        found = self._store.find_key(key_id)
+        live = (
+            found is not None
+            and found[0].role == Role.ADMIN
+            and found[0].revoked_at_us is None
+            and hmac.compare_digest(found[0].secret_hash, hash_secret(secret))
+        )
+        if not live:
+            log.warning(
+                "admin_key_file holds key %s, which is not a live platform admin key of this database "
+                "(another admin key was registered first, or it was revoked): it does not authenticate; "
+                "use the existing admin key, or remove the setting",
+                key_id,
+            )
+        return None
 
     def _new_key(self, tenant: str | None, role: Role, description: str, created_by: str) -> NewKey:
-        key_id = "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
-        secret = secrets.token_urlsafe(32)
+        key_id, secret = new_key()
+        return self._store_key(tenant, role, description, created_by, key_id, secret)
+
+    def _store_key(
+        self, tenant: str | None, role: Role, description: str, created_by: str, key_id: str, secret: str
+    ) -> NewKey:
         record = KeyRecord(
             key_id=key_id,
             tenant=tenant,
@@ -137,7 +171,7 @@ class TenancyService:
             created_by=created_by,
         )
         self._store.create_key(record)
-        return NewKey(record, f"{KEY_PREFIX}{key_id}_{secret}")
+        return NewKey(record, format_key(key_id, secret))
 
     # --- tenants -------------------------------------------------------------------------------
     def create_tenant(
