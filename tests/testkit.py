@@ -31,18 +31,23 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 def raises_soon(
     error: type[Exception], match: str, call: Callable[[], object], timeout: float = 10.0
 ) -> None:
-    """Waits until `call` raises `error` (its message matching `match`). One server refuses at
-    once; replicas learn of a revoked key or a disabled tenant through a notification, a few
-    milliseconds later, so a call sent at once to another replica may still pass."""
+    """Waits until `call` raises `error` (its message matching `match`) every time. One server
+    refuses at once; replicas learn of a revoked key or a disabled tenant through a notification,
+    a few milliseconds later, so a call sent at once to another replica may still pass. Calls go
+    round-robin over the replicas, so four refusals in a row mean that each replica refuses."""
+    streak = 0
 
-    def refused() -> bool:
+    def refused_in_a_row() -> bool:
+        nonlocal streak
         try:
             call()
         except error:
-            return True
+            streak += 1
+            return streak >= 4
+        streak = 0
         return False
 
-    wait_for(refused, timeout, f"{call!r} to raise {error.__name__}")
+    wait_for(refused_in_a_row, timeout, f"{call!r} to raise {error.__name__}")
     with pytest.raises(error, match=match):
         call()
 
