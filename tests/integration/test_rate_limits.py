@@ -22,6 +22,14 @@ ONE_SERVER = (
 )
 
 
+def serve_iris(client: Client, tmp_path: Path) -> None:
+    """Registers the iris model and serves it as deployment "d"."""
+    from foedus_testdata import iris_onnx
+
+    client.models.register("iris", iris_onnx(tmp_path), create_model=True)
+    client.deployments.create("d", "iris", traffic={1: 1.0})
+
+
 def single_server(request: pytest.FixtureRequest) -> None:
     if request.config.getoption("--replicas"):
         pytest.skip(ONE_SERVER)
@@ -165,14 +173,10 @@ def test_ingest_over_the_tenants_points_per_second_is_refused_and_not_stored(
     import uuid
 
     single_server(request)
-
-    from foedus_testdata import iris_onnx
-
     with LocalServer(tenant_ingest_points_per_s=10.0, latency_runs=2) as server:
         key = server.create_tenant("chatty")
         with Client.connect(server.target, api_key=key) as client:
-            client.models.register("iris", iris_onnx(tmp_path), create_model=True)
-            client.deployments.create("d", "iris", traffic={1: 1.0})
+            serve_iris(client, tmp_path)
             start = int(time.time() * 1000) - 60_000
             first = [("loss", float(i), start + i, i) for i in range(15)]
             assert client.monitoring.log_batch("d", first) == 15  # within the burst of 20
@@ -207,7 +211,6 @@ def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(
 ) -> None:
     single_server(request)
     import grpc
-    from foedus_testdata import iris_onnx
 
     from foedus.client_sdk.errors import InvalidArgument
     from foedus.v1 import agent_pb2, agent_pb2_grpc
@@ -216,8 +219,7 @@ def test_labels_count_against_the_ingest_limit_and_calls_are_bounded(
         LocalServer(tenant_ingest_points_per_s=1.0, latency_runs=2) as server,  # bursts of 2 points
         Client.connect(server.target, api_key=server.create_tenant("labeller")) as client,
     ):
-        client.models.register("iris", iris_onnx(tmp_path), create_model=True)
-        client.deployments.create("d", "iris", traffic={1: 1.0})
+        serve_iris(client, tmp_path)
         agent_key = client.keys.create("agent").secret
 
         def stored() -> list[str]:
@@ -256,7 +258,6 @@ def test_the_cli_waits_out_the_ingest_limit_between_label_calls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     single_server(request)
-    from foedus_testdata import iris_onnx
     from testkit import run_cli
 
     from foedus.client_sdk.cli.performance import LABELS_PER_CALL
@@ -266,8 +267,7 @@ def test_the_cli_waits_out_the_ingest_limit_between_label_calls(
     with LocalServer(tenant_ingest_points_per_s=2_000.0, latency_runs=2) as server:
         key = server.create_tenant("labeller")
         with Client.connect(server.target, api_key=key) as client:
-            client.models.register("iris", iris_onnx(tmp_path), create_model=True)
-            client.deployments.create("d", "iris", traffic={1: 1.0})
+            serve_iris(client, tmp_path)
         count = 2 * LABELS_PER_CALL
         path = tmp_path / "labels.csv"
         path.write_text("request_id,label\n" + "".join(f"r-{i},{i % 3}\n" for i in range(count)))

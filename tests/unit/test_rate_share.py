@@ -35,7 +35,7 @@ def test_a_share_keeps_at_least_one_token_of_burst() -> None:
     assert limiter.take("a") == 0.0
     assert limiter.take("a") == pytest.approx(4.0)
     limiter.share(0)  # never fewer than this process
-    assert limiter.members == 1 and limiter.local_rate == 2.0
+    assert (limiter.local_rate, limiter.local_burst) == (2.0, 3.0)
 
 
 def test_a_smaller_share_caps_the_tokens_a_bucket_holds() -> None:

@@ -41,8 +41,6 @@ class RateLimiter:
             raise ValueError("the rate must be a positive number of requests per second")
         self.rate = float(rate)
         self.burst = float(burst if burst > 0 else max(1, math.ceil(2 * rate)))
-        self.members = 1
-        """The server processes the limits are shared among."""
         self._rate, self._burst = self.rate, self.burst
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -52,7 +50,6 @@ class RateLimiter:
         """Enforces 1/`members` of the rate and of the burst (at least one token) from now on."""
         members = max(1, members)
         with self._lock:
-            self.members = members
             self._rate = self.rate / members
             self._burst = max(1.0, self.burst / members)
 
