@@ -37,7 +37,10 @@ REPLICA_TESTS = tests/integration/test_registry.py tests/integration/test_deploy
 	tests/integration/test_agents.py tests/integration/test_alerts_watch.py \
 	tests/integration/test_drift_reports.py tests/integration/test_incidents.py \
 	tests/integration/test_performance.py tests/integration/test_rollout_strategies.py \
-	tests/integration/test_federation_delivery.py tests/integration/test_rate_limits.py
+	tests/integration/test_federation_delivery.py tests/integration/test_rate_limits.py \
+	tests/integration/test_smoke.py tests/integration/test_admin_key_file.py \
+	tests/integration/test_tls.py tests/integration/test_opentelemetry.py \
+	tests/integration/test_rollouts.py
 
 pytest: venv
 	$(PY) -m pytest -q

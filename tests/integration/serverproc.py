@@ -235,6 +235,88 @@ class ServerProcess:
         return True
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerSet:
+    """One control plane as processes: a single server, or replicas on one PostgreSQL database.
+
+    Every member listens on a port of its own that is kept across `kill()` and `start()`, so
+    clients and agents given `target` find the control plane again where they left it. With more
+    than one member, `target` is a gRPC URI of all of them (`ipv4:HOST:PORT,HOST:PORT`): the SDK,
+    the CLI and agents spread their calls over the replicas and fail over between them. Member i
+    keeps its data in `DATA_DIR/replica-i` (the single server in DATA_DIR itself); the first
+    creates the admin key, the others start after it with the same key file.
+    """
+
+    def __init__(self, pool: ServerPool, data_dir: Path, count: int = 1, **settings: Any) -> None:
+        if count > 1 and not str(settings.get("db") or "").startswith("postgresql"):
+            raise ValueError("replicas share one PostgreSQL database: give db='postgresql://...'")
+        self.pool = pool
+        self.settings = settings
+        self.db = str(settings.get("db") or "")
+        dirs = [Path(data_dir)] if count == 1 else [Path(data_dir) / f"replica-{i}" for i in range(count)]
+        ports = [_free_port() for _ in dirs]
+        self.members = [
+            ServerProcess(d, listen=f"127.0.0.1:{port}", **settings)
+            for d, port in zip(dirs, ports, strict=True)
+        ]
+        pool.servers.extend(self.members)
+        addresses = [f"127.0.0.1:{port}" for port in ports]
+        self.target = addresses[0] if count == 1 else "ipv4:" + ",".join(addresses)
+
+    def start(self) -> ServerSet:
+        """Starts every member that is not running (again at its address, on its data)."""
+        first = self.members[0]
+        for member in self.members:
+            if member.alive:
+                continue
+            if member.proc is not None:  # a restart: a log of its own, to find its address in
+                member.proc = None
+                member.log_path = member.data_dir.with_name(
+                    f"{member.data_dir.name}-server-{time.time_ns()}.log"
+                )
+            if member is not first:
+                member.data_dir.mkdir(parents=True, exist_ok=True)
+                (member.data_dir / "admin.key").write_text(first.admin_key + "\n")
+            member.start()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL of every member: the whole control plane crashes."""
+        for member in self.members:
+            member.kill()
+
+    @property
+    def admin_key(self) -> str:
+        return self.members[0].admin_key
+
+    def client(self, api_key: str | None = None, **kwargs: Any) -> Client:
+        """A client of all members with the given key (default: the platform admin key)."""
+        return Client.connect(self.target, api_key=api_key or self.admin_key, **kwargs)
+
+    def create_tenant(self, name: str) -> str:
+        """Creates a tenant and returns the secret of its first owner key."""
+        with self.client() as admin:
+            return admin.tenants.create(name).owner_key_secret
+
+    def lease_holder(self, lease: str) -> ServerProcess | None:
+        """The member whose process holds the named database lease now (replicas only)."""
+        import psycopg
+
+        with psycopg.connect(self.db) as conn:
+            row = conn.execute("SELECT owner FROM leases WHERE name = %s", (lease,)).fetchone()
+        if row is None:
+            return None
+        pid = int(str(row[0]).split(":")[1])  # HOST:PID:NONCE
+        return next((m for m in self.members if m.alive and m.pid == pid), None)
+
+
 class ServerPool:
     """Starts servers and guarantees they are gone after `close()` (use it in a fixture's finalizer)."""
 
@@ -245,6 +327,10 @@ class ServerPool:
         server = ServerProcess(data_dir, **settings)
         self.servers.append(server)
         return server.start()
+
+    def start_set(self, data_dir: Path, count: int = 1, **settings: Any) -> ServerSet:
+        """A ServerSet of `count` members with these settings, started."""
+        return ServerSet(self, data_dir, count, **settings).start()
 
     def close(self) -> None:
         for server in self.servers:

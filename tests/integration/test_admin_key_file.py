@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def make_key(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[str, str]:
 
 
 def test_the_provided_key_is_the_admin_and_stays_the_only_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    make_server: Callable[..., LocalServer],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     key_file = tmp_path / "admin.key"
@@ -36,20 +40,20 @@ def test_the_provided_key_is_the_admin_and_stays_the_only_one(
     assert code == exit_codes.CONFLICT and "--force" in err
     assert key_file.read_text().strip() == key
 
-    data = tmp_path / "data"
-    server = LocalServer(data, admin_key_file=str(key_file), latency_runs=1)
-    with server:
-        assert server.admin_key == key
-        with server.client() as admin:
-            assert admin.whoami().key_id == key_id
-            admin.tenants.create("acme")
-        assert server.store.count_keys(int(Role.ADMIN)) == 1
-        server.halt()
-        server.start()  # a second start (or another replica) registers nothing more
-        assert server.store.count_keys(int(Role.ADMIN)) == 1
-        with server.client() as admin:
-            assert admin.whoami().key_id == key_id
-    assert not (data / "admin.key").exists()  # nothing generated
+    # one server, or (--replicas) two replicas given the same file, as from one mounted secret
+    server = make_server(tmp_path / "data", admin_key_file=str(key_file), latency_runs=1)
+    assert server.admin_key == key
+    with server.client() as admin:
+        assert admin.whoami().key_id == key_id
+        admin.tenants.create("acme")
+    assert server.store.count_keys(int(Role.ADMIN)) == 1
+    server.halt()
+    server.start()  # a second start (or another replica) registers nothing more
+    assert server.store.count_keys(int(Role.ADMIN)) == 1
+    with server.client() as admin:
+        assert admin.whoami().key_id == key_id
+    server.halt()
+    assert not list((tmp_path / "data").rglob("admin.key"))  # nothing generated
     assert key_file.read_text().strip() == key  # the input file is left alone
     assert key not in caplog.text and key.rpartition("_")[2] not in caplog.text
 

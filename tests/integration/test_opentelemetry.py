@@ -7,7 +7,7 @@ import asyncio
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -80,10 +80,10 @@ def otel() -> Telemetry:
 
 
 @pytest.fixture(scope="module")
-def traced_server(otel: Telemetry) -> Iterator[LocalServer]:
-    """A server started after the process configured OpenTelemetry: it reports with those providers."""
-    with LocalServer(latency_runs=3) as srv:
-        yield srv
+def traced_server(otel: Telemetry, make_server: Callable[..., LocalServer]) -> LocalServer:
+    """A server (or replicas, with --replicas) started after the process configured OpenTelemetry:
+    it reports with those providers."""
+    return make_server(latency_runs=3)
 
 
 @pytest.fixture
@@ -192,26 +192,30 @@ def test_streaming_calls_are_traced_and_their_durations_measured(
     assert phases == {"scheduled", "progressing", "paused"}
 
 
-def test_prometheus_endpoint_serves_rpc_durations(otel: Telemetry) -> None:
-    with LocalServer(metrics_listen="127.0.0.1:0") as srv:
-        assert srv.metrics_url
-        with srv.client() as admin:
-            admin.whoami()
-            admin.whoami()
-        with urllib.request.urlopen(srv.metrics_url, timeout=10) as response:  # noqa: S310
+def test_prometheus_endpoint_serves_rpc_durations(
+    otel: Telemetry, make_server: Callable[..., LocalServer]
+) -> None:
+    srv = make_server(metrics_listen="127.0.0.1:0")
+    assert srv.metrics_urls  # one endpoint per server process (per replica)
+    with srv.client() as admin:
+        admin.whoami()
+        admin.whoami()
+    served = 0.0
+    for url in srv.metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
             content_type = response.headers["Content-Type"]
             text = response.read().decode()
-    assert content_type.startswith("text/plain")
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.startswith("rpc_server_call_duration_seconds_count")
-        and 'rpc_method="foedus.v1.AdminService/WhoAmI"' in line
-        and 'rpc_response_status_code="OK"' in line
-    ]
-    assert lines, text[:2000]
-    assert float(lines[0].rsplit(" ", 1)[1]) >= 2
-    assert "# TYPE rpc_server_call_duration_seconds histogram" in text
+        assert content_type.startswith("text/plain")
+        assert "# TYPE rpc_server_call_duration_seconds histogram" in text
+        served += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("rpc_server_call_duration_seconds_count")
+            and 'rpc_method="foedus.v1.AdminService/WhoAmI"' in line
+            and 'rpc_response_status_code="OK"' in line
+        )
+    assert served >= 2
+    srv.halt()
 
 
 def test_agent_inference_and_its_calls_to_the_server_carry_the_trace(
@@ -328,7 +332,9 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         return out
 
 
-def test_otlp_endpoint_exports_the_servers_spans(otel: Telemetry, tmp_path: Path) -> None:
+def test_otlp_endpoint_exports_the_servers_spans(
+    otel: Telemetry, tmp_path: Path, make_server: Callable[..., LocalServer]
+) -> None:
     collector = Collector()
     receiver = grpc.server(ThreadPoolExecutor(2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
@@ -336,8 +342,10 @@ def test_otlp_endpoint_exports_the_servers_spans(otel: Telemetry, tmp_path: Path
     receiver.start()
     try:
         # Stopping the server flushes its spans to the collector.
-        with LocalServer(otlp_endpoint=f"http://127.0.0.1:{port}") as srv, srv.client() as admin:
+        srv = make_server(otlp_endpoint=f"http://127.0.0.1:{port}")
+        with srv.client() as admin:
             admin.whoami()
+        srv.halt()
         assert ("foedus-server", "foedus.v1.AdminService/WhoAmI") in collector.spans()
     finally:
         receiver.stop(None)

@@ -2,16 +2,17 @@
 
 The controller ticks every 0.3 s and the agents report every 0.3 s, so a rollout of a few
 short steps finishes in seconds. The server is SIGKILLed mid-rollout and restarted on the same
-port and data directory: the rollout resumes from its stored state.
+port and data directory: the rollout resumes from its stored state. With --replicas the control
+plane is two server processes on one PostgreSQL database: the replica that holds the controller's
+lease is the one SIGKILLed mid-rollout, and the other takes the rollout over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 from foedus_testdata import iris_data, iris_onnx, slow_iris_onnx
-from serverproc import ServerPool, ServerProcess
+from serverproc import ServerSet
 
 pytest.importorskip("onnxruntime")
 
@@ -34,12 +35,6 @@ from foedus.v1 import rollout_pb2
 
 TICK_S = 0.3
 GOOD, BAD = 2, 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Load:
@@ -86,11 +81,9 @@ class Load:
 
 
 class Rig:
-    def __init__(self, tmp: Path, pool: ServerPool) -> None:
+    def __init__(self, tmp: Path, start_control_plane: Callable[..., ServerSet]) -> None:
         self.tmp = tmp
-        self.pool = pool
-        self.port = free_port()
-        self.server = self.start_server()
+        self.server = start_control_plane(tmp / "server", rollout_tick_s=TICK_S)
         self.key = self.server.create_tenant("acme")
         self.client = Client.connect(self.server.target, api_key=self.key)
         models = tmp / "models"
@@ -109,7 +102,7 @@ class Rig:
                 self._start_agent(
                     AgentConfig(
                         deployment="iris-prod",
-                        server=f"127.0.0.1:{self.port}",
+                        server=self.server.target,
                         api_key=agent_key,
                         listen="127.0.0.1:0",
                         data_dir=tmp / f"agent-{i}",
@@ -122,9 +115,6 @@ class Rig:
         ]
         wait_for(lambda: all(a.generation >= 1 for a in self.agents), 60, "agents to load version 1")
         self.load = Load([f"127.0.0.1:{a.port}" for a in self.agents])
-
-    def start_server(self) -> ServerProcess:
-        return self.pool.start(self.tmp / "server", listen=f"127.0.0.1:{self.port}", rollout_tick_s=TICK_S)
 
     @staticmethod
     async def _start_agent(config: AgentConfig) -> Agent:
@@ -156,8 +146,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, pool: ServerPool) -> Iterator[Rig]:
-    r = Rig(tmp_path, pool)
+def rig(tmp_path: Path, start_control_plane: Callable[..., ServerSet]) -> Iterator[Rig]:
+    r = Rig(tmp_path, start_control_plane)
     try:
         yield r
     finally:
@@ -220,7 +210,7 @@ def test_bad_version_is_rolled_back_once_also_across_a_restart(rig: Rig) -> None
     assert any(a.alert.kind == "rollout_rolled_back_analysis" for a in alerts)
     # A SIGKILL and a restart change nothing: no second rollback, no traffic change.
     rig.server.kill()
-    rig.server = rig.start_server()
+    rig.server.start()
     time.sleep(6 * TICK_S)
     events = c.rollouts.events(r.id)
     assert kinds(events).count("rolled_back") == 1
@@ -235,10 +225,15 @@ def test_sigkill_mid_rollout_resumes_without_skipping_or_repeating_a_step(rig: R
     weights = (10.0, 25.0, 50.0, 75.0, 100.0)
     r = c.rollouts.start("iris-prod", GOOD, steps=[(w, 2, 20) for w in weights])
     wait_for(lambda: c.rollouts.get(r.id).step >= 1, 60, "the rollout to reach step 2")
-    rig.server.kill()
     before = c.rollouts  # the client reconnects by itself once the server is back
-    time.sleep(1.0)  # agents keep serving the current split while the control plane is away
-    rig.server = rig.start_server()
+    if len(rig.server.members) == 1:
+        rig.server.kill()
+        time.sleep(1.0)  # agents keep serving the current split while the control plane is away
+        rig.server.start()
+    else:  # the replica driving the rollout dies; the other takes over once the lease expires
+        holder = rig.server.lease_holder("rollout-controller")
+        assert holder is not None, "no replica holds the rollout controller's lease"
+        holder.kill()
     done = rig.wait_done(r.id)
     assert phase_name(done.phase) == "succeeded", done.reason
     events = before.events(r.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -79,120 +80,124 @@ def test_certs_command_writes_pem_files_with_private_keys_private(
     assert code == 2
 
 
-def test_tls_server_and_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tls_server_and_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_server: Callable[..., LocalServer]
+) -> None:
     good = make_pki(capsys, tmp_path / "good")
     other = make_pki(capsys, tmp_path / "other")
-    with LocalServer(
+    server = make_server(
         tmp_path / "data",
         tls_cert=str(good / "server.pem"),
         tls_key=str(good / "server.key"),
         client_tls=TlsConfig(ca_cert=good / "ca.pem"),
-    ) as server:
-        with server.client() as admin:
-            assert admin.whoami().role == 5  # ROLE_ADMIN
-            admin.tenants.create("secure")
-        for tls in (None, TlsConfig(ca_cert=other / "ca.pem")):  # plaintext, then a CA that did not sign it
-            client = Client.connect(server.target, api_key=server.admin_key, tls=tls, timeout=5)
-            with client, pytest.raises(Unavailable):
-                client.whoami()
+    )
+    with server.client() as admin:
+        assert admin.whoami().role == 5  # ROLE_ADMIN
+        admin.tenants.create("secure")
+    for tls in (None, TlsConfig(ca_cert=other / "ca.pem")):  # plaintext, then a CA that did not sign it
+        client = Client.connect(server.target, api_key=server.admin_key, tls=tls, timeout=5)
+        with client, pytest.raises(Unavailable):
+            client.whoami()
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_of_the_ca(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_server: Callable[..., LocalServer]
 ) -> None:
     good = make_pki(capsys, tmp_path / "good", "ci")
     other = make_pki(capsys, tmp_path / "other", "ci")
     ca = good / "ca.pem"
-    with LocalServer(
+    server = make_server(
         tmp_path / "data",
         tls_cert=str(good / "server.pem"),
         tls_key=str(good / "server.key"),
         tls_client_ca=str(ca),
         health_listen="127.0.0.1:0",
-    ) as server:
-        # probes without TLS get the health service on its own plaintext port, and nothing else
-        with grpc.insecure_channel(server.health_target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            with pytest.raises(grpc.RpcError) as exc:
-                admin_pb2_grpc.AdminServiceStub(channel).WhoAmI(admin_pb2.WhoAmIRequest(), timeout=10)
-            assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        signed = TlsConfig(ca_cert=ca, client_cert=good / "ci.pem", client_key=good / "ci.key")
-        with Client.connect(server.target, api_key=server.admin_key, tls=signed) as admin:
-            assert admin.whoami().role == 5  # ROLE_ADMIN
-        refused = (
-            TlsConfig(ca_cert=ca),  # no client certificate
-            TlsConfig(ca_cert=ca, client_cert=other / "ci.pem", client_key=other / "ci.key"),  # another CA
-            None,  # plaintext
-        )
-        for tls in refused:
-            client = Client.connect(server.target, api_key=server.admin_key, tls=tls, timeout=5)
-            with client, pytest.raises(Unavailable):
-                client.whoami()
+    )
+    # probes without TLS get the health service on its own plaintext port, and nothing else
+    with grpc.insecure_channel(server.health_target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as exc:
+            admin_pb2_grpc.AdminServiceStub(channel).WhoAmI(admin_pb2.WhoAmIRequest(), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    signed = TlsConfig(ca_cert=ca, client_cert=good / "ci.pem", client_key=good / "ci.key")
+    with Client.connect(server.target, api_key=server.admin_key, tls=signed) as admin:
+        assert admin.whoami().role == 5  # ROLE_ADMIN
+    refused = (
+        TlsConfig(ca_cert=ca),  # no client certificate
+        TlsConfig(ca_cert=ca, client_cert=other / "ci.pem", client_key=other / "ci.key"),  # another CA
+        None,  # plaintext
+    )
+    for tls in refused:
+        client = Client.connect(server.target, api_key=server.admin_key, tls=tls, timeout=5)
+        with client, pytest.raises(Unavailable):
+            client.whoami()
 
-        # the same through the CLI's global options
-        base = ("--server", server.target, "--api-key", server.admin_key, "-o", "json")
-        code, out, err = run_cli(
-            capsys, *base, "--ca-cert", str(ca), "--client-cert", str(good / "ci.pem"),
-            "--client-key", str(good / "ci.key"), "whoami",
-        )  # fmt: skip
-        assert code == 0, err
-        assert '"role": "ROLE_ADMIN"' in out or '"role": 5' in out
-        code, _, _ = run_cli(capsys, *base, "--ca-cert", str(ca), "whoami")
-        assert code == 7  # UNAVAILABLE: the handshake fails
-        code, _, err = run_cli(capsys, *base, "--client-cert", str(good / "ci.pem"), "whoami")
-        assert code == 5 and "go together" in err
+    # the same through the CLI's global options
+    base = ("--server", server.target, "--api-key", server.admin_key, "-o", "json")
+    code, out, err = run_cli(
+        capsys, *base, "--ca-cert", str(ca), "--client-cert", str(good / "ci.pem"),
+        "--client-key", str(good / "ci.key"), "whoami",
+    )  # fmt: skip
+    assert code == 0, err
+    assert '"role": "ROLE_ADMIN"' in out or '"role": 5' in out
+    code, _, _ = run_cli(capsys, *base, "--ca-cert", str(ca), "whoami")
+    assert code == 7  # UNAVAILABLE: the handshake fails
+    code, _, err = run_cli(capsys, *base, "--client-cert", str(good / "ci.pem"), "whoami")
+    assert code == 5 and "go together" in err
 
 
-def test_agent_presents_its_client_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_agent_presents_its_client_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_server: Callable[..., LocalServer]
+) -> None:
     from foedus.client_sdk.agent.runtime import Agent, AgentConfig
 
     pki = make_pki(capsys, tmp_path / "certs", "admin", "agent-1")
     admin_tls = TlsConfig(ca_cert=pki / "ca.pem", client_cert=pki / "admin.pem", client_key=pki / "admin.key")
-    with LocalServer(
+    server = make_server(
         tmp_path / "data",
         tls_cert=str(pki / "server.pem"),
         tls_key=str(pki / "server.key"),
         tls_client_ca=str(pki / "ca.pem"),
         latency_runs=3,
         client_tls=admin_tls,
-    ) as server:
-        with server.client(server.create_tenant("acme")) as owner:
-            x, _ = iris_data()
-            models = tmp_path / "models"
-            models.mkdir()
-            owner.models.register("iris", iris_onnx(models), reference_data=x)
-            owner.deployments.create("iris-prod", "iris", traffic={1: 1.0})
-            agent_key = owner.keys.create("agent").secret
-        # the TLS settings as `foedus --ca-cert ... --client-cert ... agent run` builds them
-        tls = Globals(
-            server=server.target,
-            api_key=agent_key,
-            output="table",
-            tls=False,
-            ca_cert=str(pki / "ca.pem"),
-            client_cert=str(pki / "agent-1.pem"),
-            client_key=str(pki / "agent-1.key"),
-        ).tls_config()
-        assert tls is not None
-        config = AgentConfig(
-            deployment="iris-prod",
-            server=server.target,
-            api_key=agent_key,
-            listen="127.0.0.1:0",
-            data_dir=tmp_path / "agent",
-            name="agent-1",
-            interval_s=0.5,
-            channel_credentials=tls.channel_credentials(),
-        )
+    )
+    with server.client(server.create_tenant("acme")) as owner:
+        x, _ = iris_data()
+        models = tmp_path / "models"
+        models.mkdir()
+        owner.models.register("iris", iris_onnx(models), reference_data=x)
+        owner.deployments.create("iris-prod", "iris", traffic={1: 1.0})
+        agent_key = owner.keys.create("agent").secret
+    # the TLS settings as `foedus --ca-cert ... --client-cert ... agent run` builds them
+    tls = Globals(
+        server=server.target,
+        api_key=agent_key,
+        output="table",
+        tls=False,
+        ca_cert=str(pki / "ca.pem"),
+        client_cert=str(pki / "agent-1.pem"),
+        client_key=str(pki / "agent-1.key"),
+    ).tls_config()
+    assert tls is not None
+    config = AgentConfig(
+        deployment="iris-prod",
+        server=server.target,
+        api_key=agent_key,
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "agent",
+        name="agent-1",
+        interval_s=0.5,
+        channel_credentials=tls.channel_credentials(),
+    )
 
-        async def run() -> int:
-            agent = Agent(config)
-            await agent.start()
-            try:
-                await agent.connected.wait()  # the first assignment arrived and was applied
-                return agent.generation
-            finally:
-                await agent.stop()
+    async def run() -> int:
+        agent = Agent(config)
+        await agent.start()
+        try:
+            await agent.connected.wait()  # the first assignment arrived and was applied
+            return agent.generation
+        finally:
+            await agent.stop()
 
-        assert asyncio.run(asyncio.wait_for(run(), 60)) >= 1
+    assert asyncio.run(asyncio.wait_for(run(), 60)) >= 1

@@ -18,10 +18,18 @@ def test_a_replica_list_becomes_one_round_robin_target_with_the_first_host_as_au
 
 
 def test_single_targets_and_uris_are_left_to_grpc() -> None:
-    for given in ("cp.example:50051", "dns:///cp-headless:50051", "ipv4:10.0.0.1:1,10.0.0.2:1"):
+    for given in ("cp.example:50051", "dns:///cp-headless:50051", "ipv4:10.0.0.1:1"):
         target, options = resolve_target(given)
         assert target == given
         assert "grpc.default_authority" not in dict(options)
+
+
+def test_an_address_list_uri_takes_its_first_address_as_authority() -> None:
+    # gRPC would check TLS certificates against the whole list, which no certificate names
+    for given, first in (("ipv4:10.0.0.1:1,10.0.0.2:1", "10.0.0.1:1"), ("ipv6:[::1]:5,[::2]:5", "[::1]:5")):
+        target, options = resolve_target(given)
+        assert target == given
+        assert dict(options)["grpc.default_authority"] == first
 
 
 @pytest.mark.parametrize("bad", ["127.0.0.1,127.0.0.2:1", "a:1,b:port", "a:1,b:70000"])

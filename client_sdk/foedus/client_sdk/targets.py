@@ -16,7 +16,8 @@ A list of host names is resolved once, when the channel is made (each name to al
 for a replica set that changes, give one DNS name that resolves to all replicas
 (`dns:///foedus-headless:50051`, a Kubernetes headless Service), which gRPC re-resolves by itself.
 With TLS, the certificate of every replica must name the first host of the list (or
-TlsConfig.server_name), since that is the name checked.
+TlsConfig.server_name), since that is the name checked; the same holds for the first address of an
+`ipv4:`/`ipv6:` list.
 """
 
 from __future__ import annotations
@@ -107,7 +108,13 @@ def resolve_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 4000),
     ]
-    if not several or "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
+    if several and target.startswith(("ipv4:", "ipv6:")):
+        # gRPC's authority of an address list is the whole list, which no certificate names: the
+        # first address is the name TLS checks and the :authority header, as for HOST:PORT lists.
+        first = target.split(":", 1)[1].split(",", 1)[0].strip()
+        options.append(("grpc.default_authority", first))
+        return target, options
+    if not several or "://" in target or target.startswith("unix:"):
         return target, options
     replicas = [_split(part) for part in target.split(",") if part.strip()]
     addresses = [a for host, port in replicas for a in _addresses(host, port)]

@@ -103,6 +103,11 @@ class LocalServer:
         return self._server.store
 
     @property
+    def metrics_urls(self) -> list[str]:
+        """The Prometheus endpoint as a list, like ReplicaSet's (one per replica); empty: none."""
+        return [self.metrics_url] if self.metrics_url else []
+
+    @property
     def app(self) -> Any:
         """The running server (foedus.server.app.FoedusServer), for tests that look inside it."""
         if self._server is None:
@@ -189,14 +194,26 @@ class ReplicaSet:
         """The first replica's store: all of them read and write the same database."""
         return self.replicas[0].store
 
+    @property
+    def health_target(self) -> str:
+        """The first replica's plaintext health listener, when `health_listen` is set (each
+        replica has one of its own)."""
+        return self.replicas[0].health_target
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every replica's Prometheus endpoint, when `metrics_listen` is set (one per replica)."""
+        return [url for replica in self.replicas for url in replica.metrics_urls]
+
     def start(self) -> ReplicaSet:
         """Starts the replicas (again, after `halt()`: at the same addresses)."""
         first, *others = self.replicas
         first.start()
         for replica in others:
-            # The admin key exists in the database now; the others read the same file.
-            replica.data_dir.mkdir(parents=True, exist_ok=True)
-            (replica.data_dir / "admin.key").write_text(first.admin_key + "\n")
+            if not self.settings.get("admin_key_file"):
+                # The admin key exists in the database now; the others read the same file.
+                replica.data_dir.mkdir(parents=True, exist_ok=True)
+                (replica.data_dir / "admin.key").write_text(first.admin_key + "\n")
             replica.start()
         self.admin_key = first.admin_key
         # A gRPC URI, so that plain grpc channels take it as well as the SDK, the CLI and agents.
