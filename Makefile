@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck pytest proto bench clean
+.PHONY: venv demo test test-replicas lint typecheck pytest proto bench clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ REPLICA_TESTS = tests/integration/test_registry.py tests/integration/test_deploy
 pytest: venv
 	$(PY) -m pytest -q
 	$(PY) -m pytest -q --replicas -m "not slow" $(REPLICA_TESTS)
+
+## test-replicas: every integration test, the slow ones included, with the control plane as two
+## replicas on PostgreSQL wherever a test starts one (about 15 minutes; needs PostgreSQL)
+test-replicas: venv
+	$(PY) -m pytest -q -rs --replicas tests/integration
 
 ## proto: regenerate foedus.v1 from proto/foedus/v1/*.proto with the pinned generators
 proto: venv

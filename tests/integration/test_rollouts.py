@@ -267,8 +267,10 @@ def test_pause_resume_abort_and_tenant_isolation(rig: Rig) -> None:
     assert [(t.version, t.weight) for t in c.deployments.get("iris-prod").traffic] == [(1, 100.0)]
     with pytest.raises(FailedPrecondition, match="already finished"):
         c.rollouts.promote(r.id)
-    assert kinds(c.rollouts.events(r.id)) == ["started", "paused", "resumed", "aborted"]
+    # (a tick between resume and abort may have logged its "no regression so far" analysis)
+    events = [k for k in kinds(c.rollouts.events(r.id)) if k != "analysis"]
+    assert events == ["started", "paused", "resumed", "aborted"]
     # a watch of a finished rollout replays its events and ends
     watched = [m.event.kind for m in c.rollouts.watch(r.id, timeout=10)]
-    assert watched == ["started", "paused", "resumed", "aborted"]
+    assert [k for k in watched if k != "analysis"] == ["started", "paused", "resumed", "aborted"]
     assert rig.load.failures == []
