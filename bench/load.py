@@ -38,6 +38,10 @@ Reported (one flat JSON object with `--json`):
   /proc), summed over the replicas, after the warm-up (the first `--warmup-share`, 20%, of the
   run) and at its end; growth = end - start. `rss_growth_mb_max_replica` is the largest growth of
   one replica, `rss_slope_mb_per_min` the least-squares slope of the sum after the warm-up.
+  `rss_slope_mb_per_min_second_half` is that slope over the second half of the run only, and
+  `rss_fit_growth_mb_second_half` the growth over the second half that it amounts to (a fitted
+  line, so one sample's noise of a few MB does not decide it): caches that fill for a while after
+  the warm-up show in the first two figures, a leak in all of them.
 * `points_acked`: telemetry points (interval reports and alerts, as the ingest limit counts them)
   in batches the replicas acknowledged; `points_found`: those of them in the database at the end
   (an interval by agent, version and start, an alert by agent and id); `points_lost` = acked -
@@ -1043,6 +1047,7 @@ def summarise(
                 stale += generation < counts["generations"].get(deployment, 0)
     warm = args.warmup_share * elapsed
     after = [(t, sum(v)) for t, v in rss if t >= warm]
+    second_half = [(t, sum(v)) for t, v in rss if t >= elapsed / 2]
     start_sample = next((v for t, v in rss if t >= warm), rss[-1][1])
     end_sample = rss[-1][1]
     figures: dict[str, float] = {
@@ -1062,6 +1067,8 @@ def summarise(
         ),
         "rss_max_mb": round(max(sum(v) for _, v in rss), 1),
         "rss_slope_mb_per_min": round(slope_per_min(after), 2),
+        "rss_slope_mb_per_min_second_half": round(slope_per_min(second_half), 2),
+        "rss_fit_growth_mb_second_half": round(slope_per_min(second_half) * (elapsed / 2) / 60.0, 1),
         "points_acked": len(acked),
         "points_found": len(acked & counts["points"]),
         "points_lost": len(acked - counts["points"]),
@@ -1091,7 +1098,8 @@ def print_table(figures: dict[str, float]) -> None:
         )
     for key in (
         "duration_s", "requests_total", "throughput_rps", "errors", "rss_start_mb", "rss_end_mb",
-        "rss_growth_mb", "rss_growth_mb_max_replica", "rss_slope_mb_per_min", "points_acked",
+        "rss_growth_mb", "rss_growth_mb_max_replica", "rss_slope_mb_per_min",
+        "rss_slope_mb_per_min_second_half", "rss_fit_growth_mb_second_half", "points_acked",
         "points_found", "points_lost", "points_stored_unacked", "assignments_stale_at_end", "server_cpu_cores", "loadgen_cpu_cores",
         "postgres_cpu_cores", "host_busy_cores", "host_load_avg",
     ):  # fmt: skip
