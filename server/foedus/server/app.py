@@ -395,7 +395,10 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    print(f"foedus server listening on {server.target}", flush=True)
+    # One write, line end included: print() writes its end separately, and a log line from
+    # another thread could land in between, on the same line, when stdout and stderr share a file.
+    sys.stdout.write(f"foedus server listening on {server.target}\n")
+    sys.stdout.flush()
     await stop.wait()
     log.info("shutting down")
     await server.stop()
