@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from foedus.client_sdk import Client
+from foedus.client_sdk.testing import free_port
 
 # Runs in the child. argv: data dir, settings as JSON, the parent's pid (0: don't check it).
 _SCRIPT = """
@@ -94,7 +95,8 @@ def _children(pid: int) -> list[int]:
 
 
 class ServerProcess:
-    """One server subprocess. `start()` returns once it serves; `stop()`, `kill()` end it."""
+    """One server subprocess. `start()` returns once it serves; `stop()`, `kill()` end it; a
+    stopped or killed one can be started again (same data dir and settings, same log file)."""
 
     def __init__(
         self, data_dir: Path, log_path: Path | None = None, *, pid_namespace: bool = False, **settings: Any
@@ -113,9 +115,11 @@ class ServerProcess:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        if self.proc is not None:
+        if self.alive:
             raise ServerError("already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A restart appends to the same log: its address is looked for in what this start wrote.
+        since = self.log_path.stat().st_size if self.log_path.exists() else 0
         parent = 0 if self.pid_namespace else os.getpid()
         args = [
             sys.executable,
@@ -134,7 +138,7 @@ class ServerProcess:
         _LIVE.add(self)
         deadline = time.monotonic() + timeout
         while True:
-            match = _LISTENING.search(self.log())
+            match = _LISTENING.search(self.log(since))
             if match:
                 self.host, self.port = match["host"], int(match["port"])
                 break
@@ -210,9 +214,12 @@ class ServerProcess:
         with self.client() as admin:
             return admin.tenants.create(name).owner_key_secret
 
-    def log(self) -> str:
+    def log(self, since: int = 0) -> str:
+        """The log, from byte `since` on."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -235,14 +242,6 @@ class ServerProcess:
         return True
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServerSet:
     """One control plane as processes: a single server, or replicas on one PostgreSQL database.
 
@@ -261,7 +260,7 @@ class ServerSet:
         self.settings = settings
         self.db = str(settings.get("db") or "")
         dirs = [Path(data_dir)] if count == 1 else [Path(data_dir) / f"replica-{i}" for i in range(count)]
-        ports = [_free_port() for _ in dirs]
+        ports = [free_port() for _ in dirs]
         self.members = [
             ServerProcess(d, listen=f"127.0.0.1:{port}", **settings)
             for d, port in zip(dirs, ports, strict=True)
@@ -276,11 +275,6 @@ class ServerSet:
         for member in self.members:
             if member.alive:
                 continue
-            if member.proc is not None:  # a restart: a log of its own, to find its address in
-                member.proc = None
-                member.log_path = member.data_dir.with_name(
-                    f"{member.data_dir.name}-server-{time.time_ns()}.log"
-                )
             if member is not first:
                 member.data_dir.mkdir(parents=True, exist_ok=True)
                 (member.data_dir / "admin.key").write_text(first.admin_key + "\n")

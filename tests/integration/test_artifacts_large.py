@@ -40,7 +40,10 @@ def blob_files(data_dir: Path) -> list[Path]:
 def stored_blobs(server: ServerSet) -> dict[str, int]:
     """sha256 -> size of every stored blob: files under the data dir, or rows in the database."""
     if server.settings.get("artifact_store") != "database":
-        return {p.name: p.stat().st_size for p in blob_files(server.members[0].data_dir)}
+        files = blob_files(server.members[0].data_dir)
+        assert all(p.parent.name == p.name[:2] for p in files), files  # sha256/ab/abcd...
+        assert len({p.name for p in files}) == len(files), files  # each digest stored once
+        return {p.name: p.stat().st_size for p in files}
     import psycopg
 
     with psycopg.connect(server.db) as conn:

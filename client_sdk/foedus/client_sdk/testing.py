@@ -130,7 +130,8 @@ class LocalServer:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago (for servers that must keep their port)."""
     import socket
 
     with socket.socket() as sock:
@@ -176,7 +177,7 @@ class ReplicaSet:
             LocalServer(
                 None if data_dir is None else Path(data_dir) / f"replica-{i}",
                 client_tls=client_tls,
-                listen=f"127.0.0.1:{_free_port()}",
+                listen=f"127.0.0.1:{free_port()}",
                 **settings,
             )
             for i in range(count)
