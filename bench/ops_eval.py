@@ -9,7 +9,8 @@ Datasets (each skipped, with a message, when its folder is absent; its figures a
 * smd: Server Machine Dataset, 38 metrics per server. The Foedus anomaly model (trained per machine
   on the unlabelled `train` part, threshold calibrated without labels) against IsolationForest, PCA
   reconstruction and the agent's statistical detector: precision, recall, F1 with and without point
-  adjustment, AUC-PR; SHAP root cause against `interpretation_label` (HitRate@100%, @150%).
+  adjustment, AUC-PR; root cause of each detected anomaly (Kernel SHAP) against
+  `interpretation_label` (HitRate@100%, @150%).
 * nab: Numenta Anomaly Benchmark. NAB's scoring (windows, scaled sigmoid, profiles, threshold
   optimised over the corpus); result files in NAB's format under `--out-dir`.
 * nezha: injected microservice faults; recall (an alert within the fault's window), time to detect.
@@ -84,9 +85,12 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "smd": [
         ("F1 (point-adjusted)", "smd_f1_pa"),
         ("F1", "smd_f1"),
+        ("F1 (point-adjusted), adapted daily", "smd_f1_pa_online"),
+        ("F1, adapted daily", "smd_f1_online"),
         ("AUC-PR", "smd_auc_pr"),
         ("HitRate@100%", "smd_hitrate_100"),
         ("HitRate@150%", "smd_hitrate_150"),
+        ("HitRate@150%, all labelled points", "smd_hitrate_150_all"),
     ],
     "nab": [
         ("score, standard profile", "nab_score"),

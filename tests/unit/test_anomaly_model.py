@@ -181,6 +181,44 @@ def test_error_attributions_are_exact_shapley_values_of_the_additive_score(
     assert sum(explained.values()) == pytest.approx(model.score(x)[202], rel=1e-5)
 
 
+def test_adapt_follows_a_new_normal_and_still_flags_faults(model: AnomalyModel, train: np.ndarray) -> None:
+    # From step 2400 on, the 'cpu' metric runs 3 standard deviations higher for good: a new
+    # normal. The fitted model alarms on it throughout; adapted block by block without labels,
+    # it stops alarming on the new level and still flags a fault on another metric.
+    drifted = _series(1600, seed=3, start=2400)
+    drifted[:, 0] += 3.0 * train[:, 0].std()
+    static_flags = model.predict(np.concatenate([train, drifted]))[2400:]
+    assert static_flags[-200:].mean() > 0.5
+    adapted = model.copy()
+    history = train
+    returned = []
+    for start in range(0, 1400, 200):
+        history = np.concatenate([history, drifted[start : start + 200]])
+        returned.append(adapted.adapt(history, 200, seed=0))
+    assert returned[0].mean() > 0.5  # the first drifted block is flagged by the model as fitted
+    last = _inject(drifted, 1500, 10, feature=5)
+    flags = adapted.predict(np.concatenate([train, last]))[2400:]
+    assert flags[1400:1500].mean() < 0.05  # the new level is normal now
+    assert flags[1500:1510].any()  # a fault is still a fault
+    # the copy was adapted, the original model was not
+    np.testing.assert_array_equal(model.predict(np.concatenate([train, drifted]))[2400:], static_flags)
+    with pytest.raises(ValueError, match="new"):
+        adapted.adapt(history, 0)
+
+
+def test_shap_players_are_whole_metrics_of_the_window(model: AnomalyModel, test_series: np.ndarray) -> None:
+    # Kernel SHAP's attributions add up to the score minus the score of the window with every
+    # metric at its training median; a fault that ended two steps before the scored step is
+    # still attributed to its metric (varying only the scored step's metrics would miss it).
+    x = _inject(test_series, 300, 3, feature=2)
+    t = 304  # faulty rows 300..302; the score averages rows 302..304
+    values = dict(model.explain(x, t, k=F, method="shap", nsamples=4096))
+    at_medians = np.repeat(model.center[None, :], model.window, axis=0)
+    baseline = float(model.score(at_medians)[-1])
+    assert sum(values.values()) == pytest.approx(model.score(x)[t] - baseline, rel=1e-3, abs=1e-6)
+    assert max(values, key=lambda i: values[i]) == 2
+
+
 @pytest.mark.parametrize("selection", ["injection", "loss"])
 def test_search_picks_the_best_candidate_by_its_unsupervised_criterion(
     train: np.ndarray, selection: str
@@ -223,7 +261,7 @@ def test_missing_values_score_as_typical_and_bad_shapes_are_refused(
 
 
 def test_smd_evaluation_on_one_truncated_real_machine() -> None:
-    from foedus.federation.evaluation.smd import evaluate_smd, smd_dir
+    from foedus.federation.evaluation.smd import evaluate_smd, load_machine, smd_dir
 
     data_dir = shared_data_dir()
     try:
@@ -233,13 +271,21 @@ def test_smd_evaluation_on_one_truncated_real_machine() -> None:
     assert data_dir is not None
     config = AnomalyConfig(epochs=2)
     result = evaluate_smd(
-        data_dir, machines=["machine-1-2"], config=config, search=False, limit=8000, shap_points=0
+        data_dir, machines=["machine-1-2"], config=config, search=False, limit=8000, shap_points=2
     )
     for prefix in ("smd_", "iforest_smd_", "pca_smd_", "stat_smd_"):
         for figure in ("f1_pa", "f1", "auc_pr"):
             assert 0.0 <= result[prefix + figure] <= 1.0, prefix + figure
-    assert 0.0 <= result["smd_hitrate_150"] <= 1.0
-    assert result["smd_hitrate_150"] >= result["smd_hitrate_100"]
+    pairs = [
+        ("smd_hitrate_100", "smd_hitrate_150"),  # Kernel SHAP at detected points
+        ("smd_hitrate_100_all", "smd_hitrate_150_all"),  # error terms at every labelled point
+        ("smd_error_hitrate_100", "smd_error_hitrate_150"),
+        ("pca_smd_hitrate_100", "pca_smd_hitrate_150"),
+    ]
+    for at_100, at_150 in pairs:
+        assert 0.0 <= result[at_100] <= result[at_150] <= 1.0, at_150
+    anomalies = load_machine(data_dir, "machine-1-2", limit=8000).interpretation
+    assert 1 <= result["smd_shap_points"] <= 2 * len(anomalies)  # at most 2 explained per anomaly
     assert result["smd_f1_pa"] > 0.5
     assert result["smd_machines"] == 1.0
 

@@ -100,6 +100,23 @@ def test_windowed_scorer_gets_the_last_intervals_of_its_features(tmp_path: Path)
     assert top[0][0] == "latency_p99_ms"
 
 
+def test_explanation_covers_the_whole_window(tmp_path: Path) -> None:
+    # A spike two intervals back moves the window's mean, so the newest interval scores high
+    # although it is normal itself; SHAP's players are whole metrics of the window, so the spiking
+    # metric gets the score (varying only the newest interval would have credited nothing).
+    features = ["latency_p99_ms", "error_rate"]
+    scorer = AnomalyScorer(loaded(windowed_scorer_onnx(tmp_path / "w.onnx", 4, features)), "ops", {})
+    rows = np.zeros((10, 6))
+    rows[:, 3] = 10.0
+    rows[-3, 3] = 30.0  # window 10, 30, 10, 10: mean 15, newest 10 -> score 25
+    assert scorer.score(rows) == pytest.approx(25.0)
+    background = np.tile(rows[0], (20, 1))
+    top = scorer.explain(rows, background)
+    assert top[0][0] == "latency_p99_ms"
+    assert top[0][1] == pytest.approx(25.0, rel=1e-3)  # the background window scores 0
+    assert abs(top[1][1]) < 1e-3
+
+
 def test_windowed_model_contract_is_checked(tmp_path: Path) -> None:
     with pytest.raises(OpsModelError, match="do not measure"):
         AnomalyScorer(loaded(windowed_scorer_onnx(tmp_path / "a.onnx", 4, ["cpu_temperature"])), "ops", {})

@@ -33,6 +33,11 @@ Threshold (no labels)
     among them) do contain anomalies, which inflate the tail that POT extrapolates from (on SMD,
     POT at risk 1e-3 on the same training scores gave a lower point-adjusted F1).
 
+Online adaptation
+    `AnomalyModel.adapt` follows a drifting normal without labels: run after each block of new
+    data (a day), it flags the block, fine-tunes the network on the block's unflagged windows
+    plus as many older normal ones, and recalibrates the threshold on the whole history.
+
 Guarantees
     * Online: the score at t depends only on steps ``t - W + 1 .. t``; before step ``W - 1`` the
       window is padded with copies of the first step (`score`, `feature_scores`).
@@ -42,10 +47,13 @@ Guarantees
 Root cause
     `explain` ranks features for one step either by exact Shapley values of the additive score
     (``method="error"``: the score is a sum of per-feature error terms, and for an additive game
-    each player's Shapley value is its own term), or by Kernel SHAP over the raw metrics of the
-    scored step (``method="shap"``; the other rows of the window fixed, absent features set to
-    their training median), which also accounts for a metric's effect on the reconstruction of
-    the others.
+    each player's Shapley value is its own term), or by Kernel SHAP over the raw metrics
+    (``method="shap"``): a player is one metric over the whole window, and an absent metric takes
+    its training median at every step of the window. This also accounts for a metric's effect on
+    the reconstruction of the others. An earlier variant varied only the scored step and kept the
+    window's other rows; the score averages the last ``score_steps`` rows and the encoder sees
+    the whole window, so that variant left most of a metric's effect out (HitRate@150% on SMD's
+    detected anomalies 0.58, against 0.78 with whole-window players).
 """
 
 from __future__ import annotations
@@ -261,19 +269,28 @@ def _train(
 ) -> _WindowAutoencoder:
     torch.manual_seed(seed)
     net = _WindowAutoencoder(config.window, n_features, config.hidden, config.code)
+    _epochs(net, windows, config, epochs, seed)
+    return net
+
+
+def _epochs(
+    net: _WindowAutoencoder, windows: torch.Tensor, config: AnomalyConfig, epochs: int, seed: int
+) -> None:
+    """`epochs` shuffled passes of Adam (``config.lr``) over normalised `windows`; leaves `net` in eval mode."""
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(epochs):
-        order = torch.randperm(windows.shape[0], generator=generator)
-        for i in range(0, order.numel(), config.batch_size):
-            batch = windows[order[i : i + config.batch_size]]
-            loss = torch.mean((net(batch) - batch) ** 2)
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-    net.eval()
-    return net
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(windows.shape[0], generator=generator)
+            for i in range(0, order.numel(), config.batch_size):
+                batch = windows[order[i : i + config.batch_size]]
+                loss = torch.mean((net(batch) - batch) ** 2)
+                opt.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+    finally:
+        net.eval()
 
 
 def _injections(n_features: int, n: int, seed: int) -> torch.Tensor:
@@ -468,6 +485,85 @@ class AnomalyModel:
         """Whether each step's score reaches the calibrated threshold."""
         return self.score(x) >= self.threshold
 
+    # ------------------------------------------------------------------ online adaptation
+    def adapt(
+        self,
+        history: np.ndarray,
+        new: int,
+        *,
+        epochs: int = 1,
+        replay: float = 1.0,
+        regime_share: float = 0.5,
+        seed: int = 0,
+    ) -> npt.NDArray[np.bool_]:
+        """Flags the newest `new` steps of a raw (T, F) `history`, then adapts the model to them; no labels.
+
+        Meant to run once per block of new data (e.g. daily) beside the online scorer, so that a
+        drifting normal (a new load level, a new daily pattern) stops raising alarms:
+
+        1. the newest `new` steps are flagged with the current network and threshold (the
+           returned flags are what the model reported for them);
+        2. the network is fine-tuned for `epochs` (Adam, ``config.lr``) on the windows ending in
+           the newest steps that hold no flagged step, mixed with `replay` times as many windows
+           drawn from the earlier history whose steps score below the threshold, so the model
+           does not forget the older normal. When at least `regime_share` of the newest steps
+           are flagged, the block is taken for a change of regime (a new level that lasted the
+           whole block, not an incident) and all its windows are trained on;
+        3. the threshold is recalibrated (`block_maxima_threshold`) on the scores of the whole
+           `history` under the adapted network.
+
+        Normalisation (centre, scale, clip) stays as fitted: the ONNX graph's inputs keep their
+        meaning. Anomalies the model missed are trained on like normal data; the block-maxima
+        median keeps the threshold from following anomalies in fewer than half of the blocks.
+        """
+        x = _check_series(history, self.n_features)
+        if not 0 < new <= x.shape[0]:
+            raise ValueError(f"new must be within 1..{x.shape[0]}, got {new}")
+        if epochs < 0 or replay < 0:
+            raise ValueError("epochs and replay must not be negative")
+        if not 0.0 < regime_share <= 1.0:
+            raise ValueError("regime_share must be within (0, 1]")
+        w = self.window
+        scores = self.score(x)
+        flagged = scores >= self.threshold
+        first_new = x.shape[0] - new
+        # a window is clean when none of its steps is flagged
+        dirty = np.convolve(flagged.astype(np.float64), np.ones(w), mode="full")[: x.shape[0]] > 0
+        if flagged[first_new:].mean() >= regime_share:
+            dirty[first_new:] = False
+        ends = np.arange(x.shape[0])
+        usable = ~dirty & (ends >= w - 1)
+        fresh = ends[usable & (ends >= first_new)]
+        older = ends[usable & (ends < first_new)]
+        rng = np.random.default_rng([seed, x.shape[0]])
+        take = min(older.size, round(replay * fresh.size))
+        picked = np.concatenate([fresh, rng.choice(older, size=take, replace=False) if take else older[:0]])
+        if epochs and picked.size:
+            with _Threads(self.config.threads):
+                with torch.no_grad():
+                    z = self._scorer.normalise(torch.from_numpy(x.astype(np.float32))).numpy()
+                view = np.lib.stride_tricks.sliding_window_view(z, (w, z.shape[1]))[:, 0]
+                windows = torch.from_numpy(np.array(view[picked - (w - 1)], dtype=np.float32))
+                _epochs(self._scorer.net, windows, self.config, epochs, seed)
+        self.threshold = block_maxima_threshold(self.score(x), self.config.calibration_block)
+        out: npt.NDArray[np.bool_] = flagged[first_new:].copy()
+        return out
+
+    def copy(self) -> AnomalyModel:
+        """An independent copy (weights included), e.g. to adapt without changing this model."""
+        clone = _WindowAutoencoder(self.window, self.n_features, self.config.hidden, self.config.code)
+        clone.load_state_dict(self._scorer.net.state_dict())
+        clone.eval()
+        return AnomalyModel(
+            clone,
+            config=self.config,
+            center=self.center.copy(),
+            scale=self.scale.copy(),
+            threshold=self.threshold,
+            feature_names=self.feature_names,
+            search_results=self.search_results,
+        )
+
     def window_at(self, x: np.ndarray, t: int) -> np.ndarray:
         """The raw (W, F) window ending at step t (edge-padded before step 0), as the ONNX graph takes it."""
         arr = _check_series(x, self.n_features)
@@ -491,10 +587,11 @@ class AnomalyModel:
 
         ``method="error"``: each feature's term of the score (`feature_scores`), which is its exact
         Shapley value for the additive score (players = per-feature error terms). ``method="shap"``:
-        Kernel SHAP (``shap.KernelExplainer``) of the score as a function of the raw metrics at
-        step t, the window's earlier rows fixed and an absent feature set to its training median;
-        attributions sum to ``score(x)[t] - score(window with step t at the medians)``. `nsamples`
-        is Kernel SHAP's coalition budget (default ``2 F + 2048``); sampling is seeded by `seed`.
+        Kernel SHAP (``shap.KernelExplainer``) of the score as a function of the raw metrics, one
+        player per metric over the whole window ending at t; an absent metric takes its training
+        median at every step. Attributions sum to ``score(x)[t]`` minus the score of a window with
+        every metric at its median. `nsamples` is Kernel SHAP's coalition budget (default
+        ``2 F + 2048``); sampling is seeded by `seed`.
         """
         window = self.window_at(x, t)
         if method == "error":
@@ -512,22 +609,28 @@ class AnomalyModel:
         import shap
 
         context = window.astype(np.float32)
+        median = self.center.astype(np.float32)
 
-        def score_last(rows: np.ndarray) -> np.ndarray:
-            batch = np.repeat(context[None], rows.shape[0], axis=0)
-            batch[:, -1, :] = rows
+        def score_coalitions(present: np.ndarray) -> np.ndarray:
+            # `present` rows are 0/1 masks over the metrics (the explained instance is all ones,
+            # the background all zeros): a present metric keeps its whole window, an absent one
+            # is at its training median throughout.
+            keep = present[:, None, :] > 0.5
+            batch = np.where(keep, context[None], median[None, None, :]).astype(np.float32)
             with _Threads(self.config.threads), torch.no_grad():
                 scores, _ = self._scorer(torch.from_numpy(batch))
             out: np.ndarray = scores.numpy().astype(np.float64)
             return out
 
-        background = self.center[None, :].astype(np.float32)
+        background = np.zeros((1, self.n_features))
         budget = nsamples if nsamples is not None else 2 * self.n_features + 2048
         state = np.random.get_state()
         np.random.seed(seed % (2**32))
         try:
-            explainer = shap.KernelExplainer(score_last, background)
-            values = explainer.shap_values(context[-1:], nsamples=budget, silent=True, l1_reg=False)
+            explainer = shap.KernelExplainer(score_coalitions, background)
+            values = explainer.shap_values(
+                np.ones((1, self.n_features)), nsamples=budget, silent=True, l1_reg=False
+            )
         finally:
             np.random.set_state(state)
         return np.asarray(values, dtype=np.float64).reshape(-1)[: self.n_features]

@@ -9,8 +9,8 @@ metadata `foedus.window`. Before W intervals exist, the window is padded with it
 
 - An anomaly scorer's first output is a score per row; its version's tag `threshold` (or else the
   ONNX metadata `foedus.threshold`) says from which score on an interval is anomalous. An alert
-  carries the metrics that contributed most, by SHAP (Kernel SHAP over the scorer, varying the
-  current interval's metrics against a background of recent normal intervals).
+  carries the metrics that contributed most, by SHAP (Kernel SHAP over the scorer, one player per
+  metric over the whole window, against a background of recent normal intervals).
 - A resource predictor's outputs are named after what they predict (e.g. `cpu_p90_next`); each
   becomes a score of the interval under that name.
 """
@@ -135,30 +135,42 @@ class AnomalyScorer(OpsModel):
     def explain(
         self, recent: np.ndarray, background: np.ndarray, *, nsamples: int = 200
     ) -> list[tuple[str, float]]:
-        """SHAP attribution of each metric of the newest interval to its score, largest first.
+        """SHAP attribution of each metric to the newest interval's score, largest first.
 
-        The explained function varies the newest interval's metrics (the model's features) and
-        keeps the earlier intervals of the window as they were; `background` are normal intervals.
+        One player per metric: present, the metric keeps its values over the whole input (the
+        window of the last W intervals, or the newest interval); absent, it takes a background
+        interval's value at every step. `background` are recent normal intervals (rows of
+        HISTORY_METRICS; the last 50 are used). Attributions add up to the score minus its mean
+        over the background.
         """
         import shap
 
         first = self.model.outputs[0].name
         base = self.inputs(recent)
         cols = list(self.columns)
+        bg = np.asarray(background, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))[-50:, cols]
+        n_features = len(cols)
 
-        def predict(rows: np.ndarray) -> np.ndarray:
-            batch = np.repeat(base, len(rows), axis=0)
-            if batch.ndim == 3:
-                batch[:, -1, :] = rows
-            else:
-                batch[:, :] = rows
+        def predict(codes: np.ndarray) -> np.ndarray:
+            # Kernel SHAP mixes the explained row (all 1: every metric as observed) with the
+            # background rows (row k coded -(k + 1)); a code says where each metric comes from.
+            batch = np.repeat(base, len(codes), axis=0)
+            for j in range(n_features):
+                absent = codes[:, j] < 0
+                if absent.any():
+                    source = bg[(-codes[absent, j] - 1).round().astype(int), j]
+                    if batch.ndim == 3:
+                        batch[absent, :, j] = source[:, None]
+                    else:
+                        batch[absent, j] = source
             return self.run(batch)[first]
 
-        bg = np.asarray(background, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))[-50:, cols]
-        current = base[0, -1, :] if base.ndim == 3 else base[0]
-        explainer = shap.KernelExplainer(predict, bg)
+        coded_background = -np.repeat(
+            np.arange(1, len(bg) + 1, dtype=np.float64)[:, None], n_features, axis=1
+        )
+        explainer = shap.KernelExplainer(predict, coded_background)
         values = np.asarray(
-            explainer.shap_values(current.reshape(1, -1), nsamples=nsamples, silent=True)
+            explainer.shap_values(np.ones((1, n_features)), nsamples=nsamples, silent=True)
         ).reshape(-1)
         order = np.argsort(-np.abs(values))
         return [(self.features[i], float(values[i])) for i in order]
