@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,20 +24,8 @@ def series(rng: np.random.Generator, n: int) -> np.ndarray:
     )
 
 
-def test_train_score_and_evaluate_an_anomaly_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    rng = np.random.default_rng(3)
-    train = series(rng, 3000)
-    test = series(rng, 1500)
-    label = np.zeros(len(test), dtype=np.uint8)
-    for start in (400, 900):  # two faults: one metric breaks away from the others
-        test[start : start + 30, 1] += 3.0
-        label[start : start + 30] = 1
-    data = tmp_path / "machine.npz"
-    np.savez(data, train=train.astype(np.float32), test=test.astype(np.float32), test_label=label)
-    model = tmp_path / "anomaly.onnx"
-
+def train_anomaly(capsys: pytest.CaptureFixture[str], data: Path, model: Path) -> tuple[dict[str, Any], str]:
+    """`foedus -o json ops train anomaly --no-search`: its JSON row and its stderr (progress)."""
     code, out, err = run(
         capsys,
         "-o",
@@ -51,7 +40,25 @@ def test_train_score_and_evaluate_an_anomaly_model(
         "--no-search",
     )
     assert code == 0, err
-    trained = json.loads(out)
+    row: dict[str, Any] = json.loads(out)
+    return row, err
+
+
+def test_train_score_and_evaluate_an_anomaly_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(3)
+    train = series(rng, 3000)
+    test = series(rng, 1500)
+    label = np.zeros(len(test), dtype=np.uint8)
+    for start in (400, 900):  # two faults: one metric breaks away from the others
+        test[start : start + 30, 1] += 3.0
+        label[start : start + 30] = 1
+    data = tmp_path / "machine.npz"
+    np.savez(data, train=train.astype(np.float32), test=test.astype(np.float32), test_label=label)
+    model = tmp_path / "anomaly.onnx"
+
+    trained, err = train_anomaly(capsys, data, model)
     assert trained["kind"] == "anomaly" and trained["window"] >= 1 and float(trained["threshold"]) > 0
     assert "threshold" in err  # progress on stderr
 
@@ -76,3 +83,81 @@ def test_train_score_and_evaluate_an_anomaly_model(
     wrong.write_text("a,b\n1,2\n3,4\n")
     code, _, err = run(capsys, "ops", "score", "--model", str(model), "--data", str(wrong))
     assert code == exit_codes.INVALID and "metrics per row" in err
+
+
+def test_adapt_an_anomaly_model_to_a_new_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After training, metric 0 settles 2 units higher for good. The trained model flags all of
+    it; `ops adapt`, run on each new block, makes the new level normal and still flags a fault."""
+    rng = np.random.default_rng(5)
+    train = series(rng, 3000)
+    drifted = series(rng, 2400)
+    drifted[:, 0] += 2.0
+    model = tmp_path / "anomaly.onnx"
+    np.savez(tmp_path / "train.npz", train=train)
+    trained, _ = train_anomaly(capsys, tmp_path / "train.npz", model)
+    state = Path(trained["state"])
+    assert state == tmp_path / "anomaly.pt" and state.is_file()
+
+    flagged = []
+    for day in range(3):  # three blocks of 600 new rows, each adapted to once it has been seen
+        history = tmp_path / f"history-{day}.npz"
+        np.savez(history, train=np.concatenate([train, drifted[: 600 * (day + 1)]]))
+        adapted = tmp_path / f"anomaly-{day}.onnx"
+        code, out, err = run(
+            capsys, "-o", "json", "ops", "adapt", "--state", str(state), "--data", str(history),
+            "--new", "600", "--out", str(adapted),
+        )  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["new_rows"] == 600 and result["model"] == str(adapted)
+        flagged.append(result["flagged_new_rows"])
+        state = Path(result["state"])
+        assert "anomalous; threshold" in err  # progress on stderr
+    assert flagged[0] > 300  # the model as trained called the new level an anomaly
+
+    later = drifted[1800:].copy()
+    later[300:330, 2] += 3.0  # a fault on another metric
+    np.savez(tmp_path / "later.npz", test=later)
+    code, out, err = run(
+        capsys, "-o", "json", "ops", "score", "--model", str(adapted), "--data", str(tmp_path / "later.npz")
+    )
+    assert code == 0, err
+    scored = json.loads(out)
+    outside = sum(
+        a["last_row"] - a["first_row"] + 1
+        for a in scored["anomalies"]
+        if a["last_row"] < 300 or a["first_row"] > 340
+    )
+    assert outside < 0.05 * len(later), scored["anomalies"]  # the new level is normal now
+    assert any(
+        a["first_row"] <= 330 and a["last_row"] >= 300 for a in scored["anomalies"]
+    )  # the fault is not
+
+    code, _, err = run(
+        capsys,
+        "ops",
+        "adapt",
+        "--state",
+        str(model),
+        "--data",
+        str(history),
+        "--new",
+        "10",
+        "--out",
+        str(tmp_path / "x.onnx"),
+    )
+    assert code == exit_codes.INVALID and "not an anomaly model state" in err
+    code, _, err = run(
+        capsys,
+        "ops",
+        "adapt",
+        "--state",
+        str(state),
+        "--data",
+        str(history),
+        "--new",
+        "99999",
+        "--out",
+        str(tmp_path / "x.onnx"),
+    )
+    assert code == exit_codes.INVALID and "more than the" in err

@@ -12,6 +12,7 @@ import csv
 import gzip
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -19,6 +20,9 @@ import typer
 from foedus.client_sdk.agent.history import HISTORY_METRICS
 from foedus.client_sdk.cli.common import emit, globals_of
 from foedus.client_sdk.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from foedus.federation.anomaly import AnomalyModel
 
 app = typer.Typer(help="Train, score and evaluate the ops models (anomaly, resource).", no_args_is_help=True)
 train_app = typer.Typer(help="Train an ops model on local data and export it to ONNX.", no_args_is_help=True)
@@ -106,26 +110,95 @@ def train_anomaly(
         True, "--search/--no-search", help="choose window, width and learning rate on validation data"
     ),
     seed: int = typer.Option(0, "--seed"),
+    state: Path | None = typer.Option(
+        None, "--state", help="where to keep the trainable state for `ops adapt` (default: OUT with .pt)"
+    ),
 ) -> None:
     """Train the windowed anomaly detector; the threshold is calibrated without labels."""
-    try:
-        from foedus.federation.anomaly import AnomalyModel
-    except ImportError as exc:
-        raise InvalidArgument(
-            f"training needs the federation extra: pip install 'foedus[federation]' ({exc})"
-        ) from exc
+    anomaly_model = _anomaly_model_class()
     x, names = load_matrix(data, columns=_columns(columns))
     progress(f"training on {len(x)} rows x {len(names)} metrics from {data}")
-    model = AnomalyModel.fit(x, feature_names=names, search=search, seed=seed, progress=progress)
+    model = anomaly_model.fit(x, feature_names=names, search=search, seed=seed, progress=progress)
     model.export_onnx(out)
+    state_path = model.save(state or out.with_suffix(".pt"))
     row = {
         "model": str(out),
+        "state": str(state_path),
         "kind": "anomaly",
         "window": model.window,
         "threshold": f"{model.threshold:.6g}",
         "features": names,
     }
     emit(ctx, [row], ("model", "kind", "window", "threshold"), raw=row)
+
+
+def _anomaly_model_class() -> type[AnomalyModel]:
+    try:
+        from foedus.federation.anomaly import AnomalyModel
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"training needs the federation extra: pip install 'foedus[federation]' ({exc})"
+        ) from exc
+    return AnomalyModel
+
+
+@app.command("adapt")
+def adapt(
+    ctx: typer.Context,
+    state: Path = typer.Option(
+        ..., "--state", exists=True, help="the anomaly model's trainable state (.pt from `ops train anomaly`)"
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        exists=True,
+        help=DATA_HELP + "; the history the model has seen, with the new rows last",
+    ),
+    new: int = typer.Option(..., "--new", min=1, help="how many of the last rows are new (e.g. 1440: a day)"),
+    out: Path = typer.Option(..., "--out", help="where to write the adapted ONNX model"),
+    state_out: Path | None = typer.Option(
+        None, "--state-out", help="where to write the adapted state (default: OUT with .pt)"
+    ),
+    epochs: int = typer.Option(1, "--epochs", min=0, help="fine-tuning passes over the selected windows"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Adapt an anomaly model to new data without labels (e.g. daily, beside the agent).
+
+    Flags the new rows, fine-tunes on unflagged new windows and older normal ones, recalibrates.
+
+    Register the result as the next version of the deployment's model to roll it out.
+    """
+    anomaly_model = _anomaly_model_class()
+    try:
+        model = anomaly_model.load(state)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"{state} is not an anomaly model state written by `ops train anomaly`: {exc}"
+        ) from exc
+    x, _ = load_matrix(data)
+    if x.shape[1] != model.n_features:
+        raise InvalidArgument(f"{state} takes {model.n_features} metrics per row; {data} has {x.shape[1]}")
+    if new > len(x):
+        raise InvalidArgument(f"--new {new} is more than the {len(x)} rows of {data}")
+    before = model.threshold
+    progress(f"adapting to the last {new} of {len(x)} rows from {data}")
+    flagged = model.adapt(x, new, epochs=epochs, seed=seed)
+    model.export_onnx(out)
+    state_path = model.save(state_out or out.with_suffix(".pt"))
+    stretches = _stretches(flagged)
+    row = {
+        "model": str(out),
+        "state": str(state_path),
+        "new_rows": new,
+        "flagged_new_rows": int(flagged.sum()),
+        "stretches": len(stretches),
+        "threshold_before": f"{before:.6g}",
+        "threshold": f"{model.threshold:.6g}",
+    }
+    progress(
+        f"{row['flagged_new_rows']} of {new} new rows were anomalous; threshold {before:.4g} -> {model.threshold:.4g}"
+    )
+    emit(ctx, [row], ("model", "new_rows", "flagged_new_rows", "threshold_before", "threshold"), raw=row)
 
 
 @train_app.command("resource")
