@@ -104,7 +104,8 @@ PREFIXES = ("", "iforest_", "pca_", "stat_", "gauss_", "vpa_")
 
 
 def print_table(figures: dict[str, float]) -> None:
-    header = f"{'figure':<34}" + "".join(f"{(p.rstrip('_') or 'foedus'):>10}" for p in PREFIXES)
+    width = max(len(f"{dataset}: {label}") for dataset, rows in TABLE.items() for label, _ in rows) + 2
+    header = f"{'figure':<{width}}" + "".join(f"{(p.rstrip('_') or 'foedus'):>10}" for p in PREFIXES)
     print(header)
     print("-" * len(header))
     for dataset, rows in TABLE.items():
@@ -114,7 +115,7 @@ def print_table(figures: dict[str, float]) -> None:
                 value = figures.get(prefix + key)
                 cells.append(f"{value:>10.3f}" if value is not None else f"{'':>10}")
             if any(c.strip() for c in cells):
-                print(f"{dataset + ': ' + label:<34}" + "".join(cells))
+                print(f"{dataset + ': ' + label:<{width}}" + "".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
