@@ -11,7 +11,8 @@ network, optimiser and batches (the federated task's own training step):
 * **central**: one network trained on every organisation's data pooled for ``epochs`` epochs, the
   reference federation must approach without pooling;
 * **fed**: Flower's deployment engine, a SuperLink and one SuperNode per organisation as real
-  processes with TLS and SuperNode authentication, ``rounds`` rounds of FedAvg with
+  processes with TLS and SuperNode authentication, ``rounds`` rounds of FedAvg (``--strategy``:
+  FedProx with ``--proximal-mu``, or FedAdam) with
   ``local_epochs`` local epochs each (defaults 5 and 1: every row is seen as often as in
   pooled training);
 * **secagg_fed**: the same with SecAgg+ secure aggregation (Flower's legacy workflow), first seed;
@@ -172,6 +173,8 @@ def federate(
     dp: DpConfig | None = None,
     secagg: bool = False,
     local_epochs: int = 1,
+    strategy: str = "fedavg",
+    proximal_mu: float = 0.0,
 ) -> RunResult:
     rows = max(int(np.load(o.data_path)["train"].shape[0]) for o in orgs)
     started = time.perf_counter()
@@ -180,7 +183,8 @@ def federate(
         [NodeSpec(name=o.name, data_path=o.data_path) for o in orgs],
         workdir=workdir / label,
         rounds=rounds,
-        strategy="fedavg",
+        strategy=strategy,
+        proximal_mu=proximal_mu,
         dp=dp,
         secagg=SecAggConfig(max_weight=float(rows)) if secagg else False,  # weights by rows, uncapped
         task_options=options,
@@ -266,7 +270,8 @@ def resource_evaluation(args: argparse.Namespace, workdir: Path, out: dict[str, 
         [NodeSpec(name=name, data_path=path) for name, path, _ in orgs],
         workdir=workdir / "resource_fed",
         rounds=args.rounds + 1,  # the first round agrees on the standardisation
-        strategy="fedavg",
+        strategy=args.strategy,
+        proximal_mu=_mu(args),
         task_options=options,
         local_epochs=args.local_epochs,
         timeout=3600.0,
@@ -317,7 +322,7 @@ def anomaly_evaluation(
         out[f"local_cross_s{seed}_f1_pa"] = mean_of(cross, "f1_pa")
 
         fed = federate(
-            f"fed_s{seed}", orgs, options, args.rounds, workdir, out, local_epochs=args.local_epochs
+            f"fed_s{seed}", orgs, options, args.rounds, workdir, out, **_strategy_of(args)
         ).final_weights()
         evaluate_all(f"fed_s{seed}", dict.fromkeys((o.name for o in orgs), fed), orgs, config, out)
     for mode in ("central", "local", "local_cross", "fed"):
@@ -340,7 +345,7 @@ def anomaly_evaluation(
             workdir,
             out,
             secagg=True,
-            local_epochs=args.local_epochs,
+            **_strategy_of(args),
         )
         weights = secagg.final_weights()
         evaluate_all("secagg_fed", dict.fromkeys((o.name for o in orgs), weights), orgs, config, out)
@@ -354,7 +359,7 @@ def anomaly_evaluation(
         out["dp_noise_multiplier"] = args.dp_noise
         out["dp_clipping_norm"] = args.dp_clip
         dp_weights = federate(
-            "dp_fed", orgs, options, args.rounds, workdir, out, dp=dp, local_epochs=args.local_epochs
+            "dp_fed", orgs, options, args.rounds, workdir, out, dp=dp, **_strategy_of(args)
         ).final_weights()
         evaluate_all("dp_fed", dict.fromkeys((o.name for o in orgs), dp_weights), orgs, config, out)
         # the cost of the noise: against the federated run of the same seed without DP
@@ -364,6 +369,15 @@ def anomaly_evaluation(
     for key in ("f1", "f1_pa"):
         out[f"fed_vs_central_{key}"] = out[f"fed_{key}"] / out[f"central_{key}"]
         out[f"fed_vs_local_{key}"] = out[f"fed_{key}"] / out[f"local_{key}"]
+
+
+def _mu(args: argparse.Namespace) -> float:
+    return float(args.proximal_mu) if args.strategy == "fedprox" else 0.0
+
+
+def _strategy_of(args: argparse.Namespace) -> dict[str, Any]:
+    """`federate`'s strategy keywords from the command line."""
+    return {"strategy": args.strategy, "proximal_mu": _mu(args), "local_epochs": args.local_epochs}
 
 
 def _reload_fed(workdir: Path, seed: int) -> dict[str, np.ndarray] | None:
@@ -390,6 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="federated rounds (default %(default)s: as many passes as --epochs)",
     )
     parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per federated round")
+    parser.add_argument(
+        "--strategy",
+        choices=("fedavg", "fedprox", "fedadam"),
+        default="fedavg",
+        help="the federated runs' strategy (default %(default)s; SecAgg+ runs take fedavg or fedprox)",
+    )
+    parser.add_argument(
+        "--proximal-mu", type=float, default=0.01, help="FedProx's proximal weight (default %(default)s)"
+    )
     parser.add_argument(
         "--organisations", type=int, default=3, help="how many organisations (default: %(default)s)"
     )
@@ -419,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.strategy == "fedadam" and not args.skip_secagg and not args.skip_anomaly:
+        parser.error("SecAgg+ runs take fedavg or fedprox only: add --skip-secagg to measure fedadam")
+    if args.strategy == "fedprox" and args.proximal_mu <= 0:
+        parser.error("--proximal-mu must be positive for fedprox")
     config = AnomalyConfig(window=args.window, hidden=args.hidden)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if not seeds:
@@ -428,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epochs": float(args.epochs),
         "local_epochs": float(args.local_epochs),
         "rounds": float(args.rounds),
+        f"strategy_{args.strategy}": 1.0,
+        "proximal_mu": _mu(args),
         "window": float(config.window),
         "seeds": float(len(seeds)),
     }
