@@ -255,9 +255,12 @@ def _windows(x: np.ndarray, window: int, start: int, stop: int) -> np.ndarray:
     return out
 
 
-def _full_windows(z: np.ndarray, window: int) -> torch.Tensor:
-    """Every complete window of a normalised series, (T - W + 1, W, F) float32."""
+def _full_windows(z: np.ndarray, window: int, ends: np.ndarray | None = None) -> torch.Tensor:
+    """The complete windows of a normalised series, (n, W, F) float32: every one, or those ending
+    at the steps `ends` (each at least ``W - 1``)."""
     view = np.lib.stride_tricks.sliding_window_view(z, (window, z.shape[1]))[:, 0]
+    if ends is not None:
+        view = view[ends - (window - 1)]
     return torch.from_numpy(np.array(view, dtype=np.float32, copy=True))
 
 
@@ -543,9 +546,7 @@ class AnomalyModel:
             with _Threads(self.config.threads):
                 with torch.no_grad():
                     z = self._scorer.normalise(torch.from_numpy(x.astype(np.float32))).numpy()
-                view = np.lib.stride_tricks.sliding_window_view(z, (w, z.shape[1]))[:, 0]
-                windows = torch.from_numpy(np.array(view[picked - (w - 1)], dtype=np.float32))
-                _epochs(self._scorer.net, windows, self.config, epochs, seed)
+                _epochs(self._scorer.net, _full_windows(z, w, picked), self.config, epochs, seed)
         self.threshold = block_maxima_threshold(self.score(x), self.config.calibration_block)
         out: npt.NDArray[np.bool_] = flagged[first_new:].copy()
         return out

@@ -237,15 +237,19 @@ def _detection(
 
 
 def _hit_rates(
-    prefix: str, contributions: FloatArray, pred: npt.NDArray[np.bool_], machine: SmdMachine
+    prefix: str,
+    contributions: FloatArray,
+    pred: npt.NDArray[np.bool_],
+    machine: SmdMachine,
+    detected: str = "hitrate",
 ) -> dict[str, float]:
     """HitRate of per-point contributions: over the detected points of the interpreted anomalies
-    (``hitrate_*``) and over every labelled point, detected or not (``hitrate_*_all``)."""
+    (``<detected>_*``) and over every labelled point, detected or not (``hitrate_*_all``)."""
     if not machine.interpretation:
         return {}
     return {
-        f"{prefix}hitrate_100": hit_rate(contributions, machine.interpretation, p=1.0, mask=pred),
-        f"{prefix}hitrate_150": hit_rate(contributions, machine.interpretation, p=1.5, mask=pred),
+        f"{prefix}{detected}_100": hit_rate(contributions, machine.interpretation, p=1.0, mask=pred),
+        f"{prefix}{detected}_150": hit_rate(contributions, machine.interpretation, p=1.5, mask=pred),
         f"{prefix}hitrate_100_all": hit_rate(contributions, machine.interpretation, p=1.0),
         f"{prefix}hitrate_150_all": hit_rate(contributions, machine.interpretation, p=1.5),
     }
@@ -290,12 +294,11 @@ def _online_detection(model: AnomalyModel, machine: SmdMachine, block: int, seed
     """The model run online with daily adaptation (`AnomalyModel.adapt` after every `block` test
     steps, on a copy): each block is flagged by the model as adapted up to the block before."""
     online = model.copy()
-    history = machine.train
+    series = np.concatenate([machine.train, machine.test])
     flags: list[npt.NDArray[np.bool_]] = []
     for start in range(0, machine.test.shape[0], block):
-        chunk = machine.test[start : start + block]
-        history = np.concatenate([history, chunk])
-        flags.append(online.adapt(history, chunk.shape[0], seed=seed))
+        stop = min(start + block, machine.test.shape[0])
+        flags.append(online.adapt(series[: machine.train.shape[0] + stop], stop - start, seed=seed))
     scores = detection_scores(np.concatenate(flags), machine.label)
     return {"smd_f1_pa_online": scores.f1_pa, "smd_f1_online": scores.f1}
 
@@ -329,10 +332,8 @@ def evaluate_machine(
     scores = feature_scores.sum(axis=1)
     pred = scores >= model.threshold
     out.update(_detection("smd_", pred, scores, label))
-    # per-feature error terms: the `_all` figures as they are, the detected-point ones renamed
-    # (the model's headline HitRate is Kernel SHAP's, `_shap_hit_rates`)
-    for key, value in _hit_rates("smd_", feature_scores, pred, machine).items():
-        out[key if key.endswith("_all") else key.replace("smd_hitrate", "smd_error_hitrate")] = value
+    # per-feature error terms; the model's headline HitRate is Kernel SHAP's (`_shap_hit_rates`)
+    out.update(_hit_rates("smd_", feature_scores, pred, machine, detected="error_hitrate"))
     pot = pot_threshold(model.score(machine.train), risk=1e-3)
     out["smd_f1_pa_pot"] = detection_scores(scores >= pot, label).f1_pa
     out["smd_f1_pot"] = detection_scores(scores >= pot, label).f1
