@@ -16,8 +16,10 @@ network, optimiser and batches (the federated task's own training step):
   ``local_epochs`` local epochs each (defaults 5 and 1: every row is seen as often as in
   pooled training);
 * **secagg_fed**: the same with SecAgg+ secure aggregation (Flower's legacy workflow), first seed;
-* **dp_fed**: the same with central differential privacy (server-side fixed clipping and
-  Gaussian noise; the ε after all rounds reported), first seed.
+* **dp_fed**: the same with differential privacy, first seed: by default record-level DP-SGD at
+  every node (``--dp-mode record``: each training window's gradient clipped, Gaussian noise on
+  their sum, Poisson sampling; ε by the Rényi accountant), or central DP (server- or client-side
+  fixed clipping of whole updates); the ε after all rounds reported (``dp_fed_epsilon``).
 
 Every resulting network is evaluated on every machine of every organisation: the machine's
 detector is `AnomalyModel.from_shared_weights` (the machine's own normalisation and block-maxima
@@ -355,9 +357,17 @@ def anomaly_evaluation(
                 float(np.max(np.abs(weights[k] - fed_first[k]))) for k in weights
             )
     if not args.skip_dp:
-        dp = DpConfig(mode="central-server", noise_multiplier=args.dp_noise, clipping_norm=args.dp_clip)
+        dp = DpConfig(
+            mode=args.dp_mode,
+            noise_multiplier=args.dp_noise,
+            clipping_norm=args.dp_clip,
+            sample_rate=args.dp_sample_rate,
+        )
+        out[f"dp_mode_{args.dp_mode.replace('-', '_')}"] = 1.0
         out["dp_noise_multiplier"] = args.dp_noise
         out["dp_clipping_norm"] = args.dp_clip
+        if args.dp_mode == "record":
+            out["dp_sample_rate"] = args.dp_sample_rate
         dp_weights = federate(
             "dp_fed", orgs, options, args.rounds, workdir, out, dp=dp, **_strategy_of(args)
         ).final_weights()
@@ -424,9 +434,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--limit", type=int, default=None, help="keep the first N steps of each series (quick runs)"
     )
-    parser.add_argument("--dp-noise", type=float, default=0.01, help="central DP noise multiplier")
     parser.add_argument(
-        "--dp-clip", type=float, default=2.0, help="central DP clipping norm (L2 of an update)"
+        "--dp-mode",
+        choices=("record", "central-server", "central-client"),
+        default="record",
+        help="the DP run's mode (default %(default)s: DP-SGD at every node, a guarantee per training "
+        "window of each organisation; central modes protect whole organisations)",
+    )
+    parser.add_argument(
+        "--dp-noise", type=float, default=1.0, help="DP noise multiplier (default %(default)s)"
+    )
+    parser.add_argument(
+        "--dp-clip",
+        type=float,
+        default=1.0,
+        help="DP clipping norm: of a row's gradient (record) or of a node's update (central) "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--dp-sample-rate",
+        type=float,
+        default=0.002,
+        help="record mode: each row's chance to be in a DP-SGD step (default %(default)s)",
     )
     parser.add_argument("--skip-dp", action="store_true")
     parser.add_argument("--skip-anomaly", action="store_true", help="only the resource model")

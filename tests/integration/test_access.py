@@ -1825,6 +1825,24 @@ def _federation_cases() -> Iterator[Case]:
             privacy=F_.FederationPrivacy(mode="local", noise_multiplier=NAN, clipping_norm=1),
         ),
     )
+    yield (
+        create,
+        "dp-sgd-without-sample-rate",
+        "admin",
+        lambda w: _run_request(
+            tenants=[w.a.name],
+            privacy=F_.FederationPrivacy(mode="record", noise_multiplier=1, clipping_norm=1),
+        ),
+    )
+    yield (
+        create,
+        "sample-rate-above-one",
+        "admin",
+        lambda w: _run_request(
+            tenants=[w.a.name],
+            privacy=F_.FederationPrivacy(mode="record", noise_multiplier=1, clipping_norm=1, sample_rate=2),
+        ),
+    )
     record, finish = FED + "RecordRound", FED + "FinishRun"
     yield (
         record,

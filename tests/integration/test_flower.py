@@ -34,6 +34,7 @@ from foedus.federation.flower import (
     RunSettings,
     SecAggConfig,
     demo_autoencoder,
+    dp_sgd_epsilon,
 )
 from foedus.federation.flower.runner import REJECTED_EXIT_CODE
 
@@ -108,6 +109,18 @@ def runs(federation: LocalFederation) -> dict[str, RunResult]:
             round_timeout=240,
         ),
     }
+    dp_sgd = DpConfig(mode="record", noise_multiplier=1.0, clipping_norm=1.0, sample_rate=0.1)
+    for name, secure in (("dp-sgd", None), ("dp-sgd-secagg", SecAggConfig(max_weight=1000.0))):
+        settings[name] = RunSettings(
+            task=TASK,
+            task_options=options,
+            rounds=2,
+            min_nodes=3,
+            evaluate=False,
+            dp=dp_sgd,
+            secagg=secure,
+            round_timeout=240,
+        )
     # waits for a fourth node that never comes: stopped at its timeout
     settings["starved"] = RunSettings(task=TASK, task_options=options, rounds=1, min_nodes=4)
     timeouts = {"starved": 30.0}
@@ -173,6 +186,22 @@ def test_central_dp_with_server_side_clipping(runs: dict[str, RunResult]) -> Non
     assert result.log_path is not None
     log = result.log_path.read_text(errors="replace")
     assert "central DP noise" in log and "clipped" in log
+
+
+@pytest.mark.parametrize("name", ["dp-sgd", "dp-sgd-secagg"])
+def test_record_level_dp_sgd_at_the_supernodes(runs: dict[str, RunResult], name: str) -> None:
+    """DP-SGD inside each node's training, alone and under SecAgg+; each SuperNode counts its
+    steps across the rounds in the run's context it keeps, and the run records the ε spent."""
+    result = runs[name]
+    assert result.ok, (result.status, result.details, result.log_path)
+    assert [r.train_nodes for r in result.rounds] == [3, 3]
+    steps = [10, 20]  # one local epoch of ceil(1 / 0.1) steps per round
+    assert [r.train_metrics["dp-sgd-steps"] for r in result.rounds] == steps
+    assert [r.privacy["steps"] for r in result.rounds] == steps
+    assert result.privacy["mode"] == "record" and result.privacy["sample_rate"] == 0.1
+    assert result.privacy["epsilon"] == pytest.approx(dp_sgd_epsilon(1.0, 0.1, 20, 1e-5))
+    final = result.final_weights()
+    assert all(np.all(np.isfinite(v)) for v in final.values())
 
 
 def test_secagg_plus(runs: dict[str, RunResult]) -> None:

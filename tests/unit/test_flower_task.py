@@ -16,12 +16,14 @@ from foedus.federation.flower.certs import generate_node_keys, generate_tls  # n
 from foedus.federation.flower.task import (  # noqa: E402
     DataError,
     DpConfig,
+    DpSgd,
     FederatedTask,
     LocalData,
     RunSettings,
     SecAggConfig,
     TorchTask,
     demo_autoencoder,
+    dp_sgd_epsilon,
     gaussian_dp_epsilon,
     get_weights,
     load_local_data,
@@ -104,6 +106,122 @@ def test_local_training_reduces_the_loss() -> None:
     assert after["eval-loss"] < 0.5 * before["eval-loss"]
     assert list(trained) == list(start)
     assert all(trained[k].shape == start[k].shape for k in start)
+
+
+def test_each_round_draws_its_own_order_and_the_same_round_the_same() -> None:
+    task = demo_autoencoder(features=6, hidden=2, lr=0.02, batch_size=16)
+    data = LocalData(train=low_rank(128))
+    start = task.initial_arrays()
+
+    def trained(server_round: int) -> np.ndarray:
+        return task.train(start, data, epochs=1, server_round=server_round)[0]["0.weight"]
+
+    np.testing.assert_array_equal(trained(2), trained(2))
+    assert not np.array_equal(trained(1), trained(2))
+    assert not np.array_equal(trained(0), trained(1))
+    with pytest.raises(ValueError, match="server_round"):
+        task.train(start, data, epochs=1, server_round=-1)
+
+
+def test_the_optimiser_state_is_carried_between_rounds_only_when_asked() -> None:
+    rows = low_rank(64)
+    data = LocalData(train=rows)
+    steps = 64 // 16
+
+    def task(carry: bool) -> TorchTask:
+        return TorchTask(lambda: torch.nn.Linear(6, 6), lr=0.01, batch_size=16, carry_optimizer=carry)
+
+    carrying, state = task(True), {}
+    first, _ = carrying.train(carrying.initial_arrays(), data, epochs=1, server_round=1, local_state=state)
+    assert float(state["optimizer/0/step"]) == steps and state["optimizer/0/exp_avg"].shape == (6, 6)
+    # as a SuperNode keeps it between messages: through a Flower ArrayRecord
+    pytest.importorskip("flwr")
+    from foedus.federation.flower.client_app import from_record, to_record
+
+    kept = from_record(to_record(state))
+    carried, _ = carrying.train(first, data, epochs=1, server_round=2, local_state=state)
+    assert float(state["optimizer/0/step"]) == 2 * steps  # Adam went on counting
+    again, _ = carrying.train(first, data, epochs=1, server_round=2, local_state=kept)
+    np.testing.assert_allclose(again["weight"], carried["weight"], rtol=1e-6)
+    fresh, fresh_state = task(False), {}
+    afresh, _ = fresh.train(first, data, epochs=1, server_round=2, local_state=fresh_state)
+    assert fresh_state == {}
+    assert not np.allclose(carried["weight"], afresh["weight"])  # bias correction and moments differ
+    other = TorchTask(
+        lambda: torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Linear(3, 6)),
+        lr=0.01,
+        batch_size=16,
+        carry_optimizer=True,
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        other.train(other.initial_arrays(), data, epochs=1, local_state=dict(state))
+
+
+# --- record-level DP-SGD --------------------------------------------------------------------
+
+
+def _clipped_sums(model: torch.nn.Module, x: torch.Tensor, clip: float):  # type: ignore[no-untyped-def]
+    from foedus.federation.flower.task import _linear_clipped_sum, _vmap_clipped_sum
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b) ** 2
+
+    return _linear_clipped_sum(model, loss, x, x, clip), _vmap_clipped_sum(model, loss, x, x, clip)
+
+
+def test_dp_sgd_clips_each_rows_gradient_without_one_gradient_per_row() -> None:
+    from foedus.federation.anomaly import federated_task
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 10, 6)
+    net = federated_task(features=6, window=10, hidden=16, code=4).build()
+    for clip in (0.01, 1e6):  # every row clipped / none
+        (fast, fast_losses), (slow, slow_losses) = _clipped_sums(net, x, clip)
+        torch.testing.assert_close(fast_losses, slow_losses)
+        for name in slow:
+            torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
+    # one row: the clipped gradient's norm is the clipping norm
+    (one, _), _ = _clipped_sums(net, x[:1], 0.01)
+    assert math.sqrt(sum(float((g**2).sum()) for g in one.values())) == pytest.approx(0.01, rel=1e-4)
+    # a layer that sees (rows, steps, features) inputs: the per-row path is taken
+    seq = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh(), torch.nn.Linear(3, 6))
+    (fast, _), (slow, _) = _clipped_sums(seq, x, 0.05)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
+
+
+def test_dp_sgd_training_is_noisy_counts_its_steps_and_still_learns() -> None:
+    task = demo_autoencoder(features=6, hidden=2, lr=0.02, batch_size=16)
+    data = LocalData(train=low_rank(2000))
+    dp = DpSgd(noise_multiplier=0.5, clipping_norm=1.0, sample_rate=0.05)
+    start = task.initial_arrays()
+    state: dict[str, np.ndarray] = {}
+    first, metrics = task.train(start, data, epochs=2, server_round=1, local_state=state, dp_sgd=dp)
+    assert metrics["dp-sgd-steps"] == 2 * dp.steps_per_epoch == 40
+    second, metrics = task.train(first, data, epochs=3, server_round=2, local_state=state, dp_sgd=dp)
+    assert metrics["dp-sgd-steps"] == 100 and int(state["dp-sgd-steps"]) == 100
+    assert task.evaluate(second, data)["eval-loss"] < 0.8 * task.evaluate(start, data)["eval-loss"]
+    # the noise does not come from the run's seed: the same call twice gives two models
+    again, _ = task.train(start, data, epochs=2, server_round=1, dp_sgd=dp)
+    assert not np.allclose(again["0.weight"], first["0.weight"])
+
+
+def test_dp_sgd_epsilon_is_the_renyi_accountant() -> None:
+    from foedus.federation.flower.task import _sampled_gaussian_rdp
+
+    q, steps, delta = 256 / 60_000, 14_063, 1e-5  # MNIST, batch 256, 60 epochs, sigma 1.1
+    # with the classic RDP -> (epsilon, delta) conversion: TensorFlow Privacy's published 3.01
+    classic = min(steps * _sampled_gaussian_rdp(1.1, q, a) - math.log(delta) / (a - 1) for a in range(2, 257))
+    assert classic == pytest.approx(3.01, abs=0.01)
+    eps = dp_sgd_epsilon(1.1, q, steps, delta)
+    assert 2.4 < eps < classic  # Balle et al.'s conversion is tighter
+    # without subsampling one step is the Gaussian mechanism: RDP a / (2 sigma^2)
+    assert _sampled_gaussian_rdp(2.0, 1.0, 5) == pytest.approx(5 / 8)
+    assert dp_sgd_epsilon(1.0, 0.01, 2000, delta) > dp_sgd_epsilon(1.0, 0.01, 500, delta)
+    assert dp_sgd_epsilon(2.0, 0.01, 500, delta) < dp_sgd_epsilon(1.0, 0.01, 500, delta)
+    assert dp_sgd_epsilon(1.0, 0.01, 0, delta) == 0.0 and dp_sgd_epsilon(0.0, 0.01, 5, delta) == math.inf
+    with pytest.raises(ValueError, match="sample_rate"):
+        dp_sgd_epsilon(1.0, 0.0, 5, delta)
 
 
 def test_fedprox_term_pulls_the_update_back_exactly() -> None:
@@ -262,6 +380,9 @@ def test_run_settings_round_trip_through_the_run_config() -> None:
         RunSettings(strategy="fedprox", proximal_mu=0.5, dp=DpConfig(mode="local", local_epsilon=2.0)),
         RunSettings(strategy="fedadam", server_lr=0.05, dp=DpConfig(noise_multiplier=0.5, clipping_norm=2.0)),
         RunSettings(secagg=SecAggConfig(num_shares=3, reconstruction_threshold=2), evaluate=False),
+        RunSettings(
+            secagg=SecAggConfig(), dp=DpConfig(mode="record", sample_rate=0.05, noise_multiplier=0.7)
+        ),
     ]
     for settings in cases:
         config = settings.to_run_config()
@@ -301,6 +422,13 @@ def test_dp_config_validation_and_epsilon() -> None:
     assert gaussian_dp_epsilon(1.0, 10, 1e-5) > gaussian_dp_epsilon(1.0, 2, 1e-5)
     assert gaussian_dp_epsilon(4.0, 2, 1e-5) < gaussian_dp_epsilon(1.0, 2, 1e-5)
     assert gaussian_dp_epsilon(0.0, 1, 1e-5) == math.inf
+    with pytest.raises(ValueError, match="positive noise_multiplier"):
+        DpConfig(mode="record", noise_multiplier=0.0)
+    with pytest.raises(ValueError, match="sample_rate"):
+        DpConfig(mode="record", sample_rate=1.5)
+    record = DpConfig(mode="record", noise_multiplier=1.2, clipping_norm=0.5, sample_rate=0.01)
+    assert not record.central and record.dp_sgd == DpSgd(1.2, 0.5, 0.01)
+    assert record.dp_sgd.steps_per_epoch == 100 and DpConfig().dp_sgd is None
 
 
 # --- key material and the app directory -----------------------------------------------------
@@ -472,7 +600,9 @@ def test_fedavg_round_is_the_weighted_average_of_local_training(run_in_process) 
     assert record["train_examples"] == sum(NODE_ROWS) and record["eval_examples"] == 60
     task = demo_autoencoder(**OPTIONS)
     start = task.initial_arrays()
-    updates = [task.train(start, load_local_data(p), epochs=2)[0] for p in run_in_process.paths]
+    updates = [
+        task.train(start, load_local_data(p), epochs=2, server_round=1)[0] for p in run_in_process.paths
+    ]
     for name in start:
         expected = sum(n * u[name] for n, u in zip(NODE_ROWS, updates, strict=True)) / sum(NODE_ROWS)
         np.testing.assert_allclose(final[name], expected, rtol=1e-5, atol=1e-6)
@@ -547,6 +677,32 @@ def test_dp_noise_and_privacy_records(run_in_process) -> None:  # type: ignore[n
         )
     )
     assert local["privacy"]["epsilon"] == 8.0 and local["privacy"]["local_epsilon_per_round"] == 4.0
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_record_level_dp_sgd_runs_at_the_nodes_and_is_accounted(run_in_process, secure: bool) -> None:  # type: ignore[no-untyped-def]
+    dp = DpConfig(mode="record", noise_multiplier=1.0, clipping_norm=1.0, sample_rate=0.1)
+    settings = RunSettings(
+        task_options=OPTIONS,
+        rounds=2,
+        min_nodes=3,
+        local_epochs=2,
+        dp=dp,
+        secagg=SecAggConfig(max_weight=100.0) if secure else None,
+    )
+    summary, final = run_in_process(settings)
+    assert summary["status"] == "completed"
+    rounds = summary["rounds"]
+    steps = [2 * 10, 2 * 2 * 10]  # local epochs x steps per epoch, then two rounds of them
+    assert [r["privacy"]["steps"] for r in rounds] == steps
+    assert [r["privacy"]["epsilon"] for r in rounds] == [
+        pytest.approx(dp_sgd_epsilon(1.0, 0.1, n, 1e-5)) for n in steps
+    ]
+    assert rounds[-1]["privacy"]["mode"] == "record" and rounds[-1]["privacy"]["sample_rate"] == 0.1
+    # every node counted its own steps across the rounds (kept in its context between messages)
+    assert rounds[-1]["train_metrics"]["dp-sgd-steps"] == steps[-1]
+    start = demo_autoencoder(**OPTIONS).initial_arrays()
+    assert any(not np.allclose(final[k], start[k]) for k in start)
 
 
 # --- process handling -----------------------------------------------------------------------

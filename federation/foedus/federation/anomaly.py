@@ -774,12 +774,14 @@ def federated_task(
     batch_size: int = 256,
     seed: int = 0,
     normalise: bool = True,
+    carry_optimizer: bool = False,
 ) -> Any:
     """The anomaly model as a Flower task (`foedus.federation.flower.task.FederatedTask`).
 
     Import string ``foedus.federation.anomaly:federated_task``; run-config options
     ``task-options.features``, ``.window``, ``.hidden``, ``.code``, ``.lr``, ``.batch-size``,
-    ``.seed``, ``.normalise``. Each node normalises its own rows (see `normalised_windows`) and
+    ``.seed``, ``.normalise``, ``.carry-optimizer`` (each node keeps its Adam state between rounds,
+    see `TorchTask`). Each node normalises its own rows (see `normalised_windows`) and
     trains the shared window autoencoder on them; evaluation reports the mean reconstruction error
     and, with labels, the AUROC of the per-window error, and the site's calibration for the global
     weights (`calibration_metrics`: its centre, scale and threshold; the ServerApp averages them,
@@ -813,7 +815,9 @@ def federated_task(
             windows = _windows(z, window, 0, z.shape[0]).astype(np.float32)
         return windows, windows
 
-    return AnomalyTask(factory, pairs=pairs, lr=lr, batch_size=batch_size, seed=seed)
+    return AnomalyTask(
+        factory, pairs=pairs, lr=lr, batch_size=batch_size, seed=seed, carry_optimizer=carry_optimizer
+    )
 
 
 CALIBRATION_PREFIX = "calib-"

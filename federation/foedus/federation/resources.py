@@ -99,7 +99,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -1309,6 +1309,7 @@ def federated_task(
     returns without training, like the first round.
     """
     from foedus.federation.flower.task import (
+        DpSgd,
         LocalData,
         Metrics,
         NamedArrays,
@@ -1360,10 +1361,26 @@ def federated_task(
         resource_config = config
 
         def train(
-            self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
+            self,
+            arrays: NamedArrays,
+            data: LocalData,
+            *,
+            epochs: int,
+            proximal_mu: float = 0.0,
+            server_round: int = 0,
+            local_state: MutableMapping[str, np.ndarray] | None = None,
+            dp_sgd: DpSgd | None = None,
         ) -> tuple[NamedArrays, Metrics]:
             if np.any(arrays["net.x_mean"]) or not np.all(arrays["net.x_std"] == 1.0):
-                return super().train(arrays, data, epochs=epochs, proximal_mu=proximal_mu)
+                return super().train(
+                    arrays,
+                    data,
+                    epochs=epochs,
+                    proximal_mu=proximal_mu,
+                    server_round=server_round,
+                    local_state=local_state,
+                    dp_sgd=dp_sgd,
+                )
             # the first round agrees on the standardisation: no training on statistics that differ
             model = self.build()
             set_weights(model, arrays)

@@ -87,7 +87,8 @@ Global___NodeKey: _TypeAlias = NodeKey  # noqa: Y015
 @_typing.final
 class FederationPrivacy(_message.Message):
     """Privacy of a run. `mode`: "" (none), "central-server" / "central-client" (central differential
-    privacy with server- or client-side fixed clipping), "local" (local differential privacy).
+    privacy with server- or client-side fixed clipping), "local" (local differential privacy),
+    "record" (record-level DP-SGD at every node).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -98,6 +99,7 @@ class FederationPrivacy(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     SECAGG_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
     mode: _builtins.str
     noise_multiplier: _builtins.float
     clipping_norm: _builtins.float
@@ -106,6 +108,8 @@ class FederationPrivacy(_message.Message):
     delta: _builtins.float
     secagg: _builtins.bool
     """SecAgg+ secure aggregation: the server sees only the sum of the updates."""
+    sample_rate: _builtins.float
+    """"record" mode: the probability with which DP-SGD samples each row into a step."""
     def __init__(
         self,
         *,
@@ -115,10 +119,11 @@ class FederationPrivacy(_message.Message):
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
         secagg: _builtins.bool = ...,
+        sample_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "epsilon", b"epsilon", "mode", b"mode", "noise_multiplier", b"noise_multiplier", "secagg", b"secagg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clipping_norm", b"clipping_norm", "delta", b"delta", "epsilon", b"epsilon", "mode", b"mode", "noise_multiplier", b"noise_multiplier", "sample_rate", b"sample_rate", "secagg", b"secagg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -324,10 +324,20 @@ def run_federated(
     local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="local epochs per round"),
     proximal_mu: float = typer.Option(0.1, "--proximal-mu", min=0.0, help="FedProx's mu (with fedprox)"),
     dp_mode: str = typer.Option(
-        "", "--dp-mode", help="central-server, central-client or local (default: none)"
+        "",
+        "--dp-mode",
+        help="central-server, central-client, local, or record (DP-SGD at every node: a guarantee "
+        "for each row of each organisation's data) (default: none)",
     ),
     dp_noise: float = typer.Option(1.0, "--dp-noise", help="noise multiplier"),
     dp_clip: float = typer.Option(1.0, "--dp-clip", help="clipping norm"),
+    dp_sample_rate: float = typer.Option(
+        0.002,
+        "--dp-sample-rate",
+        min=1e-9,
+        max=1.0,
+        help="with --dp-mode record: the chance of each row to be in a DP-SGD step (1/rate steps per epoch)",
+    ),
     secagg: bool = typer.Option(False, "--secagg", help="SecAgg+ secure aggregation"),
     result_model: str = typer.Option(
         "", "--result-model", help="platform-scope model of the result (default: federated-MODEL)"
@@ -384,7 +394,19 @@ def run_federated(
             raise InvalidArgument(f"--superlink-ca {superlink_ca}: no such file")
     participants = [n.name for n in nodes] or list(tenant)
     names = _feature_names(feature_names, features, [n.data_path for n in nodes])
-    dp = DpConfig(mode=dp_mode, noise_multiplier=dp_noise, clipping_norm=dp_clip) if dp_mode else None  # type: ignore[arg-type]
+    try:
+        dp = (
+            DpConfig(
+                mode=dp_mode,  # type: ignore[arg-type]  # validated by DpConfig
+                noise_multiplier=dp_noise,
+                clipping_norm=dp_clip,
+                sample_rate=dp_sample_rate,
+            )
+            if dp_mode
+            else None
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--dp-mode'") from exc
     # the resource model's first round only agrees on its standardisation (see its task)
     task_options: dict[str, Any] = (
         {"features": features, "window": window, "hidden": hidden}
@@ -425,6 +447,7 @@ def run_federated(
                 "clipping_norm": dp_clip if dp else 0.0,
                 "delta": dp.delta if dp else 0.0,
                 "secagg": secagg,
+                "sample_rate": dp.sample_rate if dp and dp.mode == "record" else 0.0,
             }
             record = admin.federation.create_run(
                 model, participants, strategy=strategy, rounds=total_rounds, privacy=privacy

@@ -60,6 +60,7 @@ from foedus.federation.flower.runner import (
 from foedus.federation.flower.task import (
     DataError,
     DpConfig,
+    DpSgd,
     FederatedTask,
     LocalData,
     Metrics,
@@ -70,6 +71,7 @@ from foedus.federation.flower.task import (
     TorchTask,
     autoencoder_pairs,
     demo_autoencoder,
+    dp_sgd_epsilon,
     gaussian_dp_epsilon,
     get_weights,
     load_local_data,
@@ -82,6 +84,7 @@ from foedus.federation.flower.task import (
 __all__ = [
     "DataError",
     "DpConfig",
+    "DpSgd",
     "FederatedTask",
     "LocalData",
     "LocalFederation",
@@ -100,6 +103,7 @@ __all__ = [
     "TorchTask",
     "autoencoder_pairs",
     "demo_autoencoder",
+    "dp_sgd_epsilon",
     "gaussian_dp_epsilon",
     "generate_node_keys",
     "generate_tls",

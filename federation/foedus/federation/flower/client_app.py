@@ -38,6 +38,7 @@ from foedus.federation.flower.task import (
 __all__ = [
     "DATA_LOADER_KEY",
     "DATA_PATH_KEY",
+    "LOCAL_STATE_KEY",
     "UNIT_WEIGHT_KEY",
     "app",
     "from_record",
@@ -51,6 +52,9 @@ DATA_PATH_KEY = "data-path"
 """Node-config key: the organisation's local data (a file or a directory)."""
 DATA_LOADER_KEY = "data-loader"
 """Node-config key (optional): a registered loader name or ``module:function``."""
+LOCAL_STATE_KEY = "foedus-local-state"
+"""Key in the node's ``Context.state`` under which a task keeps its state between rounds; it stays on
+the node (the SuperNode keeps a run's context) and is never sent."""
 UNIT_WEIGHT_KEY = "unit-weight"
 """Metric every node sets to 1 under central DP, so FedAvg averages updates with equal weights."""
 
@@ -87,6 +91,12 @@ def node_data(context: Context) -> LocalData:
     return load_local_data(str(path), str(loader) if loader else None)
 
 
+def _local_state(context: Context) -> dict[str, np.ndarray]:
+    """What the task kept on this node in earlier rounds of the run (its optimiser's state)."""
+    record = context.state.array_records.get(LOCAL_STATE_KEY)
+    return dict(from_record(record)) if record is not None else {}
+
+
 def _checked(metrics: Metrics, loss_key: str) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     for key, value in metrics.items():
@@ -116,7 +126,7 @@ app = ClientApp()
 def _privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Apply the DP client mod the run config asks for (train messages only)."""
     dp = RunSettings.from_run_config(context.run_config).dp
-    if dp is None or dp.mode == "central-server":
+    if dp is None or dp.mode in ("central-server", "record"):  # record: DP-SGD inside the training
         return call_next(msg, context)
     if dp.mode == "central-client":
         return fixedclipping_mod(msg, context, call_next)
@@ -134,9 +144,17 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     epochs = int(cast(int, config.get("local-epochs", settings.local_epochs)))
     proximal_mu = float(cast(float, config.get("proximal-mu", 0.0)))
+    local_state = _local_state(context)
     arrays, metrics = task.train(
-        from_record(msg.content.array_records["arrays"]), data, epochs=epochs, proximal_mu=proximal_mu
+        from_record(msg.content.array_records["arrays"]),
+        data,
+        epochs=epochs,
+        proximal_mu=proximal_mu,
+        server_round=int(cast(int, config.get("server-round", 0))),
+        local_state=local_state,
+        dp_sgd=settings.dp.dp_sgd if settings.dp is not None else None,
     )
+    context.state[LOCAL_STATE_KEY] = to_record(local_state)
     reply_metrics = _checked(metrics, "train-loss")
     if settings.dp is not None and settings.dp.central:
         reply_metrics[UNIT_WEIGHT_KEY] = 1
@@ -187,9 +205,17 @@ class _TaskClient(NumPyClient):
         epochs = int(config.get("local-epochs", self.settings.local_epochs))
         # the legacy FedProx strategy sends "proximal_mu"
         proximal_mu = float(config.get("proximal_mu", config.get("proximal-mu", 0.0)))
+        local_state = _local_state(self.context)
         arrays, metrics = self.task.train(
-            self._named(parameters), node_data(self.context), epochs=epochs, proximal_mu=proximal_mu
+            self._named(parameters),
+            node_data(self.context),
+            epochs=epochs,
+            proximal_mu=proximal_mu,
+            server_round=int(config.get("server-round", 0)),
+            local_state=local_state,
+            dp_sgd=self.settings.dp.dp_sgd if self.settings.dp is not None else None,
         )
+        self.context.state[LOCAL_STATE_KEY] = to_record(local_state)
         checked = _checked(metrics, "train-loss")
         weight = int(checked["num-examples"])
         if self.settings.secagg is not None:  # SecAgg+ quantises weight/max_weight: cap, never overflow

@@ -229,6 +229,19 @@ class RunRecorder:
                 "node-level (add/remove one organisation), Gaussian mechanism composed over the "
                 "rounds as mu-GDP, exact conversion to (epsilon, delta); no amplification by sampling"
             )
+        elif dp.mode == "record":
+            sgd = dp.dp_sgd
+            assert sgd is not None
+            steps = rnd * self.settings.local_epochs * sgd.steps_per_epoch
+            record["noise_multiplier"] = dp.noise_multiplier
+            record["sample_rate"] = dp.sample_rate
+            record["steps"] = steps
+            record["epsilon"] = sgd.epsilon(steps, dp.delta)
+            record["accounting"] = (
+                "record-level (add/remove one row of one node's data), DP-SGD at every node: "
+                "Poisson-subsampled Gaussian mechanism over every local step of every round, "
+                "Renyi DP accountant (integer orders 2-256)"
+            )
         else:
             record["local_epsilon_per_round"] = dp.local_epsilon
             record["local_delta_per_round"] = dp.delta

@@ -27,9 +27,10 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import secrets
 import sqlite3
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -46,6 +47,7 @@ __all__ = [
     "STRATEGIES",
     "DataError",
     "DpConfig",
+    "DpSgd",
     "FederatedTask",
     "LocalData",
     "Metrics",
@@ -56,6 +58,7 @@ __all__ = [
     "TorchTask",
     "autoencoder_pairs",
     "demo_autoencoder",
+    "dp_sgd_epsilon",
     "gaussian_dp_epsilon",
     "get_weights",
     "load_agent_history",
@@ -271,11 +274,24 @@ class FederatedTask(Protocol):
         ...
 
     def train(
-        self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
+        self,
+        arrays: NamedArrays,
+        data: LocalData,
+        *,
+        epochs: int,
+        proximal_mu: float = 0.0,
+        server_round: int = 0,
+        local_state: MutableMapping[str, npt.NDArray[Any]] | None = None,
+        dp_sgd: DpSgd | None = None,
     ) -> tuple[NamedArrays, Metrics]:
         """Train from ``arrays`` on ``data`` for ``epochs`` local epochs.
 
         With ``proximal_mu > 0`` (FedProx) the local objective adds ``mu/2 * ||w - arrays||^2``.
+        ``server_round`` (1, 2, … in a federated run; 0 outside one) lets the task draw a new
+        order of its rows each round. ``local_state`` is the node's own store across the rounds
+        of one run (it never leaves the node): a task may read what it wrote there in an earlier
+        round, such as its optimiser's moments, and write it again. With ``dp_sgd`` the training
+        is record-level DP-SGD (:class:`DpSgd`); a task that cannot do it must raise ``ValueError``.
         Returns the updated weights (same names, shapes and order) and metrics with
         ``num-examples`` and ``train-loss``.
         """
@@ -344,6 +360,132 @@ def set_weights(model: nn.Module, arrays: Mapping[str, npt.NDArray[Any]]) -> Non
             )
         update[name] = torch.as_tensor(value, dtype=state[name].dtype)
     model.load_state_dict(update, strict=False)
+
+
+_OPTIMIZER_PREFIX = "optimizer/"
+_DP_STEPS_KEY = "dp-sgd-steps"
+_DP_SGD_CHUNK = 256
+"""Rows whose gradients DP-SGD computes at once (bounds its memory on large samples)."""
+
+
+ElementwiseLoss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+def _row_losses_of(loss: ElementwiseLoss, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    per_element = loss(prediction, target)
+    return per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+
+
+def _only_linear(model: nn.Module) -> bool:
+    """Whether every trainable parameter belongs to an ``nn.Linear`` (then per-row gradient norms
+    follow from the layers' inputs and output gradients, see :func:`_linear_clipped_sum`)."""
+    from torch import nn
+
+    linear = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    return all(id(p) in linear for p in model.parameters() if p.requires_grad)
+
+
+def _linear_clipped_sum(
+    model: nn.Module, loss: ElementwiseLoss, x: torch.Tensor, y: torch.Tensor, clip: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Σ_i min(1, clip / ‖∇L_i‖) ∇L_i over the rows (L_i: row i's loss), and the rows' losses, for a model whose
+    parameters are all in ``nn.Linear`` layers applied to (rows, features) inputs, without one
+    gradient per row: a row's weight gradient in a layer is the outer product of its output
+    gradient and its input, so its squared norm is ``‖g_i‖² ‖a_i‖²`` (+ ``‖g_i‖²`` for the bias);
+    a second backward pass of the rows' losses weighted by their clipping factors gives the sum.
+    Rows must not interact in the forward pass (no batch normalisation). Falls back to
+    :func:`_vmap_clipped_sum` where a layer sees inputs of another rank."""
+    import torch
+    from torch import nn
+
+    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        assert isinstance(module, nn.Linear)
+        seen.append((module, inputs[0].detach(), output))
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        losses = _row_losses_of(loss, model(x), y)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if any(inp.dim() != 2 for _, inp, _ in seen):
+        return _vmap_clipped_sum(model, loss, x, y, clip)
+    out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in seen], retain_graph=True)
+    squared = torch.zeros(x.shape[0], dtype=losses.dtype)
+    for (module, inp, _), g in zip(seen, out_grads, strict=True):
+        g_sq = g.pow(2).sum(dim=1)
+        if module.weight.requires_grad:
+            squared += g_sq * inp.pow(2).sum(dim=1)
+        if module.bias is not None and module.bias.requires_grad:
+            squared += g_sq
+    factor = torch.clamp(clip / (squared.sqrt() + 1e-12), max=1.0).detach()
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad((losses * factor).sum(), [p for _, p in named])
+    return {name: g for (name, _), g in zip(named, grads, strict=True)}, losses.detach()
+
+
+def _vmap_clipped_sum(
+    model: nn.Module, loss: ElementwiseLoss, x: torch.Tensor, y: torch.Tensor, clip: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """What :func:`_linear_clipped_sum` computes, for any model, from one gradient per row
+    (``torch.func.vmap``): slower, and memory grows with rows times parameters."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def row_loss(
+        params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = functional_call(model, (params, buffers), (xi.unsqueeze(0),))
+        value = _row_losses_of(loss, out, yi.unsqueeze(0))[0]
+        return value, value.detach()
+
+    grads, losses = vmap(grad(row_loss, has_aux=True), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads.values()))
+    factor = torch.clamp(clip / (norms + 1e-12), max=1.0)
+    return {name: torch.tensordot(factor, g, dims=1) for name, g in grads.items()}, losses
+
+
+def _prefixed(arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> dict[str, npt.NDArray[Any]]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, npt.NDArray[Any]]:
+    """An optimiser's per-parameter state as flat named arrays (``<parameter index>/<name>``)."""
+    out: dict[str, npt.NDArray[Any]] = {}
+    for index, entries in opt.state_dict()["state"].items():
+        for name, value in entries.items():
+            out[f"{index}/{name}"] = np.asarray(
+                value.detach().cpu().numpy() if hasattr(value, "detach") else value
+            )
+    return out
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    """Restore what :func:`_optimizer_state` saved into an optimiser built for the same parameters."""
+    import torch
+
+    current = opt.state_dict()
+    shapes = {i: tuple(p.shape) for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        index_text, _, name = key.partition("/")
+        index = int(index_text) if index_text.isdigit() else -1
+        if index not in shapes or not name:
+            raise ValueError(f"the saved optimiser state does not fit this model ({key!r})")
+        tensor = torch.as_tensor(np.asarray(value))
+        if name == "step":  # a scalar (records may carry it as shape (1,))
+            tensor = tensor.reshape(())
+        if tensor.dim() > 0 and tuple(tensor.shape) != shapes[index]:
+            raise ValueError(
+                f"the saved optimiser state does not fit this model ({key!r}: {tuple(tensor.shape)})"
+            )
+        state.setdefault(index, {})[name] = tensor
+    opt.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
 Pairs = Callable[[FloatArray], tuple[FloatArray, FloatArray]]
@@ -420,6 +562,7 @@ class TorchTask:
         lr: float = 1e-2,
         batch_size: int = 32,
         seed: int = 0,
+        carry_optimizer: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -432,6 +575,7 @@ class TorchTask:
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
+        self.carry_optimizer = carry_optimizer
 
     def build(self) -> nn.Module:
         """A fresh model, seeded so every process gets the same initial weights."""
@@ -465,15 +609,32 @@ class TorchTask:
         return per_element.reshape(per_element.shape[0], -1).mean(dim=1).double().numpy()
 
     def train(
-        self, arrays: NamedArrays, data: LocalData, *, epochs: int, proximal_mu: float = 0.0
+        self,
+        arrays: NamedArrays,
+        data: LocalData,
+        *,
+        epochs: int,
+        proximal_mu: float = 0.0,
+        server_round: int = 0,
+        local_state: MutableMapping[str, npt.NDArray[Any]] | None = None,
+        dp_sgd: DpSgd | None = None,
     ) -> tuple[NamedArrays, Metrics]:
-        """Local training from the global ``arrays`` (FedProx term when ``proximal_mu > 0``)."""
+        """Local training from the global ``arrays`` (FedProx term when ``proximal_mu > 0``).
+
+        Each ``server_round`` shuffles the rows in an order of its own (the same seed and round
+        give the same order). ``local_state`` keeps DP-SGD's count of steps (for the node's ε)
+        and, with ``carry_optimizer``, the optimiser's state (Adam's moment estimates and step
+        count) from one round to the next, as one optimiser does through the epochs of pooled
+        training; by default each round starts a fresh optimiser.
+        """
         import torch
 
         if epochs < 1:
             raise ValueError("epochs must be at least 1")
         if proximal_mu < 0:
             raise ValueError("proximal_mu must be non-negative")
+        if server_round < 0:
+            raise ValueError("server_round must be non-negative")
         model = self.build()
         set_weights(model, arrays)
         x, y = self._tensors(data.train)
@@ -482,28 +643,22 @@ class TorchTask:
         anchors = [p.detach().clone() for p in model.parameters()]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = self.optimizer(params) if self.optimizer else torch.optim.Adam(params, lr=self.lr)
-        generator = torch.Generator().manual_seed(self.seed)
+        if local_state and self.carry_optimizer:
+            _load_optimizer_state(opt, _prefixed(local_state, _OPTIMIZER_PREFIX))
+        seed = (
+            self.seed
+            if server_round == 0
+            else int(np.random.SeedSequence([self.seed, server_round]).generate_state(1)[0])
+        )
+        generator = torch.Generator().manual_seed(seed)
         model.train()
         epoch_loss = 0.0
         proximal = 0.0
         for _ in range(epochs):
-            order = torch.randperm(rows, generator=generator)
-            total = 0.0
-            for start in range(0, rows, self.batch_size):
-                batch = order[start : start + self.batch_size]
-                opt.zero_grad()
-                data_loss = self._elementwise_loss(model(x[batch]), y[batch]).mean()
-                objective = data_loss
-                if proximal_mu > 0:
-                    term = torch.zeros(())
-                    for param, anchor in zip(model.parameters(), anchors, strict=True):
-                        term = term + ((param - anchor) ** 2).sum()
-                    objective = data_loss + (proximal_mu / 2.0) * term
-                    proximal = float(term.detach().item())
-                objective.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                total += float(data_loss.detach().item()) * int(batch.shape[0])
-            epoch_loss = total / rows
+            if dp_sgd is None:
+                epoch_loss, proximal = self._epoch(model, opt, x, y, generator, anchors, proximal_mu)
+            else:
+                epoch_loss = self._dp_sgd_epoch(model, opt, x, y, dp_sgd, anchors, proximal_mu)
         metrics: Metrics = {
             "num-examples": rows,
             "train-loss": epoch_loss,
@@ -511,7 +666,92 @@ class TorchTask:
         }
         if proximal_mu > 0:
             metrics["proximal-term"] = proximal
+        if dp_sgd is not None:
+            steps = epochs * dp_sgd.steps_per_epoch
+            if local_state is not None:
+                steps += int(np.asarray(local_state.get(_DP_STEPS_KEY, 0)).reshape(-1)[0])
+            metrics["dp-sgd-steps"] = steps
+        if local_state is not None:
+            for key in [k for k in local_state if k.startswith(_OPTIMIZER_PREFIX)]:
+                del local_state[key]
+            if self.carry_optimizer:
+                local_state.update({_OPTIMIZER_PREFIX + k: v for k, v in _optimizer_state(opt).items()})
+            if dp_sgd is not None:
+                local_state[_DP_STEPS_KEY] = np.asarray(metrics["dp-sgd-steps"], dtype=np.int64)
         return get_weights(model), metrics
+
+    def _epoch(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        anchors: list[torch.Tensor],
+        proximal_mu: float,
+    ) -> tuple[float, float]:
+        """One pass over the rows in shuffled mini-batches; (mean data loss, last proximal term)."""
+        import torch
+
+        rows = int(x.shape[0])
+        order = torch.randperm(rows, generator=generator)
+        total = 0.0
+        proximal = 0.0
+        for start in range(0, rows, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            opt.zero_grad()
+            data_loss = self._elementwise_loss(model(x[batch]), y[batch]).mean()
+            objective = data_loss
+            if proximal_mu > 0:
+                term = torch.zeros(())
+                for param, anchor in zip(model.parameters(), anchors, strict=True):
+                    term = term + ((param - anchor) ** 2).sum()
+                objective = data_loss + (proximal_mu / 2.0) * term
+                proximal = float(term.detach().item())
+            objective.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += float(data_loss.detach().item()) * int(batch.shape[0])
+        return total / rows, proximal
+
+    def _dp_sgd_epoch(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dp: DpSgd,
+        anchors: list[torch.Tensor],
+        proximal_mu: float,
+    ) -> float:
+        """One epoch of DP-SGD (:class:`DpSgd`); the mean data loss of the sampled rows."""
+        import torch
+
+        rows = int(x.shape[0])
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        clipped_sum = _linear_clipped_sum if _only_linear(model) else _vmap_clipped_sum
+        rng = torch.Generator().manual_seed(secrets.randbits(63))  # not the run's seed: see DpSgd
+        expected = dp.sample_rate * rows
+        total, seen = 0.0, 0
+        for _ in range(dp.steps_per_epoch):
+            sample = torch.nonzero(torch.rand(rows, generator=rng) < dp.sample_rate).squeeze(1)
+            summed = {name: torch.zeros_like(p) for name, p in named}
+            for start in range(0, int(sample.shape[0]), _DP_SGD_CHUNK):
+                chunk = sample[start : start + _DP_SGD_CHUNK]
+                grads, losses = clipped_sum(
+                    model, self._elementwise_loss, x[chunk], y[chunk], dp.clipping_norm
+                )
+                for name, g in grads.items():
+                    summed[name] += g
+                total += float(losses.sum())
+                seen += int(chunk.shape[0])
+            opt.zero_grad()
+            for (name, p), anchor in zip(named, anchors, strict=False):
+                noise = torch.normal(0.0, dp.noise_multiplier * dp.clipping_norm, size=p.shape, generator=rng)
+                p.grad = (summed[name] + noise) / expected
+                if proximal_mu > 0:
+                    p.grad += proximal_mu * (p.detach() - anchor)
+            opt.step()
+        return total / max(1, seen)
 
     def evaluate(self, arrays: NamedArrays, data: LocalData) -> Metrics:
         """Mean loss on the evaluation rows (and AUROC of the per-row loss against labels)."""
@@ -551,8 +791,8 @@ def demo_autoencoder(
 # ---------------------------------------------------------------------------------------------
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-DP_MODES = ("central-server", "central-client", "local")
-DpMode = Literal["central-server", "central-client", "local"]
+DP_MODES = ("central-server", "central-client", "local", "record")
+DpMode = Literal["central-server", "central-client", "local", "record"]
 
 
 @dataclass(frozen=True)
@@ -567,6 +807,11 @@ class DpConfig:
     * ``local``: each node clips to ``clipping_norm`` and adds its own Gaussian noise calibrated to
       (``local_epsilon``, ``delta``) per round with ``local_sensitivity`` (default: the clipping
       norm) (Flower's ``LocalDpMod``).
+    * ``record``: record-level DP-SGD at each node (:class:`DpSgd`): every step takes a Poisson
+      sample of the node's rows with probability ``sample_rate``, clips each row's gradient to
+      ``clipping_norm`` and adds Gaussian noise of std ``noise_multiplier * clipping_norm`` to
+      their sum. What leaves a node is then already private, with respect to any one row of its
+      data; ε is accounted with Rényi DP over every step of every round (:func:`dp_sgd_epsilon`).
 
     Central modes average node updates with equal weights (the sensitivity analysis assumes it).
     """
@@ -577,6 +822,7 @@ class DpConfig:
     delta: float = 1e-5
     local_epsilon: float = 1.0
     local_sensitivity: float | None = None
+    sample_rate: float = 0.002
 
     def __post_init__(self) -> None:
         if self.mode not in DP_MODES:
@@ -589,6 +835,10 @@ class DpConfig:
             raise ValueError("dp delta must be in (0, 1)")
         if self.mode == "local" and self.local_epsilon <= 0:
             raise ValueError("local dp needs a positive local_epsilon")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError("dp sample_rate must be in (0, 1]")
+        if self.mode == "record" and self.noise_multiplier <= 0:
+            raise ValueError("record-level dp (DP-SGD) needs a positive noise_multiplier")
         if self.local_sensitivity is None:
             object.__setattr__(self, "local_sensitivity", self.clipping_norm)
         elif self.local_sensitivity < 0:
@@ -602,7 +852,39 @@ class DpConfig:
     @property
     def central(self) -> bool:
         """Whether the server adds the noise (a central mode)."""
-        return self.mode != "local"
+        return self.mode.startswith("central")
+
+    @property
+    def dp_sgd(self) -> DpSgd | None:
+        """What a node's training needs in ``record`` mode (None in the other modes)."""
+        if self.mode != "record":
+            return None
+        return DpSgd(self.noise_multiplier, self.clipping_norm, self.sample_rate)
+
+
+@dataclass(frozen=True)
+class DpSgd:
+    """Record-level DP-SGD of a node's local training (Abadi et al., 2016).
+
+    Each step draws a Poisson sample of the rows (each row independently with probability
+    ``sample_rate``; ``ceil(1 / sample_rate)`` steps make an epoch), clips every sampled row's
+    gradient to L2 norm ``clipping_norm``, sums them, adds Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm`` and divides by the expected sample size. The samples and
+    the noise come from the operating system's randomness, never from the run's seed, so that
+    nobody who knows the run config can replay the noise.
+    """
+
+    noise_multiplier: float
+    clipping_norm: float
+    sample_rate: float
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(1.0 / self.sample_rate))
+
+    def epsilon(self, steps: int, delta: float) -> float:
+        """ε after ``steps`` steps, at ``delta``."""
+        return dp_sgd_epsilon(self.noise_multiplier, self.sample_rate, steps, delta)
 
 
 @dataclass(frozen=True)
@@ -681,9 +963,10 @@ class RunSettings:
         if self.min_nodes < 1:
             raise ValueError("min_nodes must be at least 1")
         if self.secagg is not None:
-            if self.dp is not None:
+            if self.dp is not None and self.dp.mode != "record":
                 raise ValueError(
-                    "SecAgg+ runs on Flower's legacy workflow API; combining it with DP is not supported"
+                    "SecAgg+ runs on Flower's legacy workflow API; combining it with DP other than "
+                    "record-level DP-SGD (which happens inside each node's training) is not supported"
                 )
             if self.strategy == "fedadam":
                 raise ValueError("SecAgg+ runs support fedavg and fedprox only")
@@ -718,6 +1001,7 @@ class RunSettings:
                     "dp-delta": float(self.dp.delta),
                     "dp-local-epsilon": float(self.dp.local_epsilon),
                     "dp-local-sensitivity": float(self.dp.sensitivity),
+                    "dp-sample-rate": float(self.dp.sample_rate),
                 }
             )
         if self.secagg is not None:
@@ -751,6 +1035,7 @@ class RunSettings:
                 delta=float(get("dp-delta", 1e-5)),
                 local_epsilon=float(get("dp-local-epsilon", 1.0)),
                 local_sensitivity=float(get("dp-local-sensitivity", get("dp-clipping-norm", 1.0))),
+                sample_rate=float(get("dp-sample-rate", DpConfig.sample_rate)),
             )
         secagg: SecAggConfig | None = None
         if bool(get("secagg", False)):
@@ -863,3 +1148,54 @@ def gaussian_dp_epsilon(noise_multiplier: float, releases: int, delta: float) ->
         else:
             high = mid
     return high
+
+
+_RDP_ORDERS = tuple(range(2, 257))
+
+
+def _log_add(a: float, b: float) -> float:
+    high, low = max(a, b), min(a, b)
+    if low == -math.inf:
+        return high
+    return high + math.log1p(math.exp(low - high))
+
+
+def _sampled_gaussian_rdp(noise_multiplier: float, sample_rate: float, order: int) -> float:
+    """Rényi DP of order ``order`` (an integer ≥ 2) of one Poisson-subsampled Gaussian mechanism.
+
+    ``log A(a) / (a - 1)`` with ``A(a) = Σ_k C(a, k) (1 - q)^(a - k) q^k exp((k² - k) / (2 s²))``
+    for order ``a``, sample rate ``q`` and noise multiplier ``s`` (Mironov, Talwar & Zhang, 2019,
+    section 3.3), summed in log space.
+    """
+    if sample_rate >= 1.0:
+        return order / (2.0 * noise_multiplier**2)
+    log_a = -math.inf
+    log_q, log_1q = math.log(sample_rate), math.log1p(-sample_rate)
+    for k in range(order + 1):
+        log_binom = math.lgamma(order + 1) - math.lgamma(k + 1) - math.lgamma(order - k + 1)
+        term = log_binom + k * log_q + (order - k) * log_1q + (k * k - k) / (2.0 * noise_multiplier**2)
+        log_a = _log_add(log_a, term)
+    return log_a / (order - 1)
+
+
+def dp_sgd_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε of ``steps`` DP-SGD steps (Poisson sampling with ``sample_rate``, Gaussian noise with
+    ``noise_multiplier``) at ``delta``, by the Rényi DP accountant.
+
+    The steps' RDP adds up; the conversion to (ε, δ) is Balle et al.'s (2020) ``ε = RDP(a) +
+    log((a - 1) / a) - (log δ + log a) / (a - 1)``, minimised over the integer orders 2 to 256
+    (the accountant Opacus and TensorFlow Privacy use, on integer orders only, so a little
+    looser). ``inf`` without noise, 0 for no step.
+    """
+    if steps < 1:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    if not 0 < sample_rate <= 1 or not 0 < delta < 1:
+        raise ValueError("sample_rate must be in (0, 1] and delta in (0, 1)")
+    best = math.inf
+    for order in _RDP_ORDERS:
+        rdp = steps * _sampled_gaussian_rdp(noise_multiplier, sample_rate, order)
+        eps = rdp + math.log((order - 1) / order) - (math.log(delta) + math.log(order)) / (order - 1)
+        best = min(best, eps)
+    return max(0.0, best)

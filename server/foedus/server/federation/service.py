@@ -40,7 +40,7 @@ from foedus.server.tenancy.service import now_us
 
 MODEL_KINDS = ("anomaly", "resource")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-PRIVACY_MODES = ("", "central-server", "central-client", "local")
+PRIVACY_MODES = ("", "central-server", "central-client", "local", "record")
 MAX_ROUNDS = 1000
 MAX_TENANTS = 1000
 MAX_KEY_BYTES = 16_384
@@ -152,7 +152,9 @@ class FederationService:
         mode = privacy.get("mode", "")
         if mode not in PRIVACY_MODES:
             raise InvalidArgument(f"privacy mode must be one of {', '.join(repr(m) for m in PRIVACY_MODES)}")
-        numbers = {k: privacy.get(k, 0.0) for k in ("noise_multiplier", "clipping_norm", "epsilon", "delta")}
+        numbers = {
+            k: privacy.get(k, 0.0) for k in ("noise_multiplier", "clipping_norm", "epsilon", "delta", "sample_rate")
+        }
         for name, value in numbers.items():
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise InvalidArgument(f"privacy {name} must be a finite number >= 0")
@@ -160,6 +162,10 @@ class FederationService:
             raise InvalidArgument("differential privacy needs a clipping_norm above 0")
         if not 0 <= float(numbers["delta"]) < 1:  # type: ignore[arg-type]
             raise InvalidArgument("privacy delta must be in [0, 1)")
+        if not 0 <= float(numbers["sample_rate"]) <= 1:  # type: ignore[arg-type]
+            raise InvalidArgument("privacy sample_rate must be in [0, 1]")
+        if mode == "record" and not float(numbers["sample_rate"]) > 0:  # type: ignore[arg-type]
+            raise InvalidArgument("record-level privacy (DP-SGD) needs a sample_rate above 0")
         return {"mode": mode, **numbers, "secagg": bool(privacy.get("secagg", False))}
 
     def create_run(

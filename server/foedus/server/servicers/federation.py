@@ -44,6 +44,7 @@ def run(rec: FederationRunRecord, caller: Principal) -> federation_pb2.Federatio
             epsilon=float(p.get("epsilon", 0.0)),  # type: ignore[arg-type]
             delta=float(p.get("delta", 0.0)),  # type: ignore[arg-type]
             secagg=bool(p.get("secagg", False)),
+            sample_rate=float(p.get("sample_rate", 0.0)),  # type: ignore[arg-type]
         ),
         state=int(rec.state),  # type: ignore[arg-type]
         # A tenant learns its own participation and how many took part, not who the others are.
@@ -124,6 +125,7 @@ class FederationServicer(ServicerBase, federation_pb2_grpc.FederationServiceServ
             "epsilon": p.epsilon,
             "delta": p.delta,
             "secagg": p.secagg,
+            "sample_rate": p.sample_rate,
         }
         rec = await self.run(
             self._federation.create_run,
