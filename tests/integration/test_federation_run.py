@@ -76,6 +76,7 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
         "--workdir",
         str(tmp_path / "federation"),
         "--rollout",
+        *("--dp-mode", "record", "--dp-noise", "0.8", "--dp-clip", "1.0", "--dp-sample-rate", "0.05"),
     )
     assert code == 0, err
     assert "skipped: the deployment serves no version yet" in err
@@ -85,6 +86,13 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
     assert [h["round"] for h in recorded["history"]] == [1, 2]
     assert all("eval_loss" in h["metrics"] for h in recorded["history"])
     assert recorded["result_model"] == "federated-anomaly"
+    # DP-SGD at the nodes: settings and the ε after both rounds (2 x 20 steps) recorded with the run
+    from foedus.federation.flower import dp_sgd_epsilon
+
+    privacy = recorded["privacy"]
+    assert privacy["mode"] == "record" and privacy["sample_rate"] == 0.05
+    assert privacy["noise_multiplier"] == 0.8 and privacy["clipping_norm"] == 1.0
+    assert privacy["epsilon"] == pytest.approx(dp_sgd_epsilon(0.8, 0.05, 40, 1e-5), rel=1e-6)
     # each tenant sees the run, with only itself named
     with Client.connect(server.target, api_key=owners[tenants[0]]) as client:
         [seen] = [r for r in client.federation.runs() if r.id == int(recorded["id"])]
@@ -121,6 +129,21 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
     # the tenant that did not opt in got nothing; the run is still its own to see
     with Client.connect(server.target, api_key=owners[tenants[1]]) as client:
         assert client.rollouts.list() == [] and client.models.list() == []
+
+
+def test_record_level_dp_is_refused_for_the_resource_model(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "org.npz"
+    np.savez(path, train=np.zeros((10, 6), dtype=np.float32))
+    code, _, err = run(
+        capsys, "--server", server.target, "--api-key", server.admin_key, "federation", "run",
+        "--node", f"org={path}", "--model", "resource", "--dp-mode", "record",
+        "--workdir", str(tmp_path / "federation"),
+    )  # fmt: skip
+    assert code == 2
+    assert "record-level DP is for the anomaly model" in err
+    assert not (tmp_path / "federation").exists()  # refused before anything started
 
 
 def test_a_federated_resource_model_from_agent_histories(

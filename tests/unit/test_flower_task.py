@@ -183,6 +183,12 @@ def test_dp_sgd_clips_each_rows_gradient_without_one_gradient_per_row() -> None:
     # one row: the clipped gradient's norm is the clipping norm
     (one, _), _ = _clipped_sums(net, x[:1], 0.01)
     assert math.sqrt(sum(float((g**2).sum()) for g in one.values())) == pytest.approx(0.01, rel=1e-4)
+    # a layer that runs twice in a forward pass: the per-row path is taken
+    shared = torch.nn.Linear(6, 6)
+    twice = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)
+    (fast, _), (slow, _) = _clipped_sums(twice, x[:, 0, :], 0.05)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
     # a layer that sees (rows, steps, features) inputs: the per-row path is taken
     seq = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh(), torch.nn.Linear(3, 6))
     (fast, _), (slow, _) = _clipped_sums(seq, x, 0.05)

@@ -732,6 +732,10 @@ def test_federated_task_standardises_once_then_learns_the_quantiles() -> None:
     assert 0.7 < after["p90_coverage"] <= 1.0
     with pytest.raises(ValueError, match="feature columns"):
         task.train(start, LocalData(train=rows[:, :-1]), epochs=1)
+    from foedus.federation.flower.task import DpSgd
+
+    with pytest.raises(ValueError, match="not supported for the resource model"):
+        task.train(start, LocalData(train=rows), epochs=1, dp_sgd=DpSgd(1.0, 1.0, 0.01))
 
 
 def test_quantile_metrics_pinball_and_coverage() -> None:

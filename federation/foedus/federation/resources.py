@@ -1371,6 +1371,11 @@ def federated_task(
             local_state: MutableMapping[str, np.ndarray] | None = None,
             dp_sgd: DpSgd | None = None,
         ) -> tuple[NamedArrays, Metrics]:
+            if dp_sgd is not None:
+                raise ValueError(
+                    "record-level DP (DP-SGD) is not supported for the resource model: its first "
+                    "round sends each node's feature statistics, which DP-SGD does not cover"
+                )
             if np.any(arrays["net.x_mean"]) or not np.all(arrays["net.x_std"] == 1.0):
                 return super().train(
                     arrays,

@@ -388,13 +388,15 @@ def _only_linear(model: nn.Module) -> bool:
 def _linear_clipped_sum(
     model: nn.Module, loss: ElementwiseLoss, x: torch.Tensor, y: torch.Tensor, clip: float
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Σ_i min(1, clip / ‖∇L_i‖) ∇L_i over the rows (L_i: row i's loss), and the rows' losses, for a model whose
-    parameters are all in ``nn.Linear`` layers applied to (rows, features) inputs, without one
-    gradient per row: a row's weight gradient in a layer is the outer product of its output
-    gradient and its input, so its squared norm is ``‖g_i‖² ‖a_i‖²`` (+ ``‖g_i‖²`` for the bias);
-    a second backward pass of the rows' losses weighted by their clipping factors gives the sum.
-    Rows must not interact in the forward pass (no batch normalisation). Falls back to
-    :func:`_vmap_clipped_sum` where a layer sees inputs of another rank."""
+    """Σ_i min(1, clip / ‖∇L_i‖) ∇L_i over the rows (L_i: row i's loss), and the rows' losses.
+
+    For a model whose parameters are all in ``nn.Linear`` layers applied to (rows, features)
+    inputs, without one gradient per row: a row's weight gradient in a layer is the outer product
+    of its output gradient and its input, so its squared norm is ``‖g_i‖² ‖a_i‖²`` (+ ``‖g_i‖²``
+    for the bias); a second backward pass of the rows' losses weighted by their clipping factors
+    gives the sum. Rows must not interact in the forward pass (no batch normalisation). Falls back
+    to :func:`_vmap_clipped_sum` where a layer sees inputs of another rank or runs more than once
+    in a forward pass (shared weights: the norms would miss the cross terms)."""
     import torch
     from torch import nn
 
@@ -410,7 +412,7 @@ def _linear_clipped_sum(
     finally:
         for hook in hooks:
             hook.remove()
-    if any(inp.dim() != 2 for _, inp, _ in seen):
+    if any(inp.dim() != 2 for _, inp, _ in seen) or len({id(m) for m, _, _ in seen}) < len(seen):
         return _vmap_clipped_sum(model, loss, x, y, clip)
     out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in seen], retain_graph=True)
     squared = torch.zeros(x.shape[0], dtype=losses.dtype)
@@ -810,8 +812,10 @@ class DpConfig:
     * ``record``: record-level DP-SGD at each node (:class:`DpSgd`): every step takes a Poisson
       sample of the node's rows with probability ``sample_rate``, clips each row's gradient to
       ``clipping_norm`` and adds Gaussian noise of std ``noise_multiplier * clipping_norm`` to
-      their sum. What leaves a node is then already private, with respect to any one row of its
-      data; ε is accounted with Rényi DP over every step of every round (:func:`dp_sgd_epsilon`).
+      their sum. The weights that leave a node are then already private, with respect to any one
+      row of its data; ε is accounted with Rényi DP over every step of every round
+      (:func:`dp_sgd_epsilon`). The guarantee covers the training replies only: evaluation
+      replies (losses, and the anomaly task's calibration figures) are not noised.
 
     Central modes average node updates with equal weights (the sensitivity analysis assumes it).
     """
