@@ -153,7 +153,8 @@ class FederationService:
         if mode not in PRIVACY_MODES:
             raise InvalidArgument(f"privacy mode must be one of {', '.join(repr(m) for m in PRIVACY_MODES)}")
         numbers = {
-            k: privacy.get(k, 0.0) for k in ("noise_multiplier", "clipping_norm", "epsilon", "delta", "sample_rate")
+            k: privacy.get(k, 0.0)
+            for k in ("noise_multiplier", "clipping_norm", "epsilon", "delta", "sample_rate")
         }
         for name, value in numbers.items():
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
