@@ -93,6 +93,9 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
     assert privacy["mode"] == "record" and privacy["sample_rate"] == 0.05
     assert privacy["noise_multiplier"] == 0.8 and privacy["clipping_norm"] == 1.0
     assert privacy["epsilon"] == pytest.approx(dp_sgd_epsilon(0.8, 0.05, 40, 1e-5), rel=1e-6)
+    code, table, err = run(capsys, *admin, "federation", "runs", "list")
+    assert code == 0, err
+    assert "record (noise 0.8, clip 1, sample rate 0.05, eps " in table
     # each tenant sees the run, with only itself named
     with Client.connect(server.target, api_key=owners[tenants[0]]) as client:
         [seen] = [r for r in client.federation.runs() if r.id == int(recorded["id"])]

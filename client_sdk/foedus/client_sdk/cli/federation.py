@@ -51,8 +51,10 @@ def _run_row(r: Any) -> dict[str, Any]:
     p = r.privacy
     privacy = p.mode or "none"
     if p.mode:
-        privacy += f" (noise {p.noise_multiplier:g}, clip {p.clipping_norm:g}" + (
-            f", eps {p.epsilon:.3g})" if p.epsilon else ")"
+        privacy += (
+            f" (noise {p.noise_multiplier:g}, clip {p.clipping_norm:g}"
+            + (f", sample rate {p.sample_rate:g}" if p.mode == "record" else "")
+            + (f", eps {p.epsilon:.3g})" if p.epsilon else ")")
         )
     if p.secagg:
         privacy += " + secagg"
@@ -330,7 +332,9 @@ def run_federated(
         "for each row of each organisation's data) (default: none)",
     ),
     dp_noise: float = typer.Option(1.0, "--dp-noise", help="noise multiplier"),
-    dp_clip: float = typer.Option(1.0, "--dp-clip", help="clipping norm"),
+    dp_clip: float = typer.Option(
+        1.0, "--dp-clip", help="clipping norm: of a row's gradient (record), of a node's update (the others)"
+    ),
     dp_sample_rate: float = typer.Option(
         0.002,
         "--dp-sample-rate",
