@@ -92,7 +92,8 @@ def node_data(context: Context) -> LocalData:
 
 
 def _local_state(context: Context) -> dict[str, np.ndarray]:
-    """What the task kept on this node in earlier rounds of the run (its optimiser's state)."""
+    """What the task kept on this node in earlier rounds of the run (DP-SGD's step count, and the
+    optimiser's state when the task carries it)."""
     record = context.state.array_records.get(LOCAL_STATE_KEY)
     return dict(from_record(record)) if record is not None else {}
 

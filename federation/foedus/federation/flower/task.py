@@ -545,9 +545,11 @@ class TorchTask:
     ``pairs`` turns a data matrix into (inputs, targets): :func:`autoencoder_pairs` (the default)
     or :func:`regression_pairs`. ``loss`` maps (predictions, targets) to a per-element loss
     tensor (default squared error); the training objective is its mean. Optimiser: Adam with
-    learning rate ``lr`` (or any ``optimizer(params) -> torch.optim.Optimizer``). Mini-batches of
-    ``batch_size`` rows are shuffled by a generator seeded with ``seed``; ``factory`` is called
-    after ``torch.manual_seed(seed)`` so every process builds the same initial weights.
+    learning rate ``lr`` (or any ``optimizer(params) -> torch.optim.Optimizer``), a fresh one each
+    round unless ``carry_optimizer``. Mini-batches of ``batch_size`` rows are shuffled by a
+    generator seeded with ``seed`` (and the federated round, so each round draws its own order);
+    ``factory`` is called after ``torch.manual_seed(seed)`` so every process builds the same
+    initial weights. With :class:`DpSgd`, training is record-level DP-SGD instead.
 
     Evaluation reports ``eval-loss`` (mean loss over the evaluation rows) and, when the data has
     ``test_label``, ``eval-auroc``: how well the per-row loss (the reconstruction or forecast
