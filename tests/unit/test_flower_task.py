@@ -183,6 +183,13 @@ def test_dp_sgd_clips_each_rows_gradient_without_one_gradient_per_row() -> None:
     # one row: the clipped gradient's norm is the clipping norm
     (one, _), _ = _clipped_sums(net, x[:1], 0.01)
     assert math.sqrt(sum(float((g**2).sum()) for g in one.values())) == pytest.approx(0.01, rel=1e-4)
+    # a frozen layer: only the trainable ones count, alike on both paths
+    frozen = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh(), torch.nn.Linear(3, 6))
+    frozen[0].requires_grad_(False)
+    (fast, _), (slow, _) = _clipped_sums(frozen, x[:, 0, :], 0.05)
+    assert set(fast) == set(slow) == {"2.weight", "2.bias"}
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
     # a layer that runs twice in a forward pass: the per-row path is taken
     shared = torch.nn.Linear(6, 6)
     twice = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)
@@ -210,6 +217,24 @@ def test_dp_sgd_training_is_noisy_counts_its_steps_and_still_learns() -> None:
     # the noise does not come from the run's seed: the same call twice gives two models
     again, _ = task.train(start, data, epochs=2, server_round=1, dp_sgd=dp)
     assert not np.allclose(again["0.weight"], first["0.weight"])
+
+
+def test_dp_sgd_with_a_frozen_layer_and_the_proximal_term() -> None:
+    """Frozen parameters get no gradient and no noise; the proximal term pulls each trainable
+    parameter towards its own global value."""
+
+    def factory() -> torch.nn.Module:
+        net = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh(), torch.nn.Linear(3, 6))
+        net[0].requires_grad_(False)
+        return net
+
+    task = TorchTask(factory, lr=0.02, batch_size=16)
+    start = task.initial_arrays()
+    dp = DpSgd(noise_multiplier=0.5, clipping_norm=1.0, sample_rate=0.1)
+    trained, metrics = task.train(start, LocalData(train=low_rank(200)), epochs=1, proximal_mu=0.5, dp_sgd=dp)
+    assert metrics["dp-sgd-steps"] == 10
+    np.testing.assert_array_equal(trained["0.weight"], start["0.weight"])
+    assert not np.allclose(trained["2.weight"], start["2.weight"])
 
 
 def test_dp_sgd_epsilon_is_the_renyi_accountant() -> None:

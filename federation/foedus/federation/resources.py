@@ -1384,7 +1384,6 @@ def federated_task(
                     proximal_mu=proximal_mu,
                     server_round=server_round,
                     local_state=local_state,
-                    dp_sgd=dp_sgd,
                 )
             # the first round agrees on the standardisation: no training on statistics that differ
             model = self.build()

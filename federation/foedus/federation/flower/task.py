@@ -406,7 +406,12 @@ def _linear_clipped_sum(
         assert isinstance(module, nn.Linear)
         seen.append((module, inputs[0].detach(), output))
 
-    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, nn.Linear)]
+    trained = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters())
+    ]
+    hooks = [m.register_forward_hook(keep) for m in trained]
     try:
         losses = _row_losses_of(loss, model(x), y)
     finally:
@@ -609,8 +614,8 @@ class TorchTask:
         x, y = self._tensors(matrix)
         model.eval()
         with torch.no_grad():
-            per_element = self._elementwise_loss(model(x), y)
-        return per_element.reshape(per_element.shape[0], -1).mean(dim=1).double().numpy()
+            losses = _row_losses_of(self._elementwise_loss, model(x), y)
+        return losses.double().numpy()
 
     def train(
         self,
@@ -749,7 +754,9 @@ class TorchTask:
                 total += float(losses.sum())
                 seen += int(chunk.shape[0])
             opt.zero_grad()
-            for (name, p), anchor in zip(named, anchors, strict=False):
+            for (name, p), anchor in zip(model.named_parameters(), anchors, strict=True):
+                if not p.requires_grad:
+                    continue
                 noise = torch.normal(0.0, dp.noise_multiplier * dp.clipping_norm, size=p.shape, generator=rng)
                 p.grad = (summed[name] + noise) / expected
                 if proximal_mu > 0:
