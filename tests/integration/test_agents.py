@@ -462,7 +462,11 @@ def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> No
         pytest.approx(anomaly.threshold),
     )
     assert predictor.window == summary["window"]
-    # the agent's ONNX scorer and the torch model agree on the same intervals
+    # the agent's ONNX scorer and the torch model agree on the same intervals (the drift
+    # compensation the export asks for has not moved: fewer than drift_blocks blocks have passed)
+    assert scorer.compensation is not None
+    assert scorer.compensation.blocks == config.drift_blocks
+    assert (scorer.compensation.weights == 1.0).all()
     rows = history[-12:]
     assert scorer.score(rows) == pytest.approx(float(anomaly.score(rows)[-1]), rel=1e-4, abs=1e-5)
     # and both models' outputs arrive as scores of the agent's intervals

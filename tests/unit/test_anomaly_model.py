@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,40 @@ def test_adapt_follows_a_new_normal_and_still_flags_faults(model: AnomalyModel, 
     np.testing.assert_array_equal(model.predict(np.concatenate([train, drifted]))[2400:], static_flags)
     with pytest.raises(ValueError, match="new"):
         adapted.adapt(history, 0)
+
+
+def test_drift_compensation_stops_daily_alarms_on_a_moved_metric_and_keeps_faults(
+    model: AnomalyModel, train: np.ndarray, tmp_path: Path
+) -> None:
+    # 'cpu' runs 3 standard deviations higher for good from step 2400 on. The plain score alarms
+    # throughout; the compensated score, after drift_blocks blocks, no longer does, and a fault
+    # on another metric is still flagged.
+    import onnx
+
+    block, blocks = QUICK.calibration_block, QUICK.drift_blocks
+    assert model.feature_levels is not None and model.feature_levels.shape == (F,)
+    drifted = _series((blocks + 2) * block, seed=3, start=2400)
+    drifted[:, 0] += 3.0 * train[:, 0].std()
+    fault = blocks * block + 100
+    drifted = _inject(drifted, fault, 10, feature=5)
+    plain = model.score(drifted)
+    compensated = model.compensated_scores(drifted, history=train)
+    settled = slice(blocks * block, (blocks + 2) * block)
+    normal = np.ones(len(drifted), dtype=bool)
+    normal[fault : fault + 10] = False
+    assert (plain[: blocks * block] >= model.threshold).mean() > 0.5
+    assert (plain[settled][normal[settled]] >= model.threshold).mean() > 0.5
+    assert (compensated[settled][normal[settled]] >= model.threshold).mean() < 0.02
+    assert (compensated[fault : fault + 10] >= model.threshold).any()
+    assert (compensated <= plain * (1 + 1e-5)).all()  # never scaled up
+    # turned off, the compensated scores are the plain ones; the levels travel with the model
+    off = AnomalyModel.load(model.save(tmp_path / "m.pt"))
+    np.testing.assert_array_equal(off.feature_levels, model.feature_levels)
+    off.config = replace(off.config, drift_blocks=0)
+    np.testing.assert_allclose(off.compensated_scores(drifted, history=train), plain, rtol=1e-6)
+    meta = {p.key: p.value for p in onnx.load(str(model.export_onnx(tmp_path / "m.onnx"))).metadata_props}
+    assert [float(v) for v in meta["foedus.feature_levels"].split(",")] == model.feature_levels.tolist()
+    assert (meta["foedus.drift_blocks"], meta["foedus.calibration_block"]) == (str(blocks), str(block))
 
 
 def test_shap_players_are_whole_metrics_of_the_window(model: AnomalyModel, test_series: np.ndarray) -> None:

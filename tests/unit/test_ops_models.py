@@ -129,3 +129,57 @@ def test_windowed_model_contract_is_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(OpsModelError, match="threshold"):
         _ = no_threshold.threshold
+
+
+def two_output_scorer_onnx(path: Path, meta: dict[str, str]) -> Path:
+    """An interval scorer with the anomaly model's two outputs: per-metric terms (each metric
+    squared) and their sum, plus the given metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["metrics", "metrics"], ["feature_scores"]),
+            helper.make_node("ReduceSum", ["feature_scores", "axis1"], ["score"], keepdims=0),
+        ],
+        "two_output_scorer",
+        [helper.make_tensor_value_info("metrics", TensorProto.FLOAT, [None, 6])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [None]),
+            helper.make_tensor_value_info("feature_scores", TensorProto.FLOAT, [None, 6]),
+        ],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.helper.set_model_props(model, {"foedus.kind": "anomaly", "foedus.threshold": "2.0", **meta})
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_scorer_compensates_a_metric_that_moved_for_good(tmp_path: Path) -> None:
+    meta = {
+        "foedus.feature_levels": "1,1,1,1,1,1",
+        "foedus.calibration_block": "3",
+        "foedus.drift_blocks": "2",
+    }
+    scorer = AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "c.onnx", meta)), "ops", {})
+    assert scorer.compensation is not None
+    moved = np.array([2.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # metric 0's term is 4, its level 1
+    # two blocks of three intervals alarm; then the metric counts at its training level
+    assert [scorer.score(moved) for _ in range(6)] == pytest.approx([4.0] * 6)
+    assert scorer.score(moved) == pytest.approx(1.0) and scorer.threshold > 1.0
+    fault = moved + np.array([0.0, 3.0, 0.0, 0.0, 0.0, 0.0])  # another metric's fault still counts
+    assert scorer.score(fault) == pytest.approx(10.0)
+    # without the metadata (or with it off) the score is the plain sum
+    plain = AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "p.onnx", {})), "ops", {})
+    assert plain.compensation is None
+    assert [plain.score(moved) for _ in range(8)] == pytest.approx([4.0] * 8)
+    off = {**meta, "foedus.drift_blocks": "0"}
+    assert (
+        AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "o.onnx", off)), "ops", {}).compensation
+        is None
+    )
+    bad = {**meta, "foedus.feature_levels": "1,1"}
+    with pytest.raises(OpsModelError, match="2 levels for 6 metrics"):
+        AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "b.onnx", bad)), "ops", {})

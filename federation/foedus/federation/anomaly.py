@@ -33,6 +33,15 @@ Threshold (no labels)
     among them) do contain anomalies, which inflate the tail that POT extrapolates from (on SMD,
     POT at risk 1e-3 on the same training scores gave a lower point-adjusted F1).
 
+Drift compensation (online, no labels)
+    Agents feed the model's per-metric terms through `DriftCompensation`
+    (`foedus.client_sdk.agent.compensation`; `compensated_scores` here): a metric whose term has
+    been above its training level (``feature_levels``: the median block maximum of the term on
+    the training series) in each of the last ``drift_blocks`` blocks is scaled back to that
+    level. A metric whose normal has moved stops raising daily alarms, while an incident that
+    leaves some of those blocks alone is scored as before. On SMD it lifts the point-adjusted F1
+    of the machines whose test behaviour drifts (see `foedus.federation.evaluation.smd`).
+
 Online adaptation
     `AnomalyModel.adapt` follows a drifting normal without labels: run after each block of new
     data (a day), it flags the block, fine-tunes the network on the block's unflagged windows
@@ -71,6 +80,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from foedus.client_sdk.agent.compensation import (
+    BLOCK_KEY,
+    BLOCKS_KEY,
+    DEFAULT_BLOCKS,
+    LEVELS_KEY,
+    DriftCompensation,
+    reference_levels,
+)
 
 __all__ = [
     "FEATURE_OUTPUT",
@@ -135,6 +153,10 @@ class AnomalyConfig:
     """Floor on a feature's scale, in the metric's unit (SMD metrics are scaled to [0, 1])."""
     calibration_block: int = 1440
     """Steps per block for the block-maxima threshold (1440 = one day at one sample a minute)."""
+    drift_blocks: int = DEFAULT_BLOCKS
+    """Per-metric drift compensation (`foedus.client_sdk.agent.compensation`): a metric's error
+    term is scaled back to its training level once it has been above it in each of this many
+    calibration blocks; 0 turns the compensation off."""
     selection: str = "injection"
     """Search criterion: ``"injection"`` (separation of synthetic anomalies) or ``"loss"`` (validation loss)."""
     weight_decay: float = 0.0
@@ -154,6 +176,8 @@ class AnomalyConfig:
             raise ValueError("selection must be 'injection' or 'loss'")
         if self.search_epochs < 1 or self.calibration_block < 1 or self.threads < 1:
             raise ValueError("search_epochs, calibration_block and threads must be positive")
+        if self.drift_blocks < 0:
+            raise ValueError("drift_blocks must not be negative")
 
 
 def block_maxima_threshold(scores: npt.ArrayLike, block: int) -> float:
@@ -348,6 +372,7 @@ class AnomalyModel:
         threshold: float,
         feature_names: Sequence[str],
         search_results: Sequence[dict[str, Any]] = (),
+        feature_levels: npt.ArrayLike | None = None,
     ) -> None:
         self.config = config
         self.window = config.window
@@ -360,6 +385,10 @@ class AnomalyModel:
         self.scale = np.asarray(scale, dtype=np.float64)
         self.search_results = [dict(r) for r in search_results]
         """Each search candidate's parameters and validation loss (empty without a search)."""
+        self.feature_levels: FloatArray | None = (
+            None if feature_levels is None else np.asarray(feature_levels, dtype=np.float64).copy()
+        )
+        """Each metric's reference level for the drift compensation (None: not calibrated)."""
         self._scorer = _Scorer(net, self.center, self.scale, config.clip, config.score_steps).eval()
 
     # ------------------------------------------------------------------ fitting
@@ -416,8 +445,7 @@ class AnomalyModel:
                 feature_names=names,
                 search_results=results,
             )
-            train_scores = model.score(x)
-            model.threshold = block_maxima_threshold(train_scores, chosen.calibration_block)
+            model._calibrate(x)
             say(f"threshold {model.threshold:.4g} (median of {chosen.calibration_block}-step block maxima)")
             return model
 
@@ -485,6 +513,34 @@ class AnomalyModel:
         arr = _check_series(x, self.n_features)
         return np.concatenate([f.numpy() for _, f in self._batches(arr)]).astype(np.float64)
 
+    def _calibrate(self, x: FloatArray) -> None:
+        """Threshold and reference levels from the scores of the (normal-looking) series `x`."""
+        terms = self.feature_scores(x)
+        self.threshold = block_maxima_threshold(terms.sum(axis=1), self.config.calibration_block)
+        self.feature_levels = reference_levels(terms, self.config.calibration_block)
+
+    def compensation(self) -> DriftCompensation | None:
+        """A fresh online drift compensation for this model's scores (`compensated_scores`), or
+        None when it is turned off (``drift_blocks=0``) or the model has no reference levels."""
+        if self.feature_levels is None or self.config.drift_blocks == 0:
+            return None
+        return DriftCompensation(
+            self.feature_levels, block=self.config.calibration_block, blocks=self.config.drift_blocks
+        )
+
+    def compensated_scores(self, x: np.ndarray, *, history: np.ndarray | None = None) -> FloatArray:
+        """Scores of the raw (T, F) series `x` as an agent running the model online reports them:
+        per-metric terms through the drift compensation, which has first seen `history` (e.g. the
+        training series, when the model has run since then). Plain `score` without compensation."""
+        terms = self.feature_scores(x)
+        state = self.compensation()
+        if state is None:
+            out: FloatArray = terms.sum(axis=1)
+            return out
+        if history is not None:
+            state.update(self.feature_scores(history))
+        return state.update(terms)
+
     def predict(self, x: np.ndarray) -> npt.NDArray[np.bool_]:
         """Whether each step's score reaches the calibrated threshold."""
         return self.score(x) >= self.threshold
@@ -547,7 +603,7 @@ class AnomalyModel:
                 with torch.no_grad():
                     z = self._scorer.normalise(torch.from_numpy(x.astype(np.float32))).numpy()
                 _epochs(self._scorer.net, _full_windows(z, w, picked), self.config, epochs, seed)
-        self.threshold = block_maxima_threshold(self.score(x), self.config.calibration_block)
+        self._calibrate(x)
         out: npt.NDArray[np.bool_] = flagged[first_new:].copy()
         return out
 
@@ -564,6 +620,7 @@ class AnomalyModel:
             threshold=self.threshold,
             feature_names=self.feature_names,
             search_results=self.search_results,
+            feature_levels=self.feature_levels,
         )
 
     def window_at(self, x: np.ndarray, t: int) -> np.ndarray:
@@ -645,7 +702,8 @@ class AnomalyModel:
         Outputs ``score`` float32 [N] and ``feature_scores`` float32 [N, F]. Normalisation,
         clipping and NaN handling are in the graph. Metadata: ``foedus.kind=anomaly``,
         ``foedus.window``, ``foedus.threshold``, ``foedus.features`` (comma-separated names),
-        ``foedus.score_steps``.
+        ``foedus.score_steps``, and for the drift compensation ``foedus.feature_levels``,
+        ``foedus.calibration_block``, ``foedus.drift_blocks`` (`foedus.client_sdk.agent.compensation`).
         """
         import onnx
 
@@ -674,7 +732,11 @@ class AnomalyModel:
             "foedus.threshold": repr(self.threshold),
             "foedus.features": ",".join(self.feature_names),
             "foedus.score_steps": str(self.config.score_steps),
+            BLOCK_KEY: str(self.config.calibration_block),
         }
+        if self.feature_levels is not None:
+            meta[LEVELS_KEY] = ",".join(repr(float(v)) for v in self.feature_levels)
+            meta[BLOCKS_KEY] = str(self.config.drift_blocks)
         del model.metadata_props[:]
         for key, value in meta.items():
             entry = model.metadata_props.add()
@@ -695,6 +757,7 @@ class AnomalyModel:
             "feature_names": list(self.feature_names),
             "net": self._scorer.net.state_dict(),
             "search_results": self.search_results,
+            "feature_levels": None if self.feature_levels is None else torch.as_tensor(self.feature_levels),
         }
         torch.save(state, str(path))
         return path
@@ -716,7 +779,7 @@ class AnomalyModel:
         center, scale = _robust_scale(raw, config.min_scale)
         names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(raw.shape[1])]
         model = cls(net, config=config, center=center, scale=scale, threshold=math.inf, feature_names=names)
-        model.threshold = block_maxima_threshold(model.score(raw), config.calibration_block)
+        model._calibrate(raw)
         return model
 
     @classmethod
@@ -738,6 +801,7 @@ class AnomalyModel:
             threshold=float(state["threshold"]),
             feature_names=state["feature_names"],
             search_results=state.get("search_results", []),
+            feature_levels=None if state.get("feature_levels") is None else state["feature_levels"].numpy(),
         )
 
 

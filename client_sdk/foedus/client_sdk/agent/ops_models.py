@@ -10,7 +10,10 @@ metadata `foedus.window`. Before W intervals exist, the window is padded with it
 - An anomaly scorer's first output is a score per row; its version's tag `threshold` (or else the
   ONNX metadata `foedus.threshold`) says from which score on an interval is anomalous. An alert
   carries the metrics that contributed most, by SHAP (Kernel SHAP over the scorer, one player per
-  metric over the whole window, against a background of recent normal intervals).
+  metric over the whole window, against a background of recent normal intervals). A model whose
+  metadata carries per-metric reference levels (``foedus.feature_levels``, ``foedus.drift_blocks``)
+  and whose second output holds the per-metric terms of the score is scored through an online
+  drift compensation (`foedus.client_sdk.agent.compensation`).
 - A resource predictor's outputs are named after what they predict (e.g. `cpu_p90_next`); each
   becomes a score of the interval under that name.
 """
@@ -18,11 +21,13 @@ metadata `foedus.window`. Before W intervals exist, the window is padded with it
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from foedus.client_sdk.agent.compensation import DriftCompensation, from_metadata
 from foedus.client_sdk.agent.history import HISTORY_METRICS
 from foedus.client_sdk.agent.serving import LoadedModel
 
@@ -114,6 +119,23 @@ def _int(value: str | None) -> int:
 
 
 class AnomalyScorer(OpsModel):
+    _lock: threading.Lock
+    compensation: DriftCompensation | None
+    """Online per-metric drift compensation, when the model's metadata asks for one and it has a
+    second output of per-metric terms (`foedus.client_sdk.agent.compensation`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "compensation", None)
+        object.__setattr__(self, "_lock", threading.Lock())
+        if len(self.model.outputs) < 2:
+            return
+        try:
+            state = from_metadata(self.metadata, len(self.features))
+        except ValueError as exc:
+            raise OpsModelError(f"{self.label}: {exc}") from None
+        object.__setattr__(self, "compensation", state)
+
     @property
     def threshold(self) -> float:
         raw = self.tags.get("threshold", self.metadata.get("foedus.threshold"))
@@ -128,9 +150,19 @@ class AnomalyScorer(OpsModel):
         return value
 
     def score(self, recent: np.ndarray) -> float:
-        """Score of the newest interval; `recent` holds the last intervals (a 1-D array: just it)."""
-        first = self.model.outputs[0].name
-        return float(self.run(self.inputs(recent))[first][0])
+        """Score of the newest interval; `recent` holds the last intervals (a 1-D array: just it).
+
+        With a drift compensation, each call is the next interval: its per-metric terms move the
+        compensation on and the compensated score is returned."""
+        if self.compensation is None:
+            first = self.model.outputs[0].name
+            return float(self.run(self.inputs(recent))[first][0])
+        terms_name = self.model.outputs[1].name
+        batch = np.asarray(self.inputs(recent), dtype=np.float32)
+        (terms,) = self.model.run([terms_name], {self.model.inputs[0].name: batch})
+        row = np.asarray(terms, dtype=np.float64).reshape(1, -1)
+        with self._lock:  # the state moves on by one interval per call, whichever thread calls
+            return float(self.compensation.update(row)[0])
 
     def explain(
         self, recent: np.ndarray, background: np.ndarray, *, nsamples: int = 200

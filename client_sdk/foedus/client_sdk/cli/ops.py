@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import typer
 
+from foedus.client_sdk.agent.compensation import from_metadata
 from foedus.client_sdk.agent.history import HISTORY_METRICS
 from foedus.client_sdk.cli.common import emit, globals_of
 from foedus.client_sdk.errors import InvalidArgument
@@ -221,9 +222,19 @@ def train_resource(
     emit(ctx, [summary], tuple(summary), raw=summary)
 
 
-def onnx_scores(model_path: Path, x: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+COMPENSATION_HELP = (
+    "score through the model's online per-metric drift compensation, as agents do "
+    "(models trained by 'ops train anomaly' carry it), starting fresh at the first row"
+)
+
+
+def onnx_scores(
+    model_path: Path, x: np.ndarray, *, compensate: bool = True
+) -> tuple[np.ndarray, dict[str, str]]:
     """Scores of every row of `x` by an exported anomaly model: windows ending at each row, the
-    first ones padded with the first row (as agents do)."""
+    first ones padded with the first row, and, when the model carries per-metric reference levels
+    and `compensate`, through a fresh online drift compensation (as an agent started on the first
+    row scores them)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -237,6 +248,10 @@ def onnx_scores(model_path: Path, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
             f"{model_path} takes {spec.shape[2]} metrics per row; the data has {x.shape[1]}"
         )
     padded = np.concatenate([np.repeat(x[:1], window - 1, axis=0), x]).astype(np.float32)
+    try:
+        state = from_metadata(meta, x.shape[1]) if compensate and len(session.get_outputs()) > 1 else None
+    except ValueError as exc:
+        raise InvalidArgument(f"{model_path}: {exc}") from None
     out = np.empty(len(x), dtype=np.float64)
     batch = 2048
     for start in range(0, len(x), batch):
@@ -245,7 +260,11 @@ def onnx_scores(model_path: Path, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
             windows = np.stack([padded[i : i + window] for i in range(start, stop)])
         else:
             windows = padded[window - 1 + start : window - 1 + stop]
-        out[start:stop] = np.asarray(session.run(None, {spec.name: windows})[0], dtype=np.float64).reshape(-1)
+        results = session.run(None, {spec.name: windows})
+        if state is None:
+            out[start:stop] = np.asarray(results[0], dtype=np.float64).reshape(-1)
+        else:
+            out[start:stop] = state.update(np.asarray(results[1], dtype=np.float64).reshape(stop - start, -1))
     return out, meta
 
 
@@ -258,10 +277,13 @@ def score(
     threshold: float | None = typer.Option(
         None, "--threshold", help="default: the model's calibrated threshold"
     ),
+    compensate: bool = typer.Option(
+        True, "--drift-compensation/--no-drift-compensation", help=COMPENSATION_HELP
+    ),
 ) -> None:
     """Score every row of the data (windows ending at each row) and list the anomalous stretches."""
     x, _ = load_matrix(data, part="test")
-    scores, meta = onnx_scores(model, x)
+    scores, meta = onnx_scores(model, x, compensate=compensate)
     limit = threshold if threshold is not None else float(meta.get("foedus.threshold", "nan"))
     flagged = scores > limit if np.isfinite(limit) else np.zeros(len(scores), dtype=bool)
     if out is not None:
@@ -334,6 +356,9 @@ def evaluate(
         None, "--labels", help="0/1 per row (a text file, or a .npz's test_label)"
     ),
     label_column: str = typer.Option("", "--label-column", help="a 0/1 column of the CSV"),
+    compensate: bool = typer.Option(
+        True, "--drift-compensation/--no-drift-compensation", help=COMPENSATION_HELP
+    ),
 ) -> None:
     """Precision, recall and F1 (with and without point adjustment) and AUC-PR on labelled data."""
     from foedus.federation.evaluation import metrics as m
@@ -342,7 +367,7 @@ def evaluate(
     if label_column:
         x = x[:, [i for i, n in enumerate(names) if n != label_column]]
     y = load_labels(data, labels, label_column, len(x))
-    scores, meta = onnx_scores(model, x)
+    scores, meta = onnx_scores(model, x, compensate=compensate)
     threshold = float(meta.get("foedus.threshold", "nan"))
     if not np.isfinite(threshold):
         raise InvalidArgument(f"{model} has no foedus.threshold in its metadata")

@@ -9,7 +9,11 @@ dimensions.
 
 `evaluate_smd` fits, per machine, the Foedus model (`foedus.federation.anomaly.AnomalyModel`,
 search included) on the training series only and flags test steps whose score reaches the model's
-own calibrated threshold: no test label chooses anything. In the same run and on the same data:
+own calibrated threshold: no test label chooses anything. The scores are those an agent running
+the model since the end of the training period reports: the per-metric terms go through the
+model's online drift compensation (`AnomalyModel.compensation`), which has seen the training
+series first; ``smd_f1_pa_uncompensated`` / ``smd_f1_uncompensated`` are the plain sums against
+the same threshold. In the same run and on the same data:
 
 * ``iforest``: scikit-learn's IsolationForest (100 trees) on single time steps, score =
   ``-score_samples``;
@@ -20,7 +24,8 @@ own calibrated threshold: no test label chooses anything. In the same run and on
   the test series with its own default threshold.
 
 The learned baselines get the model's threshold rule (`block_maxima_threshold` of their scores on
-the training series). Reported per method: precision, recall and F1 with and without point
+the training series; ``pca_smd_f1_compensated`` / ``pca_smd_f1_pa_compensated`` put PCA's
+per-metric errors through the same drift compensation). Reported per method: precision, recall and F1 with and without point
 adjustment, AUC-PR (threshold free), and for the methods with per-metric contributions HitRate@100%
 / @150% (`foedus.federation.evaluation.metrics.hit_rate`). Means are over machines.
 
@@ -49,7 +54,10 @@ windows, by either criterion; fixed 20-step windows gave a higher point-adjusted
 against 0.75) and a lower plain F1 (0.28 against 0.31), so neither unsupervised criterion tracks
 point-adjusted detection quality here. The gap between ``smd_f1_pa`` and ``smd_f1_pa_best`` is the
 cost of choosing the threshold without labels: on several machines normal test behaviour drifts
-above anything seen in training, on others it stays far below.
+above anything seen in training, on others it stays far below. The drift compensation answers the
+first case for drift that stays on some metrics for days: point-adjusted F1 0.744 -> 0.808, plain
+F1 0.307 -> 0.320 (seed 0; seed 1: 0.766 -> 0.810 and 0.354 -> 0.360); AUC-PR drops (0.489 ->
+0.462), as anomalies that recur on a metric for days are scaled down with it.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from foedus.client_sdk.agent.compensation import DriftCompensation, reference_levels
 from foedus.federation.anomaly import AnomalyConfig, AnomalyModel, block_maxima_threshold
 from foedus.federation.evaluation.metrics import (
     average_precision,
@@ -290,6 +299,16 @@ def _shap_hit_rates(
     }
 
 
+def _compensated(state: DriftCompensation | None, history: FloatArray, terms: FloatArray) -> FloatArray:
+    """Scores of the per-metric `terms` through `state` after it has seen `history` (their plain
+    sum without a compensation)."""
+    if state is None:
+        out: FloatArray = terms.sum(axis=1)
+        return out
+    state.update(history)
+    return state.update(terms)
+
+
 def _online_detection(model: AnomalyModel, machine: SmdMachine, block: int, seed: int) -> dict[str, float]:
     """The model run online with daily adaptation (`AnomalyModel.adapt` after every `block` test
     steps, on a copy): each block is flagged by the model as adapted up to the block before."""
@@ -328,17 +347,23 @@ def evaluate_machine(
         progress=lambda msg: say(f"{machine.name}: {msg}"),
     )
     out["smd_fit_seconds"] = time.perf_counter() - started
+    train_terms = model.feature_scores(machine.train)
     feature_scores = model.feature_scores(machine.test)
-    scores = feature_scores.sum(axis=1)
+    raw = feature_scores.sum(axis=1)
+    # the model as an agent runs it: online drift compensation that has seen the training period
+    scores = _compensated(model.compensation(), train_terms, feature_scores)
     pred = scores >= model.threshold
     out.update(_detection("smd_", pred, scores, label))
+    plain = detection_scores(raw >= model.threshold, label)
+    out["smd_f1_pa_uncompensated"], out["smd_f1_uncompensated"] = plain.f1_pa, plain.f1
     # per-feature error terms; the model's headline HitRate is Kernel SHAP's (`_shap_hit_rates`)
     out.update(_hit_rates("smd_", feature_scores, pred, machine, detected="error_hitrate"))
-    pot = pot_threshold(model.score(machine.train), risk=1e-3)
-    out["smd_f1_pa_pot"] = detection_scores(scores >= pot, label).f1_pa
-    out["smd_f1_pot"] = detection_scores(scores >= pot, label).f1
+    pot = pot_threshold(train_terms.sum(axis=1), risk=1e-3)
+    out["smd_f1_pa_pot"] = detection_scores(raw >= pot, label).f1_pa
+    out["smd_f1_pot"] = detection_scores(raw >= pot, label).f1
     out["smd_f1_pa_best"] = best_f1_threshold(scores, label, point_adjusted=True)[1]
     out["smd_f1_best"] = best_f1_threshold(scores, label)[1]
+    out["smd_f1_pa_best_uncompensated"] = best_f1_threshold(raw, label, point_adjusted=True)[1]
     out.update(_online_detection(model, machine, block, seed))
     out["smd_window"] = float(model.window)
     out["smd_hidden"] = float(model.config.hidden)
@@ -357,6 +382,16 @@ def evaluate_machine(
     out.update(_detection("pca_smd_", pca_pred, pca_scores, label))
     out.update(_hit_rates("pca_smd_", pca_test, pca_pred, machine))
     out["pca_smd_f1_pa_best"] = best_f1_threshold(pca_scores, label, point_adjusted=True)[1]
+    # PCA's per-metric errors through the same drift compensation (mean, not sum, of the terms)
+    pca_terms = pca_test / pca_test.shape[1]
+    pca_state = DriftCompensation(
+        reference_levels(pca_train / pca_train.shape[1], block),
+        block=block,
+        blocks=model.config.drift_blocks or 1,
+    )
+    pca_comp = _compensated(pca_state, pca_train / pca_train.shape[1], pca_terms)
+    pca_plain = detection_scores(pca_comp >= block_maxima_threshold(pca_train.mean(axis=1), block), label)
+    out["pca_smd_f1_pa_compensated"], out["pca_smd_f1_compensated"] = pca_plain.f1_pa, pca_plain.f1
 
     stat_scores, stat_z, stat_pred = _stat_detector(machine.train, machine.test)
     out.update(_detection("stat_smd_", stat_pred, stat_scores, label))
