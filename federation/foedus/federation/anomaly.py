@@ -912,7 +912,9 @@ def global_model(
     """The platform's detector from a federated run: the global autoencoder `weights` with the
     run's aggregated calibration (`metrics`: the last round's evaluation metrics, holding
     `calibration_metrics` averaged over the sites). A site that wants its own normalisation and
-    threshold uses `AnomalyModel.from_shared_weights` on its own history instead."""
+    threshold uses `AnomalyModel.from_shared_weights` on its own history instead. The sites'
+    per-metric reference levels are not aggregated, so this model has none and agents score it
+    without drift compensation; a site's own model from `from_shared_weights` has them."""
     n = sum(1 for key in metrics if key.startswith(f"{CALIBRATION_PREFIX}center-"))
     if n == 0 or f"{CALIBRATION_PREFIX}threshold" not in metrics:
         raise ValueError("the metrics hold no calibration (calib-center-*, calib-scale-*, calib-threshold)")
