@@ -122,6 +122,10 @@ def test_a_federated_run_is_recorded_and_its_result_registered(
     # the calibration averages the sites' levels (about 10, 20 and 30, equal rows): about 20
     last = recorded["history"][-1]["metrics"]
     assert 17.0 < last["calib-center-0"] < 23.0
+    # and the sites' drift-compensation levels, which the registered detector carries
+    levels = [float(v) for v in meta["foedus.feature_levels"].split(",")]
+    assert levels == pytest.approx([last[f"calib-level-{i}"] for i in range(len(levels))], rel=1e-6)
+    assert all(v > 0 for v in levels) and int(meta["foedus.drift_blocks"]) > 0
     # the opted-in tenant got it as a new version of its model, in a canary rollout
     with Client.connect(server.target, api_key=owners[tenants[0]]) as client:
         [rollout] = client.rollouts.list(deployment="ops")

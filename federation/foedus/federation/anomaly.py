@@ -863,7 +863,9 @@ def federated_task(
             metrics = super().evaluate(arrays, data)
             if normalise:
                 site = AnomalyModel.from_shared_weights(arrays, data.train, config=config)
-                metrics.update(calibration_metrics(site.center, site.scale, site.threshold))
+                metrics.update(
+                    calibration_metrics(site.center, site.scale, site.threshold, site.feature_levels)
+                )
             return metrics
 
     def factory() -> nn.Module:
@@ -888,9 +890,15 @@ CALIBRATION_PREFIX = "calib-"
 """Evaluation metrics of the anomaly task that carry a site's calibration (see `calibration_metrics`)."""
 
 
-def calibration_metrics(center: npt.ArrayLike, scale: npt.ArrayLike, threshold: float) -> dict[str, float]:
+def calibration_metrics(
+    center: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    threshold: float,
+    levels: npt.ArrayLike | None = None,
+) -> dict[str, float]:
     """A site's calibration of the global weights as flat metrics: ``calib-center-<i>``,
-    ``calib-scale-<i>`` per feature and ``calib-threshold``.
+    ``calib-scale-<i>`` per feature, ``calib-threshold``, and with `levels` the per-metric
+    reference levels of the drift compensation, ``calib-level-<i>``.
 
     Flower averages evaluation metrics over the nodes weighted by their rows, so the run's
     aggregate is the example-weighted mean of the sites' calibrations; no site's own figures
@@ -899,6 +907,8 @@ def calibration_metrics(center: npt.ArrayLike, scale: npt.ArrayLike, threshold: 
     out = {f"{CALIBRATION_PREFIX}center-{i}": float(v) for i, v in enumerate(np.ravel(center))}
     out.update({f"{CALIBRATION_PREFIX}scale-{i}": float(v) for i, v in enumerate(np.ravel(scale))})
     out[f"{CALIBRATION_PREFIX}threshold"] = float(threshold)
+    if levels is not None:
+        out.update({f"{CALIBRATION_PREFIX}level-{i}": float(v) for i, v in enumerate(np.ravel(levels))})
     return out
 
 
@@ -912,9 +922,9 @@ def global_model(
     """The platform's detector from a federated run: the global autoencoder `weights` with the
     run's aggregated calibration (`metrics`: the last round's evaluation metrics, holding
     `calibration_metrics` averaged over the sites). A site that wants its own normalisation and
-    threshold uses `AnomalyModel.from_shared_weights` on its own history instead. The sites'
-    per-metric reference levels are not aggregated, so this model has none and agents score it
-    without drift compensation; a site's own model from `from_shared_weights` has them."""
+    threshold uses `AnomalyModel.from_shared_weights` on its own history instead. With the sites'
+    averaged reference levels (``calib-level-*``) the model carries them and agents score it
+    through the drift compensation; without them it has none and they score it plainly."""
     n = sum(1 for key in metrics if key.startswith(f"{CALIBRATION_PREFIX}center-"))
     if n == 0 or f"{CALIBRATION_PREFIX}threshold" not in metrics:
         raise ValueError("the metrics hold no calibration (calib-center-*, calib-scale-*, calib-threshold)")
@@ -923,6 +933,8 @@ def global_model(
         scale = np.array([metrics[f"{CALIBRATION_PREFIX}scale-{i}"] for i in range(n)], dtype=np.float64)
     except KeyError as exc:
         raise ValueError(f"the calibration metrics are incomplete: {exc} is missing") from None
+    level_keys = [f"{CALIBRATION_PREFIX}level-{i}" for i in range(n)]
+    levels = np.array([metrics[k] for k in level_keys]) if all(k in metrics for k in level_keys) else None
     net = _WindowAutoencoder(config.window, n, config.hidden, config.code)
     net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
     names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(n)]
@@ -933,4 +945,5 @@ def global_model(
         scale=np.maximum(scale, config.min_scale),
         threshold=float(metrics[f"{CALIBRATION_PREFIX}threshold"]),
         feature_names=names,
+        feature_levels=levels,
     )
