@@ -131,7 +131,7 @@ def test_windowed_model_contract_is_checked(tmp_path: Path) -> None:
         _ = no_threshold.threshold
 
 
-def two_output_scorer_onnx(path: Path, meta: dict[str, str]) -> Path:
+def two_output_scorer_onnx(path: Path, meta: dict[str, str], *, one_term: bool = False) -> Path:
     """An interval scorer with the anomaly model's two outputs: per-metric terms (each metric
     squared) and their sum, plus the given metadata."""
     import onnx
@@ -139,14 +139,19 @@ def two_output_scorer_onnx(path: Path, meta: dict[str, str]) -> Path:
 
     graph = helper.make_graph(
         [
-            helper.make_node("Mul", ["metrics", "metrics"], ["feature_scores"]),
+            helper.make_node("Mul", ["metrics", "metrics"], ["squares" if one_term else "feature_scores"]),
+            *(
+                [helper.make_node("ReduceSum", ["squares", "axis1"], ["feature_scores"], keepdims=1)]
+                if one_term
+                else []
+            ),
             helper.make_node("ReduceSum", ["feature_scores", "axis1"], ["score"], keepdims=0),
         ],
         "two_output_scorer",
         [helper.make_tensor_value_info("metrics", TensorProto.FLOAT, [None, 6])],
         [
             helper.make_tensor_value_info("score", TensorProto.FLOAT, [None]),
-            helper.make_tensor_value_info("feature_scores", TensorProto.FLOAT, [None, 6]),
+            helper.make_tensor_value_info("feature_scores", TensorProto.FLOAT, [None, 1 if one_term else 6]),
         ],
         [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
     )
@@ -183,3 +188,23 @@ def test_scorer_compensates_a_metric_that_moved_for_good(tmp_path: Path) -> None
     bad = {**meta, "foedus.feature_levels": "1,1"}
     with pytest.raises(OpsModelError, match="2 levels for 6 metrics"):
         AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "b.onnx", bad)), "ops", {})
+    with pytest.raises(OpsModelError, match=r"second output feature_scores is \[-1, 1\]"):
+        AnomalyScorer(loaded(two_output_scorer_onnx(tmp_path / "s.onnx", meta, one_term=True)), "ops", {})
+
+
+def test_ops_score_compensates_like_the_agent_unless_told_not_to(tmp_path: Path) -> None:
+    from foedus.client_sdk.cli.ops import onnx_scores
+
+    meta = {
+        "foedus.feature_levels": "1,1,1,1,1,1",
+        "foedus.calibration_block": "3",
+        "foedus.drift_blocks": "2",
+    }
+    path = two_output_scorer_onnx(tmp_path / "c.onnx", meta)
+    rows = np.zeros((10, 6))
+    rows[:, 0] = 2.0  # metric 0's term is 4 throughout, its level 1
+    compensated, got_meta = onnx_scores(path, rows)
+    assert got_meta["foedus.drift_blocks"] == "2"
+    np.testing.assert_allclose(compensated, [4.0] * 6 + [1.0] * 4)
+    plain, _ = onnx_scores(path, rows, compensate=False)
+    np.testing.assert_allclose(plain, [4.0] * 10)

@@ -134,6 +134,12 @@ class AnomalyScorer(OpsModel):
             state = from_metadata(self.metadata, len(self.features))
         except ValueError as exc:
             raise OpsModelError(f"{self.label}: {exc}") from None
+        terms = self.model.outputs[1].shape
+        if state is not None and (len(terms) != 2 or terms[1] not in (-1, state.n_features)):
+            raise OpsModelError(
+                f"{self.label} asks for drift compensation, but its second output {self.model.outputs[1].name} "
+                f"is {list(terms)}, not the [N, {state.n_features}] per-metric terms of its score"
+            )
         object.__setattr__(self, "compensation", state)
 
     @property
