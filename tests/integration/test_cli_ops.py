@@ -24,7 +24,9 @@ def series(rng: np.random.Generator, n: int) -> np.ndarray:
     )
 
 
-def train_anomaly(capsys: pytest.CaptureFixture[str], data: Path, model: Path) -> tuple[dict[str, Any], str]:
+def train_anomaly(
+    capsys: pytest.CaptureFixture[str], data: Path, model: Path, *extra: str
+) -> tuple[dict[str, Any], str]:
     """`foedus -o json ops train anomaly --no-search`: its JSON row and its stderr (progress)."""
     code, out, err = run(
         capsys,
@@ -38,6 +40,7 @@ def train_anomaly(capsys: pytest.CaptureFixture[str], data: Path, model: Path) -
         "--out",
         str(model),
         "--no-search",
+        *extra,
     )
     assert code == 0, err
     row: dict[str, Any] = json.loads(out)
@@ -83,6 +86,45 @@ def test_train_score_and_evaluate_an_anomaly_model(
     wrong.write_text("a,b\n1,2\n3,4\n")
     code, _, err = run(capsys, "ops", "score", "--model", str(model), "--data", str(wrong))
     assert code == exit_codes.INVALID and "metrics per row" in err
+
+
+def test_drift_compensation_in_training_options_and_scoring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    rng = np.random.default_rng(5)
+    train = series(rng, 3000)
+    later = series(rng, 1500)
+    later[:, 0] += 3.0  # metric 0 moves for good
+    later[1300:1320, 2] += 3.0  # and later a fault on another metric
+    data = tmp_path / "later.npz"
+    np.savez(data, train=train.astype(np.float32), test=later.astype(np.float32))
+    model = tmp_path / "anomaly.onnx"
+    trained, _ = train_anomaly(capsys, data, model, "--block", "200", "--drift-blocks", "2")
+    assert trained["drift_blocks"] == 2
+    meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert (meta["foedus.calibration_block"], meta["foedus.drift_blocks"]) == ("200", "2")
+
+    def flagged(*flags: str) -> list[tuple[int, int]]:
+        code, out, err = run(
+            capsys, "-o", "json", "ops", "score", "--model", str(model), "--data", str(data), *flags
+        )
+        assert code == 0, err
+        return [(a["first_row"], a["last_row"]) for a in json.loads(out)["anomalies"]]
+
+    plain = flagged("--no-drift-compensation")
+    assert sum(b - a + 1 for a, b in plain) > 1200  # the moved metric alarms throughout
+    compensated = flagged()
+    # two blocks of 200 rows alarm throughout; then few rows do, and the fault
+    rows = np.zeros(len(later), dtype=bool)
+    for a, b in compensated:
+        rows[a : b + 1] = True
+    assert rows[:400].mean() > 0.9
+    outside = np.ones(len(later), dtype=bool)
+    outside[:400] = outside[1300:1330] = False
+    assert rows[outside].mean() < 0.1, compensated  # against all but a few rows without it
+    assert rows[1300:1320].any()
 
 
 def test_adapt_an_anomaly_model_to_a_new_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

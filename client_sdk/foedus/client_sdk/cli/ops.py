@@ -114,12 +114,31 @@ def train_anomaly(
     state: Path | None = typer.Option(
         None, "--state", help="where to keep the trainable state for `ops adapt` (default: OUT with .pt)"
     ),
+    block: int = typer.Option(
+        1440,
+        "--block",
+        min=1,
+        help="rows per calibration block, one day of samples (1440 at one row a minute): the threshold "
+        "is the median of the blocks' maximum scores",
+    ),
+    drift_blocks: int = typer.Option(
+        5,
+        "--drift-blocks",
+        min=0,
+        help="a metric above its training level in each of this many blocks counts at that level "
+        "(drift compensation in agents and 'ops score'); 0 turns it off",
+    ),
 ) -> None:
     """Train the windowed anomaly detector; the threshold is calibrated without labels."""
     anomaly_model = _anomaly_model_class()
+    from foedus.federation.anomaly import AnomalyConfig
+
     x, names = load_matrix(data, columns=_columns(columns))
     progress(f"training on {len(x)} rows x {len(names)} metrics from {data}")
-    model = anomaly_model.fit(x, feature_names=names, search=search, seed=seed, progress=progress)
+    config = AnomalyConfig(calibration_block=block, drift_blocks=drift_blocks)
+    model = anomaly_model.fit(
+        x, feature_names=names, config=config, search=search, seed=seed, progress=progress
+    )
     model.export_onnx(out)
     state_path = model.save(state or out.with_suffix(".pt"))
     row = {
@@ -128,6 +147,7 @@ def train_anomaly(
         "kind": "anomaly",
         "window": model.window,
         "threshold": f"{model.threshold:.6g}",
+        "drift_blocks": drift_blocks,
         "features": names,
     }
     emit(ctx, [row], ("model", "kind", "window", "threshold"), raw=row)
