@@ -24,6 +24,17 @@ def series(rng: np.random.Generator, n: int) -> np.ndarray:
     )
 
 
+def machine(path: Path, seed: int, change: Any = None, **extra: np.ndarray) -> tuple[Path, np.ndarray]:
+    """A .npz of 3,000 training rows and 1,500 later test rows of `series` (the later rows changed
+    in place by `change` first); its path and the test rows."""
+    rng = np.random.default_rng(seed)
+    train, test = series(rng, 3000), series(rng, 1500)
+    if change is not None:
+        change(test)
+    np.savez(path, train=train.astype(np.float32), test=test.astype(np.float32), **extra)
+    return path, test
+
+
 def train_anomaly(
     capsys: pytest.CaptureFixture[str], data: Path, model: Path, *extra: str
 ) -> tuple[dict[str, Any], str]:
@@ -50,15 +61,13 @@ def train_anomaly(
 def test_train_score_and_evaluate_an_anomaly_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rng = np.random.default_rng(3)
-    train = series(rng, 3000)
-    test = series(rng, 1500)
-    label = np.zeros(len(test), dtype=np.uint8)
-    for start in (400, 900):  # two faults: one metric breaks away from the others
-        test[start : start + 30, 1] += 3.0
-        label[start : start + 30] = 1
-    data = tmp_path / "machine.npz"
-    np.savez(data, train=train.astype(np.float32), test=test.astype(np.float32), test_label=label)
+    label = np.zeros(1500, dtype=np.uint8)
+    label[400:430] = label[900:930] = 1
+
+    def faults(test: np.ndarray) -> None:  # two faults: one metric breaks away from the others
+        test[label == 1, 1] += 3.0
+
+    data, test = machine(tmp_path / "machine.npz", 3, faults, test_label=label)
     model = tmp_path / "anomaly.onnx"
 
     trained, err = train_anomaly(capsys, data, model)
@@ -93,13 +102,11 @@ def test_drift_compensation_in_training_options_and_scoring(
 ) -> None:
     import onnx
 
-    rng = np.random.default_rng(5)
-    train = series(rng, 3000)
-    later = series(rng, 1500)
-    later[:, 0] += 3.0  # metric 0 moves for good
-    later[1300:1320, 2] += 3.0  # and later a fault on another metric
-    data = tmp_path / "later.npz"
-    np.savez(data, train=train.astype(np.float32), test=later.astype(np.float32))
+    def drift(later: np.ndarray) -> None:
+        later[:, 0] += 3.0  # metric 0 moves for good
+        later[1300:1320, 2] += 3.0  # and later a fault on another metric
+
+    data, later = machine(tmp_path / "later.npz", 5, drift)
     model = tmp_path / "anomaly.onnx"
     trained, _ = train_anomaly(capsys, data, model, "--block", "200", "--drift-blocks", "2")
     assert trained["drift_blocks"] == 2

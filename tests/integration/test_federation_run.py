@@ -149,7 +149,7 @@ def test_record_level_dp_is_refused_for_the_resource_model(
         "--workdir", str(tmp_path / "federation"),
     )  # fmt: skip
     assert code == 2
-    assert "record-level DP is for the anomaly model" in err
+    assert "record-level DP (DP-SGD) is not supported for the resource model" in err
     assert not (tmp_path / "federation").exists()  # refused before anything started
 
 

@@ -111,3 +111,5 @@ def test_metadata_turns_the_compensation_on_and_is_checked() -> None:
         from_metadata(meta, 3)
     with pytest.raises(ValueError, match="not numbers"):
         from_metadata({**meta, LEVELS_KEY: "0.5,x"}, 2)
+    with pytest.raises(ValueError, match="not numbers"):
+        from_metadata({**meta, BLOCKS_KEY: "five"}, 2)

@@ -87,6 +87,7 @@ from foedus.client_sdk.agent.compensation import (
     DEFAULT_BLOCKS,
     LEVELS_KEY,
     DriftCompensation,
+    compensated_scores,
     reference_levels,
 )
 
@@ -532,14 +533,9 @@ class AnomalyModel:
         """Scores of the raw (T, F) series `x` as an agent running the model online reports them:
         per-metric terms through the drift compensation, which has first seen `history` (e.g. the
         training series, when the model has run since then). Plain `score` without compensation."""
-        terms = self.feature_scores(x)
         state = self.compensation()
-        if state is None:
-            out: FloatArray = terms.sum(axis=1)
-            return out
-        if history is not None:
-            state.update(self.feature_scores(history))
-        return state.update(terms)
+        past = self.feature_scores(history) if history is not None and state is not None else None
+        return compensated_scores(state, self.feature_scores(x), history=past)
 
     def predict(self, x: np.ndarray) -> npt.NDArray[np.bool_]:
         """Whether each step's score reaches the calibrated threshold."""

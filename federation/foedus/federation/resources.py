@@ -1279,6 +1279,13 @@ def federated_rows(
     return np.concatenate([x, y], axis=1).astype(np.float32)
 
 
+RECORD_DP_REFUSAL = (
+    "record-level DP (DP-SGD) is not supported for the resource model: its first round sends each "
+    "node's feature statistics, which DP-SGD does not cover"
+)
+"""Why the resource model refuses record-level DP (its task, and the CLI before a run starts)."""
+
+
 def federated_task(
     hidden: int = 64,
     depth: int = 2,
@@ -1372,10 +1379,7 @@ def federated_task(
             dp_sgd: DpSgd | None = None,
         ) -> tuple[NamedArrays, Metrics]:
             if dp_sgd is not None:
-                raise ValueError(
-                    "record-level DP (DP-SGD) is not supported for the resource model: its first "
-                    "round sends each node's feature statistics, which DP-SGD does not cover"
-                )
+                raise ValueError(RECORD_DP_REFUSAL)
             if np.any(arrays["net.x_mean"]) or not np.all(arrays["net.x_std"] == 1.0):
                 return super().train(
                     arrays,

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_BLOCKS",
     "LEVELS_KEY",
     "DriftCompensation",
+    "compensated_scores",
     "from_metadata",
     "reference_levels",
 ]
@@ -133,6 +134,19 @@ class DriftCompensation:
             self._weights = np.clip(ratio, 0.0, 1.0)
 
 
+def compensated_scores(
+    state: DriftCompensation | None, terms: npt.ArrayLike, *, history: npt.ArrayLike | None = None
+) -> FloatArray:
+    """Scores of the (T, F) per-metric `terms` through `state`, after it has seen the `history`
+    terms (e.g. the training period's); their plain sums when `state` is None."""
+    if state is None:
+        sums: FloatArray = np.asarray(terms, dtype=np.float64).sum(axis=1)
+        return sums
+    if history is not None:
+        state.update(history)
+    return state.update(terms)
+
+
 LEVELS_KEY = "foedus.feature_levels"
 """ONNX metadata: the metrics' reference levels, comma-separated, in the model's feature order."""
 BLOCK_KEY = "foedus.calibration_block"
@@ -146,14 +160,14 @@ def from_metadata(metadata: dict[str, str], n_features: int) -> DriftCompensatio
     `BLOCK_KEY`, `BLOCKS_KEY`), or None when it asks for none. Raises ValueError when the
     metadata is there but unreadable or does not match the model's `n_features` metrics."""
     raw_levels = metadata.get(LEVELS_KEY, "").strip()
-    blocks = int(metadata.get(BLOCKS_KEY, "0") or 0)
-    if not raw_levels or blocks <= 0:
-        return None
     try:
+        blocks = int(metadata.get(BLOCKS_KEY, "0") or 0)
+        if not raw_levels or blocks <= 0:
+            return None
         levels = [float(v) for v in raw_levels.split(",")]
         block = int(metadata.get(BLOCK_KEY, "") or 0)
     except ValueError:
-        raise ValueError(f"{LEVELS_KEY} / {BLOCK_KEY} are not numbers") from None
+        raise ValueError(f"{LEVELS_KEY} / {BLOCK_KEY} / {BLOCKS_KEY} are not numbers") from None
     if len(levels) != n_features:
         raise ValueError(f"{LEVELS_KEY} has {len(levels)} levels for {n_features} metrics")
     return DriftCompensation(levels, block=block, blocks=blocks)

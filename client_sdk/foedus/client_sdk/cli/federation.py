@@ -412,11 +412,9 @@ def run_federated(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--dp-mode'") from exc
     if dp is not None and dp.mode == "record" and model == "resource":
-        raise typer.BadParameter(
-            "record-level DP is for the anomaly model: the resource model's first round sends each "
-            "node's feature statistics, which DP-SGD does not cover",
-            param_hint="'--dp-mode'",
-        )
+        from foedus.federation.resources import RECORD_DP_REFUSAL
+
+        raise typer.BadParameter(RECORD_DP_REFUSAL, param_hint="'--dp-mode'")
     # the resource model's first round only agrees on its standardisation (see its task)
     task_options: dict[str, Any] = (
         {"features": features, "window": window, "hidden": hidden}

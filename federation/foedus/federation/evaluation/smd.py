@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from foedus.client_sdk.agent.compensation import DriftCompensation, reference_levels
+from foedus.client_sdk.agent.compensation import DriftCompensation, compensated_scores, reference_levels
 from foedus.federation.anomaly import AnomalyConfig, AnomalyModel, block_maxima_threshold
 from foedus.federation.evaluation.metrics import (
     average_precision,
@@ -299,16 +299,6 @@ def _shap_hit_rates(
     }
 
 
-def _compensated(state: DriftCompensation | None, history: FloatArray, terms: FloatArray) -> FloatArray:
-    """Scores of the per-metric `terms` through `state` after it has seen `history` (their plain
-    sum without a compensation)."""
-    if state is None:
-        out: FloatArray = terms.sum(axis=1)
-        return out
-    state.update(history)
-    return state.update(terms)
-
-
 def _online_detection(model: AnomalyModel, machine: SmdMachine, block: int, seed: int) -> dict[str, float]:
     """The model run online with daily adaptation (`AnomalyModel.adapt` after every `block` test
     steps, on a copy): each block is flagged by the model as adapted up to the block before."""
@@ -351,7 +341,7 @@ def evaluate_machine(
     feature_scores = model.feature_scores(machine.test)
     raw = feature_scores.sum(axis=1)
     # the model as an agent runs it: online drift compensation that has seen the training period
-    scores = _compensated(model.compensation(), train_terms, feature_scores)
+    scores = compensated_scores(model.compensation(), feature_scores, history=train_terms)
     pred = scores >= model.threshold
     out.update(_detection("smd_", pred, scores, label))
     plain = detection_scores(raw >= model.threshold, label)
@@ -383,13 +373,14 @@ def evaluate_machine(
     out.update(_hit_rates("pca_smd_", pca_test, pca_pred, machine))
     out["pca_smd_f1_pa_best"] = best_f1_threshold(pca_scores, label, point_adjusted=True)[1]
     # PCA's per-metric errors through the same drift compensation (mean, not sum, of the terms)
-    pca_terms = pca_test / pca_test.shape[1]
-    pca_state = DriftCompensation(
-        reference_levels(pca_train / pca_train.shape[1], block),
-        block=block,
-        blocks=model.config.drift_blocks or 1,
+    pca_train_terms = pca_train / pca_train.shape[1]
+    drift_blocks = model.config.drift_blocks
+    pca_state = (
+        DriftCompensation(reference_levels(pca_train_terms, block), block=block, blocks=drift_blocks)
+        if drift_blocks
+        else None
     )
-    pca_comp = _compensated(pca_state, pca_train / pca_train.shape[1], pca_terms)
+    pca_comp = compensated_scores(pca_state, pca_test / pca_test.shape[1], history=pca_train_terms)
     pca_plain = detection_scores(pca_comp >= block_maxima_threshold(pca_train.mean(axis=1), block), label)
     out["pca_smd_f1_pa_compensated"], out["pca_smd_f1_compensated"] = pca_plain.f1_pa, pca_plain.f1
 
