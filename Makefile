@@ -40,7 +40,7 @@ REPLICA_TESTS = tests/integration/test_registry.py tests/integration/test_deploy
 	tests/integration/test_federation_delivery.py tests/integration/test_rate_limits.py \
 	tests/integration/test_smoke.py tests/integration/test_admin_key_file.py \
 	tests/integration/test_tls.py tests/integration/test_opentelemetry.py \
-	tests/integration/test_rollouts.py
+	tests/integration/test_rollouts.py tests/integration/test_cli_input.py
 
 pytest: venv
 	$(PY) -m pytest -q

@@ -80,6 +80,28 @@ main(load_config(env={{}}, data_dir=Path({data_dir!r}), listen={listen!r},
                  latency_runs={latency_runs}, workers={workers}))
 """
 
+BARE_GRPC_SERVER_SCRIPT = """
+import asyncio, os, sys
+import grpc
+payload = open({payload!r}, "rb").read()
+for _ in range({workers} - 1):  # one process per worker on one port, forked before gRPC starts
+    if os.fork() == 0:
+        break
+async def get_version(request, context):
+    return payload  # no key check, no store, no (de)serialisation: bytes in, the same bytes out
+async def serve():
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    handler = grpc.unary_unary_rpc_method_handler(get_version)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("foedus.v1.RegistryService", {{"GetModelVersion": handler}}),)
+    )
+    server.add_insecure_port({listen!r})
+    await server.start()
+    print("foedus server listening on " + {listen!r}, flush=True)
+    await server.wait_for_termination()
+asyncio.run(serve())
+"""
+
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -539,12 +561,22 @@ class ServerProcess:
 
 
 def start_foedus(data_dir: Path, latency_runs: int, workers: int, timeout: float = 90.0) -> ServerProcess:
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
+    listen = f"127.0.0.1:{free_port()}"
     script = FOEDUS_SERVER_SCRIPT.format(
         data_dir=str(data_dir), listen=listen, latency_runs=latency_runs, workers=workers
     )
-    log_path = data_dir.parent / "foedus-server.log"
+    return _start_grpc_server("foedus", script, data_dir.parent / "foedus-server.log", timeout)
+
+
+def start_bare_grpc(payload: Path, workers: int, timeout: float = 90.0) -> ServerProcess:
+    """`workers` processes of a grpc.aio server on one port that answer GetModelVersion with the
+    bytes in `payload` and do nothing else: the most a Python gRPC server can serve these clients."""
+    listen = f"127.0.0.1:{free_port()}"
+    script = BARE_GRPC_SERVER_SCRIPT.format(payload=str(payload), listen=listen, workers=workers)
+    return _start_grpc_server("bare-grpc", script, payload.parent / "bare-grpc-server.log", timeout)
+
+
+def _start_grpc_server(name: str, script: str, log_path: Path, timeout: float) -> ServerProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOEDUS_")}
     with open(log_path, "w") as stderr:
         proc = subprocess.Popen(
@@ -555,7 +587,7 @@ def start_foedus(data_dir: Path, latency_runs: int, workers: int, timeout: float
             env=env,
             start_new_session=True,
         )
-    server = ServerProcess("foedus", proc, log_path, listen)
+    server = ServerProcess(name, proc, log_path, "")
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -576,7 +608,7 @@ def start_foedus(data_dir: Path, latency_runs: int, workers: int, timeout: float
             server.address = line.rsplit(" ", 1)[1].strip()
             return server
     server.stop()
-    raise RuntimeError(f"the Foedus server did not start within {timeout:.0f} s:\n{server.log_tail()}")
+    raise RuntimeError(f"the {name} server did not start within {timeout:.0f} s:\n{server.log_tail()}")
 
 
 def mlflow_version(venv: Path) -> str:
@@ -768,6 +800,8 @@ class SideResult:
     response_bytes: int
     read_1_newconn: ReadResult | None = None
     read_n_h2load: ReadResult | None = None
+    read_n_bare: ReadResult | None = None
+    """Foedus only: the same reads served by a bare grpc.aio server (`start_bare_grpc`)."""
     register_newconn: RegisterResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -849,11 +883,47 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
         one = read_phase(target, args, server, 1)
         many = read_phase(target, args, server, args.clients)
         h2 = h2load_phase(target, args, server, response_bytes)
-        notes = [
-            f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}, "
-            f"workers={args.workers}"
-        ]
-        return SideResult(reg, one, many, response_bytes, read_n_h2load=h2, notes=notes)
+        raw = raw_response(target) if args.bare_grpc else b""
+    finally:
+        server.stop()
+    bare = bare_grpc_phase(raw, args, workdir) if args.bare_grpc else None
+    notes = [
+        f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}, "
+        f"workers={args.workers}"
+    ]
+    if bare is not None:
+        notes.append(
+            f"bare gRPC: {args.workers} grpc.aio process(es) answering GetModelVersion with a fixed answer, "
+            "no key check, no store; the same clients"
+        )
+    return SideResult(reg, one, many, response_bytes, read_n_h2load=h2, read_n_bare=bare, notes=notes)
+
+
+def raw_response(target: ReadTarget) -> bytes:
+    """The serialized GetModelVersion answer to `target`'s read, as it goes on the wire."""
+    import grpc
+
+    from foedus.v1 import registry_pb2
+
+    request = registry_pb2.GetModelVersionRequest(model=target.model, version=target.version)
+    with grpc.insecure_channel(target.address) as channel:
+        call = channel.unary_unary("/foedus.v1.RegistryService/GetModelVersion")
+        answer: bytes = call(
+            request.SerializeToString(), metadata=(("authorization", f"Bearer {target.api_key}"),), timeout=30
+        )
+    return answer
+
+
+def bare_grpc_phase(raw: bytes, args: argparse.Namespace, workdir: Path) -> ReadResult:
+    """The concurrent read phase against `start_bare_grpc`: where grpc-python itself, on both ends,
+    puts the ceiling for these clients on this machine."""
+    payload = workdir / "bare-grpc" / "response.bin"
+    payload.parent.mkdir(parents=True, exist_ok=True)
+    payload.write_bytes(raw)
+    server = start_bare_grpc(payload, args.workers)
+    try:
+        target = ReadTarget("foedus", server.address, api_key="unused")
+        return read_phase(target, args, server, args.clients, label=" from a bare grpc.aio server")
     finally:
         server.stop()
 
@@ -981,6 +1051,13 @@ def side_figures(side: SideResult, prefix: str = "") -> dict[str, float]:
         f["read_errors_h2load"] = h.errors
         f[f"server_cpu_ms_per_read_{n}_h2load"] = 1000.0 * h.server_cpu_s / max(1, h.reads)
         f[f"client_cpu_cores_{n}_h2load"] = h.client_cpu_s / h.elapsed_s if h.elapsed_s else 0.0
+    if side.read_n_bare is not None:
+        b = side.read_n_bare
+        f[f"bare_grpc_read_rps_{n}"] = b.rps
+        f[f"bare_grpc_read_p50_ms_{n}"] = b.pct(50)
+        f[f"bare_grpc_server_cpu_ms_per_read_{n}"] = 1000.0 * b.server_cpu_s / max(1, b.reads)
+        f[f"bare_grpc_client_cpu_cores_{n}"] = b.client_cpu_s / b.elapsed_s if b.elapsed_s else 0.0
+        f[f"read_vs_bare_grpc_{n}"] = side.read_n.rps / b.rps if b.rps else float("nan")
     if side.read_1_newconn is not None:
         f["read_rps_1_newconn"] = side.read_1_newconn.rps
         f["read_p50_ms_1_newconn"] = side.read_1_newconn.pct(50)
@@ -1016,6 +1093,11 @@ ROWS = [
     ("server CPU ms/read, h2load", "server_cpu_ms_per_read_{n}_h2load", "{:.3f}", False),
     ("client CPU (cores), h2load", "client_cpu_cores_{n}_h2load", "{:.2f}", False),
     ("failed reads, h2load", "read_errors_h2load", "{:,.0f}", False),
+    ("reads/s, {n} cl., bare grpc.aio", "bare_grpc_read_rps_{n}", "{:,.0f}", True),
+    ("read p50 (ms), {n} cl., bare gRPC", "bare_grpc_read_p50_ms_{n}", "{:.3f}", False),
+    ("server CPU ms/read, bare gRPC", "bare_grpc_server_cpu_ms_per_read_{n}", "{:.3f}", False),
+    ("client CPU (cores), bare gRPC", "bare_grpc_client_cpu_cores_{n}", "{:.2f}", False),
+    ("Foedus reads / bare gRPC's", "read_vs_bare_grpc_{n}", "{:.2f}", False),
     ("read response (bytes)", "read_response_bytes", "{:,.0f}", False),
     ("failed reads", "read_errors", "{:,.0f}", False),
 ]
@@ -1127,6 +1209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave out the read phase driven by h2load (a C load generator; used when installed)",
     )
+    p.add_argument(
+        "--no-bare-grpc",
+        dest="bare_grpc",
+        action="store_false",
+        help="leave out the ceiling phase: the concurrent reads served by a grpc.aio server that only "
+        "returns a fixed answer (run by default)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures to PATH as one flat JSON object")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.client_procs < 1:
@@ -1206,6 +1295,10 @@ def main(argv: list[str] | None = None) -> int:
         if f"read_rps_{n}_h2load" in figures and f"mlflow_read_rps_{n}_h2load" in mfig:
             out[f"read_ratio_{n}_h2load"] = ratio(
                 figures[f"read_rps_{n}_h2load"], mfig[f"mlflow_read_rps_{n}_h2load"]
+            )
+        if f"bare_grpc_read_rps_{n}" in figures:
+            out[f"bare_grpc_ratio_{n}"] = ratio(
+                figures[f"bare_grpc_read_rps_{n}"], mfig[f"mlflow_read_rps_{n}"]
             )
         out["register_ratio"] = ratio(figures["register_per_s"], mfig["mlflow_register_per_s"])
     out.update(

@@ -68,8 +68,9 @@ def test_rejected_artifacts_leave_nothing_behind(server: LocalServer, tenant: Cl
     before = blob_files(server)
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf" * 100)
-    with pytest.raises(InvalidArgument, match="not a valid ONNX model"):
+    with pytest.raises(InvalidArgument, match="not a valid ONNX model") as refused:
         tenant.models.register("bad", bad)
+    assert str(server.data_dir) not in refused.value.message  # the server's paths stay private
     with pytest.raises(NotFound):
         tenant.models.get("bad")  # not even the model was created
     assert blob_files(server) == before

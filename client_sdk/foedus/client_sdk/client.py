@@ -24,6 +24,7 @@ from foedus.client_sdk.errors import (
     FoedusError,
     IntegrityError,
     InvalidArgument,
+    Unauthenticated,
     Unavailable,
     from_rpc_error,
 )
@@ -118,6 +119,8 @@ class _Rpc:
 
 
 def _pages(fetch: Callable[[str], tuple[Sequence[T], str]], limit: int | None) -> list[T]:
+    if limit is not None and limit < 0:
+        raise InvalidArgument(f"limit must not be negative, got {limit} (None: no limit)")
     out: list[T] = []
     token = ""
     while True:
@@ -169,6 +172,8 @@ class ModelsAPI:
         file = Path(path)
         if not file.is_file():
             raise InvalidArgument(f"no such file: {file}")
+        if file.stat().st_size == 0:
+            raise InvalidArgument(f"the artifact file {file} is empty")
         lin = dict(lineage or {})
         spec = registry_pb2.VersionSpec(
             model=name,
@@ -181,15 +186,17 @@ class ModelsAPI:
             lineage=registry_pb2.Lineage(
                 data_fingerprint=str(lin.pop("data_fingerprint", "")),
                 code_revision=str(lin.pop("code_revision", "")),
-                parent_version=int(lin.pop("parent_version", 0)),
+                parent_version=_parent_version(lin.pop("parent_version", 0)),
                 code_revision_time=_timestamp(lin.pop("code_revision_time", None)),
                 properties={str(k): str(v) for k, v in lin.items()},
             ),
         )
         if reference_data is not None:
-            spec.reference_profile.CopyFrom(
-                compute_reference_profile(reference_data, feature_names=feature_names)
-            )
+            try:
+                profile = compute_reference_profile(reference_data, feature_names=feature_names)
+            except ValueError as exc:
+                raise InvalidArgument(f"reference_data: {exc}") from None
+            spec.reference_profile.CopyFrom(profile)
 
         def messages() -> Iterator[registry_pb2.CreateModelVersionRequest]:
             yield registry_pb2.CreateModelVersionRequest(spec=spec)
@@ -220,8 +227,8 @@ class ModelsAPI:
     ) -> registry_pb2.ModelVersion:
         """One version by number, or by alias (`alias="production"`)."""
         req = registry_pb2.GetModelVersionRequest(model=name)
-        if alias is not None:
-            req.alias = alias
+        if _select(version, alias) == "alias":
+            req.alias = alias or ""
         elif version is not None:
             req.version = version
         return self._rpc(self._stub.GetModelVersion, req).version
@@ -360,15 +367,21 @@ class ModelsAPI:
         raises IntegrityError and leaves nothing behind.
         """
         req = registry_pb2.DownloadArtifactRequest(model=name)
-        if alias is not None:
-            req.alias = alias
+        if _select(version, alias) == "alias":
+            req.alias = alias or ""
         elif version is not None:
             req.version = version
         target = Path(dest)
+        # A path that names a directory (it is one, or ends with a separator) gets the file inside.
+        into_dir = target.is_dir() or str(dest).endswith(("/", os.sep))
+        folder = target if into_dir else target.parent
+        if not folder.is_dir():
+            what = "the directory" if into_dir else "the parent directory of"
+            raise InvalidArgument(f"cannot download to {dest}: {what} {folder} does not exist")
         try:
             stream = self._stub.DownloadArtifact(req, metadata=self._rpc.metadata, timeout=timeout or 3600.0)
             header = next(iter(stream)).header
-            if target.is_dir():
+            if into_dir:
                 suffix = ".onnx" if header.artifact.framework == "onnx" else ".bin"
                 target = target / f"{name}-v{header.version}{suffix}"
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -394,6 +407,23 @@ class ModelsAPI:
         return target
 
 
+def _select(version: int | None, alias: str | None) -> str:
+    """Which selector a version/alias pair names: "alias", "version" or "" (neither: the latest)."""
+    if alias is not None and version is not None:
+        raise InvalidArgument(f"give a version or an alias, not both (version {version}, alias {alias!r})")
+    return "alias" if alias is not None else "version" if version is not None else ""
+
+
+def _parent_version(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"lineage parent_version must be a version number, not {value!r}") from None
+    if number < 0:
+        raise InvalidArgument(f"lineage parent_version must not be negative, got {number}")
+    return number
+
+
 def _timestamp(value: Any) -> Timestamp | None:
     if value is None or value == "":
         return None
@@ -409,6 +439,11 @@ def _timestamp(value: Any) -> Timestamp | None:
             raise InvalidArgument(
                 f"lineage code_revision_time must be a datetime or Unix seconds, not {value!r}"
             ) from None
+        # Timestamp's range: years 1 to 9999.
+        if not -62_135_596_800 <= seconds <= 253_402_300_799:
+            raise InvalidArgument(
+                f"lineage code_revision_time must be Unix seconds within years 1-9999, not {value!r}"
+            )
         out.FromNanoseconds(int(seconds * 1e9))
     return out
 
@@ -860,8 +895,12 @@ class Client:
         None or False is plaintext (for loopback and trusted networks). `timeout` applies to each
         unary call; uploads and downloads have their own, longer default.
         """
+        # A key read from a file or pasted may carry a line end; gRPC refuses such metadata.
+        api_key = (api_key or "").strip()
         if not api_key:
             raise InvalidArgument("api_key is required (FOEDUS_API_KEY for the CLI)")
+        if not (api_key.isascii() and api_key.isprintable()):
+            raise Unauthenticated("malformed API key: it holds characters no Foedus key has")
         target, failover = resolve_target(target)
         opts = [
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),

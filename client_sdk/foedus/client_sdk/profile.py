@@ -87,6 +87,8 @@ def compute_reference_profile(
     lengths = {len(v) for _, v in columns}
     if len(lengths) > 1:
         raise ValueError("all reference columns must have the same length")
+    if not columns or lengths == {0}:
+        raise ValueError("reference data has no rows (or no columns): drift needs a reference sample")
     profile = common_pb2.ReferenceProfile(row_count=lengths.pop() if lengths else 0)
     for name, values in columns:
         fp = profile.features.add(name=name)

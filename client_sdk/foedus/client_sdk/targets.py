@@ -129,3 +129,20 @@ def resolve_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
 
 def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def listen_on(server: Any, address: str, credentials: Any = None) -> int:
+    """Binds a grpc or grpc.aio `server` to `address` (with TLS when `credentials` are given) and
+    returns the port; OSError with a plain message when the address cannot be bound (in use, not an
+    address of this host, malformed), where gRPC raises RuntimeError or returns 0."""
+    try:
+        port: int = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: the port is in use, or it is not an address of this host")
+    return port

@@ -49,10 +49,17 @@ class LocalServer:
         self.metrics_url = ""
         """URL of the Prometheus endpoint, when `metrics_listen` is set."""
         self.admin_key = ""
+        self._stopped = False
 
     def start(self) -> LocalServer:
+        """Starts serving; again after `halt()`. A running or stopped server cannot be started."""
         from foedus.server.app import build_server
         from foedus.server.config import load_config
+
+        if self._server is not None:
+            raise RuntimeError(f"this LocalServer is running already, at {self.target}")
+        if self._stopped:
+            raise RuntimeError("this LocalServer was stopped (its data removed); make a new one")
 
         settings = {"listen": "127.0.0.1:0", **self.settings}
         config = load_config(env={}, data_dir=self.data_dir, **settings)
@@ -80,7 +87,9 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
+        """Stops serving and removes the temporary data directory, if this server made one."""
         self.halt()
+        self._stopped = self._tmp is not None
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from foedus.client_sdk.decoding import RequestDecoding
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
+from foedus.client_sdk.targets import listen_on
 from foedus.client_sdk.tracing import ServerTracing
 from foedus.server.artifacts.database import DatabaseBlobStore
 from foedus.server.artifacts.local import LocalBlobStore
@@ -196,13 +197,19 @@ def _service_names() -> list[str]:
     return [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
 
 
+def _make_data_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise OSError(f"the data directory {path} is a file, not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def build_server(config: ServerConfig, *, reuse_port: bool = False, background: bool = True) -> FoedusServer:
     """Opens the store (running migrations), bootstraps the admin key and binds the port.
 
     Call it inside the event loop that will run the server. `reuse_port` lets several worker
     processes bind the same port; `background` runs garbage collection in this process.
     """
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(config.data_dir)
     store = SqlStore(config.database_url(), pool_size=config.store_threads)
     blobs = (
         DatabaseBlobStore(store, config.data_dir / "artifacts")
@@ -333,15 +340,16 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
             require_client_auth=bool(config.tls_client_ca),
         )
-        port = server.add_secure_port(config.listen, credentials)
     else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
+        credentials = None
+    try:
+        port = listen_on(server, config.listen, credentials)
+    except OSError:
         feed.close()
         store.close()
         if observability is not None:
             observability.shutdown()
-        raise OSError(f"could not bind {config.listen}")
+        raise
     health_server, health_port = None, 0
     if config.health_listen:
         # Kubernetes' gRPC probes and a plain grpc_health_probe speak no TLS: they get a listener
@@ -350,11 +358,12 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             interceptors=[RequestDecoding()], options=[("grpc.so_reuseport", 1 if reuse_port else 0)]
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(config.health_listen)
-        if health_port == 0:
+        try:
+            health_port = listen_on(health_server, config.health_listen)
+        except OSError:
             feed.close()
             store.close()
-            raise OSError(f"could not bind {config.health_listen}")
+            raise
     return FoedusServer(
         config=config,
         grpc_server=server,
@@ -449,7 +458,7 @@ def run_workers(config: ServerConfig) -> int:
     host, _, port = config.listen.rpartition(":")
     if int(port) == 0:
         config = dataclasses.replace(config, listen=f"{host}:{_free_port(host)}")
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(config.data_dir)
     store = SqlStore(config.database_url(), pool_size=1)
     try:
         key_id = TenancyService(store).bootstrap_admin(config.data_dir, config.admin_key())

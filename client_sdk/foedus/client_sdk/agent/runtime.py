@@ -58,7 +58,7 @@ from foedus.client_sdk.agent.telemetry import (
 )
 from foedus.client_sdk.errors import from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
-from foedus.client_sdk.targets import resolve_target
+from foedus.client_sdk.targets import listen_on, resolve_target
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
 from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
 
@@ -179,7 +179,7 @@ class Agent:
             ),
             server_interceptors,
         )
-        self.port = self._server.add_insecure_port(self.config.listen)
+        self.port = listen_on(self._server, self.config.listen)
         await self._server.start()
         # Several replicas (HOST:PORT,HOST:PORT): streams move to another one when theirs goes away.
         target, options = resolve_target(self.config.server)

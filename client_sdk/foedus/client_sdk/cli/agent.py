@@ -52,10 +52,10 @@ def run(
         "",
         "--otlp-endpoint",
         help="OpenTelemetry collector for traces and metrics (OTLP/gRPC), e.g. http://collector:4317 "
-        "[env OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; OTEL_SERVICE_NAME, default foedus-agent]",
+        "(env OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; OTEL_SERVICE_NAME, default foedus-agent)",
     ),
     metrics_listen: str = typer.Option(
-        "", "--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (/metrics) [default: off]"
+        "", "--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (/metrics) (default: off)"
     ),
 ) -> None:
     """Register with the control plane, serve the deployment's versions and report telemetry."""

@@ -26,7 +26,7 @@ DIR_OPTION = typer.Option(Path("certs"), "--dir", help="folder for the PEM files
 DAYS_OPTION = typer.Option(365, "--days", min=1, help="days the certificate is valid")
 FORCE_OPTION = typer.Option(False, "--force", help="overwrite existing files")
 CA_OPTION = typer.Option(
-    None, "--ca", help="the signing CA's files PREFIX.pem and PREFIX.key [default: DIR/ca]"
+    None, "--ca", help="the signing CA's files PREFIX.pem and PREFIX.key (default: DIR/ca)"
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +47,15 @@ class Globals:
         return Client.connect(self.server, api_key=key, tls=self.tls_config())
 
 
-def resolve_key(api_key: str | None, api_key_file: str | None) -> str | None:
-    if api_key:
+def resolve_key(api_key: str | None, api_key_file: str | None, *, key_from_env: bool = False) -> str | None:
+    """The API key: `--api-key`, else `--api-key-file`, else FOEDUS_API_KEY, else FOEDUS_API_KEY_FILE.
+
+    `key_from_env` says that `api_key` came from FOEDUS_API_KEY rather than the command line, so an
+    explicit `--api-key-file` takes precedence over it. Both flags on one command line are refused.
+    """
+    if api_key and api_key_file and not key_from_env:
+        raise InvalidArgument("give --api-key or --api-key-file, not both")
+    if api_key and not (key_from_env and api_key_file):
         return api_key
     path = api_key_file or os.environ.get("FOEDUS_API_KEY_FILE")
     if path:
@@ -72,7 +79,9 @@ def to_dict(message: Message) -> dict[str, Any]:
 def emit(ctx: typer.Context, rows: Sequence[dict[str, Any]], columns: Sequence[str], raw: Any = None) -> None:
     """Prints rows as an aligned table, or `raw` (default: the rows) as JSON with --output json."""
     if globals_of(ctx).output == "json":
-        typer.echo(json.dumps(rows if raw is None else raw, indent=2, sort_keys=True, default=str))
+        # NaN and infinities are not JSON: an undefined figure is null.
+        data = _json_safe(rows if raw is None else raw)
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False))
         return
     if not rows:
         typer.echo("(none)")
@@ -82,6 +91,16 @@ def emit(ctx: typer.Context, rows: Sequence[dict[str, Any]], columns: Sequence[s
     typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def number(x: float) -> str:
@@ -103,5 +122,7 @@ def parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidArgument(f"{what} must look like KEY=VALUE, got {pair!r}")
+        if key in out:
+            raise InvalidArgument(f"{what} {key!r} is given twice")
         out[key] = value
     return out

@@ -14,6 +14,7 @@ CONFLICT = 6
 UNAVAILABLE = 7
 INTEGRITY = 8
 NOT_PROMOTED = 9
+LIMITED = 10
 
 HELP: dict[int, str] = {
     OK: "success",
@@ -26,6 +27,7 @@ HELP: dict[int, str] = {
     UNAVAILABLE: "the server could not be reached, or did not answer in time",
     INTEGRITY: "downloaded data did not match its recorded sha256",
     NOT_PROMOTED: "the rollout waited on ended without promoting the candidate (rolled back, aborted, lost its A/B test)",
+    LIMITED: "the tenant is over a quota or its call rate (the message says which; retry later or ask the admin)",
 }
 
 _BY_STATUS = {
@@ -39,6 +41,7 @@ _BY_STATUS = {
     StatusCode.UNAVAILABLE: UNAVAILABLE,
     StatusCode.DEADLINE_EXCEEDED: UNAVAILABLE,
     StatusCode.DATA_LOSS: INTEGRITY,
+    StatusCode.RESOURCE_EXHAUSTED: LIMITED,
 }
 
 

@@ -29,6 +29,7 @@ from foedus.client_sdk.cli import (
 )
 from foedus.client_sdk.cli.common import DEFAULT_SERVER, Globals, emit, globals_of, resolve_key
 from foedus.client_sdk.errors import FoedusError
+from foedus.v1 import common_pb2
 
 app = typer.Typer(
     name="foedus",
@@ -66,7 +67,7 @@ def options(
     api_key_file: str | None = typer.Option(
         None,
         "--api-key-file",
-        help="file holding the API key, e.g. DATA_DIR/admin.key [env FOEDUS_API_KEY_FILE]",
+        help="file holding the API key, e.g. DATA_DIR/admin.key (env FOEDUS_API_KEY_FILE)",
     ),
     output: str = typer.Option(
         "table",
@@ -92,7 +93,11 @@ def options(
 ) -> None:
     ctx.obj = Globals(
         server=server_,
-        api_key=resolve_key(api_key, api_key_file),
+        api_key=resolve_key(
+            api_key,
+            api_key_file,
+            key_from_env=ctx.get_parameter_source("api_key") == click.core.ParameterSource.ENVIRONMENT,
+        ),
         output=output,
         tls=tls,
         ca_cert=ca_cert,
@@ -106,7 +111,7 @@ def whoami(ctx: typer.Context) -> None:
     """Show the key, role and tenant of the API key in use."""
     with globals_of(ctx).client() as client:
         me = client.whoami()
-    role = me.role
+    role = common_pb2.Role.Name(me.role) if me.role in common_pb2.Role.values() else str(me.role)
     emit(
         ctx,
         [{"key_id": me.key_id, "role": role, "tenant": me.tenant or "(platform)"}],

@@ -34,15 +34,28 @@ def _version_row(v: Any) -> dict[str, Any]:
 def load_reference(path: Path) -> Any:
     """Reference data from .npy (2-D array) or .csv (header row; numeric columns parsed as numbers)."""
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot read the reference data {path}: {exc}") from None
     if path.suffix != ".csv":
         raise InvalidArgument(f"reference data must be .npy or .csv, got {path.name}")
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns: dict[str, list[str]] = {name: [] for name in reader.fieldnames or ()}
+        reader = csv.reader(f)
+        header = next(reader, None) or []
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise InvalidArgument(f"{path}: column names repeat in the header: {', '.join(duplicates)}")
+        columns: dict[str, list[str]] = {name: [] for name in header}
         for row in reader:
-            for name in columns:
-                columns[name].append(row.get(name) or "")
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise InvalidArgument(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}"
+                )
+            for name, value in zip(header, row, strict=True):
+                columns[name].append(value)
     out: dict[str, Any] = {}
     for name, values in columns.items():
         try:
@@ -136,6 +149,8 @@ def set_alias(
     """Point ALIAS at VERSION (atomically), or remove it with --delete."""
     with globals_of(ctx).client() as client:
         if delete:
+            if version is not None:
+                raise InvalidArgument("--delete removes the alias: give no VERSION with it")
             client.models.delete_alias(name, alias)
             emit(ctx, [{"alias": alias, "version": "", "previous": ""}], ("alias", "version"))
             return
@@ -153,7 +168,9 @@ def set_alias(
 def download(
     ctx: typer.Context,
     name: str,
-    dest: Path = typer.Argument(Path("."), help="file or directory to write to"),
+    dest: str = typer.Argument(
+        ".", help="file or existing directory to write to (a path ending in / is a directory)"
+    ),
     version: int | None = typer.Option(None, "--version"),
     alias: str | None = typer.Option(None, "--alias"),
 ) -> None:

@@ -45,27 +45,27 @@ def start(
     data_dir: Path | None = typer.Option(
         None,
         "--data-dir",
-        help="SQLite database, artifacts and admin.key live here [env FOEDUS_DATA_DIR; default ./foedus-data]",
+        help="SQLite database, artifacts and admin.key live here (env FOEDUS_DATA_DIR; default ./foedus-data)",
     ),
     listen: str | None = typer.Option(
-        None, "--listen", help="HOST:PORT [env FOEDUS_LISTEN; default 127.0.0.1:50051]"
+        None, "--listen", help="HOST:PORT (env FOEDUS_LISTEN; default 127.0.0.1:50051)"
     ),
     admin_key_file: str | None = typer.Option(
         None,
         "--admin-key-file",
         help="file with a platform admin key made by `foedus server admin-key`: a new database gets "
-        "this key instead of one written to DATA_DIR/admin.key [env FOEDUS_ADMIN_KEY_FILE]",
+        "this key instead of one written to DATA_DIR/admin.key (env FOEDUS_ADMIN_KEY_FILE)",
     ),
     db: str | None = typer.Option(
         None,
         "--db",
-        help="database URL, e.g. postgresql://user@host:5432/foedus [default: SQLite in --data-dir]",
+        help="database URL, e.g. postgresql://user@host:5432/foedus (default: SQLite in --data-dir)",
     ),
     artifact_store: str | None = typer.Option(
         None,
         "--artifact-store",
         help="where artifacts live: local (DATA_DIR/artifacts; replicas share that directory) or "
-        "database (chunked in the database; replicas on one PostgreSQL share nothing else) [default local]",
+        "database (chunked in the database; replicas on one PostgreSQL share nothing else) (default local)",
     ),
     config: Path | None = typer.Option(
         None, "--config", help="TOML file with ServerConfig settings ([server] table)"
@@ -86,16 +86,16 @@ def start(
         None,
         "--otlp-endpoint",
         help="OpenTelemetry collector for traces and metrics (OTLP/gRPC), e.g. http://collector:4317 "
-        "[env FOEDUS_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; "
-        "OTEL_SERVICE_NAME names the service, default foedus-server]",
+        "(env FOEDUS_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; default: no export; "
+        "OTEL_SERVICE_NAME names the service, default foedus-server)",
     ),
     metrics_listen: str | None = typer.Option(
         None,
         "--metrics-listen",
-        help="HOST:PORT of a Prometheus scrape endpoint (/metrics) [env FOEDUS_METRICS_LISTEN; default: off]",
+        help="HOST:PORT of a Prometheus scrape endpoint (/metrics) (env FOEDUS_METRICS_LISTEN; default: off)",
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="server processes sharing the port, up to one per core [default 1]"
+        None, "--workers", min=1, help="server processes sharing the port, up to one per core (default 1)"
     ),
     insecure: bool | None = typer.Option(
         None, "--insecure/--no-insecure", help="allow plaintext on a non-loopback address"
@@ -106,43 +106,43 @@ def start(
         min=0.0,
         help="calls per second each tenant may make to the whole control plane (shared among the "
         "replicas and workers); over it RESOURCE_EXHAUSTED with retry-after-ms "
-        "[env FOEDUS_TENANT_REQUESTS_PER_S; default 0: unlimited]",
+        "(env FOEDUS_TENANT_REQUESTS_PER_S; default 0: unlimited)",
     ),
     tenant_burst: int | None = typer.Option(
-        None, "--tenant-burst", min=0, help="calls a tenant may make at once [default: twice --tenant-rate]"
+        None, "--tenant-burst", min=0, help="calls a tenant may make at once (default: twice --tenant-rate)"
     ),
     tenant_ingest_rate: float | None = typer.Option(
         None,
         "--tenant-ingest-rate",
         min=0.0,
-        help="telemetry points and labels per second each tenant may send [default 0: unlimited]",
+        help="telemetry points and labels per second each tenant may send (default 0: unlimited)",
     ),
     tenant_max_models: int | None = typer.Option(
-        None, "--tenant-max-models", min=0, help="models each tenant may have [default 0: unlimited]"
+        None, "--tenant-max-models", min=0, help="models each tenant may have (default 0: unlimited)"
     ),
     tenant_max_artifact_bytes: int | None = typer.Option(
         None,
         "--tenant-max-artifact-bytes",
         min=0,
-        help="bytes of artifacts each tenant's versions may hold [default 0: unlimited]",
+        help="bytes of artifacts each tenant's versions may hold (default 0: unlimited)",
     ),
     label_retention_days: float | None = typer.Option(
         None,
         "--label-retention-days",
         min=0.0,
-        help="days the server keeps delayed labels [env FOEDUS_LABEL_RETENTION_DAYS; default 30; 0: for ever]",
+        help="days the server keeps delayed labels (env FOEDUS_LABEL_RETENTION_DAYS; default 30; 0: for ever)",
     ),
     alert_gap: float | None = typer.Option(
         None,
         "--alert-gap",
         min=0.001,
-        help="seconds after an incident's last alert in which a new alert still joins it [default 600]",
+        help="seconds after an incident's last alert in which a new alert still joins it (default 600)",
     ),
     alert_quiet: float | None = typer.Option(
         None,
         "--alert-quiet",
         min=0.001,
-        help="seconds without alerts after which an open incident resolves itself [default 600]",
+        help="seconds without alerts after which an open incident resolves itself (default 600)",
     ),
 ) -> None:
     """Start the control plane; on the first start it writes the platform admin key to DATA_DIR/admin.key

@@ -54,7 +54,7 @@ def check_onnx(path: Path, config: GateConfig) -> OnnxReport:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
-        raise InvalidArgument(f"not a valid ONNX model: {_first_line(exc)}") from exc
+        raise InvalidArgument(f"not a valid ONNX model: {_first_line(exc, path)}") from exc
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     initializers = {i.name for i in model.graph.initializer}
     inputs = tuple(_tensor_spec(v) for v in model.graph.input if v.name not in initializers)
@@ -114,7 +114,7 @@ def _latency(path: Path, config: GateConfig) -> LatencyProfile:
         raise
     except Exception as exc:
         raise InvalidArgument(
-            f"the ONNX model does not run on onnxruntime's CPU provider: {_first_line(exc)}"
+            f"the ONNX model does not run on onnxruntime's CPU provider: {_first_line(exc, path)}"
         ) from exc
     arr = np.asarray(times)
     return LatencyProfile(
@@ -139,6 +139,8 @@ def _synthetic(ort_type: str, shape: list[int | str | None], batch: int) -> np.n
     return rng.random(dims).astype(dtype)
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, path: Path) -> str:
+    """The first line of a checker's message, without the server's paths (the caller sees it)."""
     text = str(exc).strip() or type(exc).__name__
+    text = text.replace(str(path), "the uploaded file").replace(str(path.parent), "the upload directory")
     return text.splitlines()[0][:500]

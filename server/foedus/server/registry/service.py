@@ -146,12 +146,14 @@ class RegistryService:
         if new_model and limits.tenant_max_models and count >= limits.tenant_max_models:
             raise ResourceExhausted(
                 f"tenant {tenant!r} has {count} models, its quota is {limits.tenant_max_models}; "
-                "delete or reuse a model, or ask the admin for a larger quota"
+                "register new versions into an existing model, or ask the operator for a larger quota "
+                "(the server's --tenant-max-models)"
             )
         if limits.tenant_max_artifact_bytes and used + size_bytes > limits.tenant_max_artifact_bytes:
             raise ResourceExhausted(
                 f"tenant {tenant!r} holds {used} bytes of artifacts; {size_bytes} more would pass its "
-                f"quota of {limits.tenant_max_artifact_bytes} bytes"
+                f"quota of {limits.tenant_max_artifact_bytes} bytes (archived versions keep their artifacts "
+                "and count too); ask the operator for a larger quota (the server's --tenant-max-artifact-bytes)"
             )
 
     def create_model(
