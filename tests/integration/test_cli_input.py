@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from testkit import raises_soon
 from testkit import run_cli as run
 
 from foedus.client_sdk import Client
 from foedus.client_sdk.cli import exit_codes
-from foedus.client_sdk.errors import InvalidArgument, Unauthenticated
+from foedus.client_sdk.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from foedus.client_sdk.testing import LocalServer
+from foedus.v1 import common_pb2
 
 CLI = (sys.executable, "-m", "foedus.client_sdk.cli.main")
 
@@ -176,3 +178,48 @@ def test_local_server_cannot_be_started_twice() -> None:
         local.stop()
     with pytest.raises(RuntimeError, match="was stopped"):
         local.start()
+
+
+def test_platform_admin_keys_rotate(make_server: object, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = make_server(latency_runs=5)  # type: ignore[operator]
+    owner = _owner(fresh)
+    with Client.connect(fresh.target, api_key=fresh.admin_key) as admin:
+        first = admin.whoami().key_id
+        new = admin.keys.create("admin", description="rotation")
+        assert new.key.role == common_pb2.ROLE_ADMIN
+        assert new.key.tenant == ""
+        live = {k.key_id for k in admin.keys.list()}
+        assert live == {first, new.key.key_id}
+        with pytest.raises(InvalidArgument, match="platform admin keys"):
+            admin.keys.create("viewer")  # a tenant key needs its tenant
+    with Client.connect(fresh.target, api_key=new.secret) as rotated:
+        assert rotated.whoami().role == common_pb2.ROLE_ADMIN
+        assert rotated.keys.revoke(first).revoked_at.seconds > 0
+        with pytest.raises(FailedPrecondition, match="last platform admin key"):
+            rotated.keys.revoke(new.key.key_id)
+        assert [k.key_id for k in rotated.keys.list()] == [new.key.key_id]
+    raises_soon(
+        Unauthenticated, "revoked", lambda: Client.connect(fresh.target, api_key=fresh.admin_key).whoami()
+    )
+    with Client.connect(fresh.target, api_key=owner) as tenant_owner:
+        with pytest.raises(InvalidArgument, match="role must be one of"):
+            tenant_owner.keys.create("admin")
+        with Client.connect(fresh.target, api_key=new.secret) as rotated, pytest.raises(NotFound):
+            rotated.keys.revoke(tenant_owner.whoami().key_id)  # a tenant's key is no platform key
+        assert tenant_owner.whoami().role == common_pb2.ROLE_OWNER
+        assert all(k.role != common_pb2.ROLE_ADMIN for k in tenant_owner.keys.list(include_revoked=True))
+    code, out, err = run(
+        capsys,
+        "--server",
+        fresh.target,
+        "--api-key",
+        new.secret,
+        "-o",
+        "json",
+        "key",
+        "create",
+        "--role",
+        "admin",
+    )
+    assert code == 0, err
+    assert json.loads(out)[0]["role"] == "ROLE_ADMIN"

@@ -58,6 +58,7 @@ ROLES = {
     "editor": common_pb2.ROLE_EDITOR,
     "owner": common_pb2.ROLE_OWNER,
     "agent": common_pb2.ROLE_AGENT,
+    "admin": common_pb2.ROLE_ADMIN,
 }
 
 
@@ -839,7 +840,8 @@ class KeysAPI:
         self._stub = admin_pb2_grpc.KeyServiceStub(rpc.channel)
 
     def create(self, role: str, *, description: str = "", tenant: str = "") -> admin_pb2.CreateKeyResponse:
-        """Creates a key with role owner | editor | viewer | agent; `.secret` is shown only here."""
+        """Creates a key with role owner | editor | viewer | agent in a tenant, or, by the platform
+        admin without a tenant, a platform admin key (role admin); `.secret` is shown only here."""
         if role not in ROLES:
             raise InvalidArgument(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         req = admin_pb2.CreateKeyRequest(tenant=tenant, role=ROLES[role], description=description)

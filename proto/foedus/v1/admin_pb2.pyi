@@ -467,7 +467,9 @@ class CreateKeyRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Owners may leave it empty (their own tenant); required for the admin."""
+    """Owners may leave it empty (their own tenant). The admin names a tenant, or leaves it empty to
+    create a platform admin key (role ROLE_ADMIN).
+    """
     role: _common_pb2.Role.ValueType
     description: _builtins.str
     def __init__(
@@ -517,6 +519,7 @@ class ListKeysRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """As in CreateKeyRequest: empty for the admin lists the platform admin keys."""
     include_revoked: _builtins.bool
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
@@ -565,6 +568,7 @@ class RevokeKeyRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """As in CreateKeyRequest: empty for the admin revokes a platform admin key."""
     key_id: _builtins.str
     def __init__(
         self,

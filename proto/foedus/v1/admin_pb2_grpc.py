@@ -361,7 +361,8 @@ class AdminService:
 
 
 class KeyServiceStub:
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's.
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
     """
 
     def __init__(self, channel):
@@ -388,7 +389,8 @@ class KeyServiceStub:
 
 
 class KeyServiceServicer:
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's.
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
     """
 
     def CreateKey(self, request, context):
@@ -436,7 +438,8 @@ def add_KeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's.
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
     """
 
     @staticmethod

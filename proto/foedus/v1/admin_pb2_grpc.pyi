@@ -115,7 +115,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class KeyServiceStub:
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's."""
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -127,7 +129,9 @@ class KeyServiceStub:
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's."""
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.CreateKeyResponse]  # type: ignore[assignment]
@@ -135,7 +139,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
     RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeKeyResponse]  # type: ignore[assignment]
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
-    """API keys of a tenant: owners manage their tenant's keys, the admin any tenant's."""
+    """API keys: owners manage their tenant's keys, the admin any tenant's and, with no tenant, the
+    platform admin keys (role ROLE_ADMIN; the last live one cannot be revoked).
+    """
 
     @_abc_1.abstractmethod
     def CreateKey(

@@ -6,16 +6,24 @@ import typer
 
 from foedus.client_sdk.cli.common import emit, globals_of, to_dict
 
-app = typer.Typer(help="Manage API keys (tenant owners; the admin with --tenant).", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage API keys: tenant owners their tenant's; the admin a tenant's with --tenant, "
+    "and without it the platform admin keys (to rotate one: create, switch, revoke the old).",
+    no_args_is_help=True,
+)
 COLUMNS = ("key_id", "tenant", "role", "description", "revoked_at")
 
 
 @app.command("create")
 def create(
     ctx: typer.Context,
-    role: str = typer.Option(..., "--role", help="owner | editor | viewer | agent"),
+    role: str = typer.Option(
+        ..., "--role", help="owner | editor | viewer | agent; admin for a platform admin key (no --tenant)"
+    ),
     description: str = typer.Option("", "--description", help="what the key is for"),
-    tenant: str = typer.Option("", "--tenant", help="tenant (required for the admin; owners: their own)"),
+    tenant: str = typer.Option(
+        "", "--tenant", help="tenant (for the admin; without it: platform admin keys; owners: their own)"
+    ),
 ) -> None:
     """Create a key; its secret is printed only now."""
     with globals_of(ctx).client() as client:
@@ -27,7 +35,9 @@ def create(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    tenant: str = typer.Option("", "--tenant", help="tenant (required for the admin)"),
+    tenant: str = typer.Option(
+        "", "--tenant", help="tenant (for the admin; without it: platform admin keys)"
+    ),
     all_: bool = typer.Option(False, "--all", help="include revoked keys"),
 ) -> None:
     """List keys (never their secrets)."""
@@ -40,7 +50,9 @@ def list_(
 def revoke(
     ctx: typer.Context,
     key_id: str,
-    tenant: str = typer.Option("", "--tenant", help="tenant (required for the admin)"),
+    tenant: str = typer.Option(
+        "", "--tenant", help="tenant (for the admin; without it: a platform admin key)"
+    ),
 ) -> None:
     """Revoke a key; calls with it are refused from now on."""
     with globals_of(ctx).client() as client:

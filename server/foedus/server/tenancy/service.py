@@ -14,7 +14,13 @@ from pathlib import Path
 
 from foedus.client_sdk.apikeys import KEY_ID_LENGTH, KEY_PREFIX, format_key, new_key
 from foedus.server import validation
-from foedus.server.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from foedus.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from foedus.server.store.base import Store
 from foedus.server.store.records import AuditRecord, KeyRecord, Page, Role, TenantRecord, TenantState
 from foedus.server.tenancy.principal import Principal
@@ -202,11 +208,12 @@ class TenancyService:
         return tenant
 
     # --- keys ----------------------------------------------------------------------------------
-    def _key_scope(self, caller: Principal, tenant: str) -> str:
-        """The tenant whose keys the caller manages: owners their own, the admin any (named)."""
+    def _key_scope(self, caller: Principal, tenant: str) -> str | None:
+        """The tenant whose keys the caller manages: owners their own; the admin a named tenant's,
+        or without a tenant the platform's admin keys (None)."""
         if caller.is_admin:
             if not tenant:
-                raise InvalidArgument("tenant is required when the platform admin manages keys")
+                return None
             return self._store.get_tenant(validation.tenant_name(tenant)).name
         own = caller.own_tenant()
         if tenant and tenant != own:
@@ -215,6 +222,13 @@ class TenancyService:
 
     def create_key(self, caller: Principal, tenant: str, role: Role | None, description: str) -> NewKey:
         scope = self._key_scope(caller, tenant)
+        if scope is None:
+            if role is not Role.ADMIN:
+                raise InvalidArgument(
+                    "without a tenant the admin creates platform admin keys (role admin); "
+                    "give the tenant for an owner, editor, viewer or agent key"
+                )
+            return self._new_key(None, Role.ADMIN, description, caller.key_id)
         if role not in (Role.VIEWER, Role.EDITOR, Role.OWNER, Role.AGENT):
             raise InvalidArgument("role must be one of owner, editor, viewer, agent")
         return self._new_key(scope, role, description, caller.key_id)
@@ -228,6 +242,14 @@ class TenancyService:
         scope = self._key_scope(caller, tenant)
         if not key_id:
             raise InvalidArgument("key_id is required")
+        if scope is None:
+            found = self._store.find_key(key_id)
+            live = found is not None and found[0].tenant is None and found[0].revoked_at_us is None
+            if live and self._store.count_keys(int(Role.ADMIN)) <= 1:
+                raise FailedPrecondition(
+                    f"{key_id} is the last platform admin key: create another one (key create --role admin) "
+                    "before revoking it"
+                )
         record = self._store.revoke_key(scope, key_id, self._clock())
         self._keys_changed()
         return record
