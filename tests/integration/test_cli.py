@@ -38,6 +38,9 @@ def test_a_tenant_workflow_from_the_shell(
     assert version["lineage"]["code_revision"] == "abc"
     assert version["tags"] == {"team": "ml"}
 
+    code, out, _ = run(capsys, *me, "-o", "json", "model", "get", "iris")
+    model = json.loads(out)  # one object, as for a version (int64 values are strings in proto JSON)
+    assert (model["name"], model["aliases"], model["latest_version"]) == ("iris", {"production": "1"}, "1")
     code, out, _ = run(capsys, *me, "model", "alias", "iris", "candidate", "1")
     assert code == 0
     code, out, _ = run(capsys, *me, "model", "download", "iris", str(tmp_path), "--version", "1")

@@ -132,7 +132,12 @@ def get(
     with globals_of(ctx).client() as client:
         if version is None and alias is None:
             model = client.models.get(name)
-            emit(ctx, [to_dict(model)], ("name", "latest_version", "aliases", "tags", "description"))
+            emit(
+                ctx,
+                [to_dict(model)],
+                ("name", "latest_version", "aliases", "tags", "description"),
+                raw=to_dict(model),  # one object, as for a version
+            )
             return
         v = client.models.get_version(name, version, alias=alias)
     emit(ctx, [_version_row(v)], VERSION_COLUMNS, raw=to_dict(v))
