@@ -119,13 +119,15 @@ class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
+        return self.wrap(await continuation(handler_call_details), handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` of `method` with the checked deserializer (what `intercept_service` returns for
+        each call; also usable once per method, when services are added)."""
         h: Any = handler
         if h is None or h.request_deserializer is None:
             return handler
-        decode = _decoder(
-            h.request_deserializer, handler_call_details.method, reject_nul_text=self._reject_nul_text
-        )
+        decode = _decoder(h.request_deserializer, method, reject_nul_text=self._reject_nul_text)
         if h.unary_unary:
             inner = h.unary_unary
 

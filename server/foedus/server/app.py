@@ -15,11 +15,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from foedus.client_sdk.decoding import RequestDecoding
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
@@ -31,7 +33,7 @@ from foedus.server.config import ServerConfig
 from foedus.server.deployments.feed import BROADCAST, ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
-from foedus.server.interceptors import SERVICE_MODULES, CallGuard
+from foedus.server.interceptors import SERVICE_MODULES, CallGuard, WrappingRegistrar
 from foedus.server.monitoring.incidents import IncidentService, IncidentSettings
 from foedus.server.monitoring.performance import PerformanceService
 from foedus.server.monitoring.service import MonitoringService
@@ -250,33 +252,38 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         if config.tenant_requests_per_s > 0
         else None
     )
-    # Requests that do not parse, or hold text PostgreSQL cannot store, are refused before the
-    # guard, which sees only messages the services can take.
-    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        RequestDecoding(reject_nul_text=True),
-        CallGuard(tenancy, runner, limiter=limiter),
-    ]
+    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
     metrics = None
     if observability is not None:
-        # Tracing goes first, so that its span covers (and records) what the guard rejects.
-        interceptors.insert(
-            0,
+        # Tracing is outermost, so that its span covers (and records) what the guard rejects.
+        interceptors.append(
             ServerTracing(
                 tracer_provider=observability.tracer_provider, meter_provider=observability.meter_provider
-            ),
+            )
         )
         metrics = ControlPlaneMetrics(observability.meter_provider, store)
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, runner), server)
-    admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), server)
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), server)
+    # Every method handler is wrapped once, as services are added: requests that do not parse, or
+    # hold text PostgreSQL cannot store, are refused before the guard, which sees only messages
+    # the services can take.
+    # (The registrar offers the two calls that adding a service makes on a server.)
+    services = cast(
+        grpc.aio.Server,
+        WrappingRegistrar(
+            server,
+            [RequestDecoding(reject_nul_text=True).wrap, CallGuard(tenancy, runner, limiter=limiter).wrap],
+        ),
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(tenancy, runner), services)
+    admin_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(tenancy, runner), services)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, runner), services)
     deployments = DeploymentService(store, on_change=feed.notify)
     webhooks = WebhookDispatcher()
     incidents = IncidentService(
@@ -299,7 +306,7 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         store, retention_s=config.label_retention_days * 86_400, ingest_limiter=ingest_limiter
     )
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        DeploymentServicer(deployments, runner), server
+        DeploymentServicer(deployments, runner), services
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(
@@ -311,19 +318,19 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
             ingest_limiter=ingest_limiter,
             performance=performance,
         ),
-        server,
+        services,
     )
     performance_pb2_grpc.add_PerformanceServiceServicer_to_server(
-        PerformanceServicer(performance, runner), server
+        PerformanceServicer(performance, runner), services
     )
     monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
-        MonitoringServicer(monitoring, incidents, feed, runner), server
+        MonitoringServicer(monitoring, incidents, feed, runner), services
     )
     rollouts = RolloutService(store, on_change=feed.notify)
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
-        FederationServicer(FederationService(store, rollouts=rollouts), runner), server
+        FederationServicer(FederationService(store, rollouts=rollouts), runner), services
     )
-    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts, feed, runner), server)
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts, feed, runner), services)
     controller = RolloutController(
         rollouts,
         store,
@@ -332,8 +339,12 @@ def build_server(config: ServerConfig, *, reuse_port: bool = False, background: 
         on_tick=lambda tenant, rollout_id: feed.notify(tenant, feed_key(rollout_id)),
     )
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(_service_names(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    # The asyncio reflection servicer by name: enable_server_reflection picks it only for a server
+    # object that is a grpc.aio.Server, which the registrar is not.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection_aio.ReflectionServicer(_service_names()), services
+    )
     if config.tls_cert:
         credentials = grpc.ssl_server_credentials(
             [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],

@@ -19,9 +19,9 @@ import asyncio
 import contextvars
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -118,8 +118,11 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
+        return self.wrap(await continuation(handler_call_details), handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` of `method` behind the guard; methods without a policy (health checking,
+        reflection) as they are."""
         policy = self._policies.get(method)
         if handler is None or policy is None:
             return handler
@@ -279,3 +282,55 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler
         )
         return factory(stream_response, h.request_deserializer, h.response_serializer)
+
+
+HandlerWrapper: TypeAlias = (
+    "Callable[[grpc.RpcMethodHandler[Any, Any], str], grpc.RpcMethodHandler[Any, Any]]"
+)
+
+
+class WrappingRegistrar:
+    """Stands in for a grpc.aio server while services are added to it (`add_*Servicer_to_server`,
+    health checking, reflection): each method handler is wrapped by `wrappers` (outermost first)
+    once, here, instead of by server interceptors on every call, which build the same wrappers
+    anew per call. The wrappers must keep no state of a call in the handlers they return."""
+
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = tuple(reversed(wrappers))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        for wrapper in self._wrappers:
+            handler = wrapper(handler, method)
+        return handler
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._wrap) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        wrapped = {name: self._wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
+        # grpc.aio.Server has it (grpcio >= 1.62); its type stubs do not.
+        self._server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], wrap: HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._done: dict[str, tuple[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        done = self._done.get(method)
+        if done is None or done[0] is not handler:
+            done = (handler, self._wrap(handler, method))
+            self._done[method] = done
+        wrapped: grpc.RpcMethodHandler[Any, Any] = done[1]
+        return wrapped
