@@ -84,8 +84,9 @@ Training on an agent's history (`train_from_matrix`)
     interval, the peak of the next minute from the last hour, whose mean, peak and spread stand in
     for the day's (a real day, 8,640 intervals, is far past the longest window an agent feeds,
     1,024). A quarter of the rows keeps two "days" plus training and validation rows in short
-    histories. It writes the agent-servable export. Other matrices (Bitbrains-style ``cpu``/``memory`` columns, every other
-    column a load proxy) keep 5-minute defaults and the raw-feature export.
+    histories. It writes the agent-servable export. Other matrices (Bitbrains-style CPU and memory
+    usage columns, the other columns but timestamps and CPU or memory capacities as load proxies)
+    keep 5-minute defaults and the raw-feature export.
 
 Evaluation figures (`recommendation_metrics`)
     For recommendations ``r_t`` and actual next-window peaks ``y_t`` (same units):
@@ -97,6 +98,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -1123,18 +1125,78 @@ _CPU_NAMES = ("cpu", "cpu_percent", "cpu_usage_pct", "process_cpu_percent")
 _MEMORY_NAMES = ("memory", "memory_percent", "memory_usage_pct", "process_memory_bytes")
 
 
-def _pick(names: Sequence[str], preferred: Sequence[str], fragment: str) -> int:
-    lowered = [n.lower() for n in names]
+_USAGE_WORDS = ("usage", "used", "util")
+"""A column whose name holds one of these measures use (preferred as the CPU or memory column)."""
+_CAPACITY_WORDS = ("capacity", "provisioned", "cores", "limit", "allocatable")
+"""A column whose name holds one of these (and no usage word) measures capacity, not use."""
+_TIME_WORDS = ("time", "date", "datetime", "epoch", "ts")
+_PERCENT_WORDS = ("%", "pct", "percent")
+
+
+def _is_time(name: str) -> bool:
+    """Whether column `name` holds timestamps: its name holds "timestamp" or "datetime", or
+    starts with time, date, epoch or ts (``Timestamp [ms]``, ``time_s``; not ``response_time``)."""
+    lowered = name.strip().lower()
+    words = re.findall(r"[a-z0-9]+", lowered)
+    return "timestamp" in lowered or "datetime" in lowered or bool(words and words[0] in _TIME_WORDS)
+
+
+def _is_usage(name: str) -> bool:
+    return any(w in name.lower() for w in _USAGE_WORDS)
+
+
+def _is_capacity(name: str) -> bool:
+    return not _is_usage(name) and any(w in name.lower() for w in _CAPACITY_WORDS)
+
+
+def _candidates(names: Sequence[str], fragment: str) -> list[int]:
+    """Columns that measure the resource whose names hold `fragment` (not timestamps)."""
+    return [i for i, n in enumerate(names) if fragment in n.lower() and not _is_time(n)]
+
+
+def _pick(names: Sequence[str], preferred: Sequence[str], fragment: str, given: str | None = None) -> int:
+    """The column of the resource: `given` (a column name), else the first named in `preferred`,
+    else among the columns holding `fragment`: a usage column (a percentage first), else one that
+    is neither usage nor capacity; never a capacity column (cores, capacity, provisioned, limit)
+    nor a timestamp."""
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"no column {given!r} among {', '.join(names)}")
+        return list(names).index(given)
+    lowered = [n.strip().lower() for n in names]
     for candidate in preferred:
         if candidate in lowered:
             return lowered.index(candidate)
-    for i, n in enumerate(lowered):
-        if fragment in n:
-            return i
+    candidates = _candidates(names, fragment)
+    usable = [i for i in candidates if not _is_capacity(names[i])]
+    if usable:
+        return min(
+            usable,
+            key=lambda i: (not _is_usage(names[i]), not any(w in lowered[i] for w in _PERCENT_WORDS), i),
+        )
+    if candidates:
+        raise ValueError(
+            f"no {fragment} usage column: {', '.join(names[i] for i in candidates)} hold capacity, "
+            f"not usage; name the column to use"
+        )
     raise ValueError(
         f"no {fragment} column among {', '.join(names)}: give the agent metrics {AGENT_CPU} and "
-        f"{AGENT_MEMORY} (and {AGENT_LOAD}), or columns named cpu and memory"
+        f"{AGENT_MEMORY} (and {AGENT_LOAD}), or columns named cpu and memory, or name the columns to use"
     )
+
+
+def resource_columns(
+    names: Sequence[str], cpu_column: str | None = None, memory_column: str | None = None
+) -> tuple[int, int, list[int]]:
+    """(CPU column, memory column, load-proxy columns) among columns `names` that are not agent
+    metrics, as `train_from_matrix` picks them (see there); ValueError without CPU or memory."""
+    cpu_col = _pick(names, _CPU_NAMES, "cpu", cpu_column)
+    memory_col = _pick(names, _MEMORY_NAMES, "mem", memory_column)
+    if cpu_col == memory_col:
+        raise ValueError(f"the CPU and the memory column are both {names[cpu_col]!r}")
+    resource_cols = {cpu_col, memory_col, *_candidates(names, "cpu"), *_candidates(names, "mem")}
+    load_cols = [i for i in range(len(names)) if i not in resource_cols and not _is_time(names[i])]
+    return cpu_col, memory_col, load_cols
 
 
 def agent_columns_of(names: Sequence[str]) -> dict[str, str] | None:
@@ -1162,6 +1224,8 @@ def train_from_matrix(
     day: int | None = None,
     search: bool = True,
     validation_fraction: float = 0.2,
+    cpu_column: str | None = None,
+    memory_column: str | None = None,
 ) -> dict[str, Any]:
     """Trains on one workload's metric matrix and writes the ONNX model; returns a summary row.
 
@@ -1173,11 +1237,18 @@ def train_from_matrix(
     `AGENT_HORIZON` and `day` to `AGENT_DAY` (capped at `MAX_AGENT_WINDOW`), and it writes the
     agent-servable export (`ResourceModel.export_agent_onnx`).
 
-    Other columns: the CPU column is the first named ``cpu``, ``cpu_percent``, ``cpu_usage_pct``
-    or ``process_cpu_percent`` (else the first containing "cpu"), the memory column likewise
-    (``memory``, ..., else containing "mem"); every other column is a load proxy; `horizon` defaults to 12 and
-    `day` to 288, and it writes the raw-feature export (`ResourceModel.export_onnx`, which agents
-    do not serve). Without such columns it raises ValueError naming the columns it needs.
+    Other columns: the CPU column is `cpu_column` when given, else the first named ``cpu``,
+    ``cpu_percent``, ``cpu_usage_pct`` or ``process_cpu_percent``, else among the columns whose
+    names contain "cpu" a usage column (its name holds usage, used or util; a percentage first,
+    e.g. Bitbrains' ``CPU usage [%]``), else one that does not measure capacity; capacity columns
+    (cores, capacity, provisioned, limit) and timestamps are never picked. The memory column
+    likewise (`memory_column`; ``memory``, ...; names containing "mem"). The load proxies are the
+    other columns, less timestamps (a name holding "timestamp", or starting with time, date,
+    epoch or ts) and the other CPU and memory columns (capacities, other units), so on a Bitbrains trace they
+    are the disk and network throughputs; `horizon` defaults to 12 and `day` to 288, and it
+    writes the raw-feature export (`ResourceModel.export_onnx`, which agents do not serve).
+    Without such columns, or with a named column that is not in `names`, it raises ValueError
+    saying which columns it needs.
 
     Predictions come in the units of the CPU and memory columns. When there are fewer than
     ``4 * day`` rows, the day window shrinks to a quarter of the rows (at least ``horizon + 1``).
@@ -1191,6 +1262,8 @@ def train_from_matrix(
         raise ValueError("x must be (rows, len(names))")
     names = list(names)
     mapping = agent_columns_of(names)
+    if cpu_column not in (None, AGENT_CPU) or memory_column not in (None, AGENT_MEMORY):
+        mapping = None  # columns named by the caller: the raw-feature export
     if mapping is not None:
         horizon = AGENT_HORIZON if horizon is None else horizon
         day_cap = min(AGENT_DAY if day is None else day, MAX_AGENT_WINDOW)
@@ -1200,9 +1273,7 @@ def train_from_matrix(
     else:
         horizon = 12 if horizon is None else horizon
         day_cap = 288 if day is None else day
-        cpu_col = _pick(names, _CPU_NAMES, "cpu")
-        memory_col = _pick(names, _MEMORY_NAMES, "mem")
-        load_cols = [i for i in range(len(names)) if i not in (cpu_col, memory_col)]
+        cpu_col, memory_col, load_cols = resource_columns(names, cpu_column, memory_column)
         load_names = tuple(names[i] for i in load_cols)
     if horizon < 1:
         raise ValueError("horizon must be at least 1")
@@ -1477,6 +1548,7 @@ __all__ = [
     "pinball_loss",
     "quantile_metrics",
     "recommendation_metrics",
+    "resource_columns",
     "train_from_matrix",
     "vpa_bucket_edges",
     "vpa_recommendations",

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
+import math
 import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
@@ -29,10 +33,17 @@ app = typer.Typer(help="Train, score and evaluate the ops models (anomaly, resou
 train_app = typer.Typer(help="Train an ops model on local data and export it to ONNX.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-DATA_HELP = (
-    "metrics to learn from: a .npz (array 'train', else its only array), a .csv or .csv.gz with a "
-    "header (numeric columns), or an agent's data directory (its local history)"
+DATA_FORMATS = (
+    "a .npz (array 'train', else its only array), a .csv or .csv.gz with a header (its numeric "
+    "columns; comma, semicolon or tab separated), or an agent's data directory (its local history)"
 )
+DATA_HELP = "metrics to learn from: " + DATA_FORMATS
+SCORE_DATA_HELP = (
+    "metrics to score: "
+    + DATA_FORMATS.replace("array 'train'", "array 'test', else 'train'")
+    + "; columns named in the model's metadata are picked by name"
+)
+EVALUATE_DATA_HELP = SCORE_DATA_HELP.replace("metrics to score", "labelled metrics to evaluate the model on")
 
 
 def progress(message: str) -> None:
@@ -42,7 +53,12 @@ def progress(message: str) -> None:
 def load_matrix(
     path: Path, *, part: str = "train", columns: list[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """(rows x metrics float64, metric names) from a .npz, a CSV or an agent's local history."""
+    """(rows x metrics float64, metric names) from a .npz, a CSV or an agent's local history.
+
+    A .npz has no column names: its metrics are named m0, m1, ... by position
+    (`has_column_names`). In a CSV, a column with no number in any row (a timestamp or label
+    text) is skipped; a blank or non-numeric cell in a numeric column, a row with the wrong number
+    of fields and a column name that appears twice are refused with the file and line."""
     if path.is_dir():
         history = path / "history.db"
         if not history.exists():
@@ -57,33 +73,16 @@ def load_matrix(
         names = list(HISTORY_METRICS)
         x = np.asarray([[by_time[t].get(n, 0.0) for n in names] for t in sorted(by_time)], dtype=np.float64)
     elif path.suffix == ".npz":
-        with np.load(path) as data:
-            keys = list(data.keys())
-            key = (
-                part if part in keys else ("train" if "train" in keys else keys[0] if len(keys) == 1 else "")
-            )
-            if not key:
-                raise InvalidArgument(f"{path} holds {', '.join(keys)}; none is '{part}' or 'train'")
-            x = np.asarray(data[key], dtype=np.float64)
+        key, array = read_npz(path, prefer(path, (part, "train")))
+        try:
+            x = np.asarray(array, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{path}:{key} does not hold numbers ({exc})") from None
         if x.ndim != 2:
             raise InvalidArgument(f"{path}:{key} must be a 2-D array (rows x metrics), not {x.shape}")
         names = [f"m{i}" for i in range(x.shape[1])]
     elif path.name.endswith((".csv", ".csv.gz")):
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise InvalidArgument(f"{path} is empty")
-            rows = list(reader)
-        table: dict[str, list[float]] = {}
-        for i, name in enumerate(header):
-            try:
-                table[name] = [float(r[i]) for r in rows]
-            except (ValueError, IndexError):
-                continue  # a non-numeric column (a timestamp, a label text)
-        names = list(table)
-        x = np.asarray([table[n] for n in names], dtype=np.float64).T
+        x, names = _read_csv(path)
     else:
         raise InvalidArgument(f"{path}: expected a .npz, .csv, .csv.gz or an agent data directory")
     if columns:
@@ -95,6 +94,116 @@ def load_matrix(
     if len(x) == 0 or not np.isfinite(x).all():
         raise InvalidArgument(f"{path}: no rows, or values that are not finite numbers")
     return x, names
+
+
+def has_column_names(path: Path) -> bool:
+    """Whether `load_matrix` reads the metrics' names from `path` (not m0, m1, ... of a .npz)."""
+    return path.is_dir() or path.suffix != ".npz"
+
+
+def prefer(
+    path: Path, names: tuple[str, ...], *, only: bool = True, hint: str = ""
+) -> Callable[[list[str]], str]:
+    """For `read_npz`: the first of `names` the archive holds, else (with `only`) its only array."""
+
+    def choose(keys: list[str]) -> str:
+        for name in names:
+            if name in keys:
+                return name
+        if only and len(keys) == 1:
+            return keys[0]
+        wanted = " or ".join(f"'{n}'" for n in dict.fromkeys(names))
+        raise InvalidArgument(
+            f"{path} has no array {wanted} (it holds {', '.join(keys) or 'no arrays'})"
+            + (f"; {hint}" if hint else "")
+        )
+
+    return choose
+
+
+def read_npz(path: Path, choose: Callable[[list[str]], str]) -> tuple[str, np.ndarray]:
+    """The array of the .npz at `path` that `choose` picks from its array names: (name, array)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise InvalidArgument(f"cannot read {path}: not a NumPy .npz archive (or a damaged one)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InvalidArgument(f"cannot read {path}: a single NumPy array (.npy), not a .npz archive")
+    with archive:
+        key = choose(list(archive.keys()))
+        try:
+            return key, np.asarray(archive[key])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise InvalidArgument(f"cannot read array '{key}' of {path}: {exc}") from None
+
+
+def _number(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            first = f.readline()
+            if not first.strip():
+                raise InvalidArgument(f"{path} is empty: expected a header line of column names")
+            # the delimiter the header uses most: comma, semicolon (Bitbrains: ';' and a tab) or tab
+            delimiter = max((",", ";", "\t"), key=first.count)
+            reader = csv.reader(itertools.chain([first], f), delimiter=delimiter)
+            header = [name.strip() for name in next(reader)]
+            repeated = sorted({n for n in header if header.count(n) > 1})
+            if repeated:
+                raise InvalidArgument(
+                    f"{path}: column name(s) {', '.join(repr(n) for n in repeated)} appear more than once "
+                    "in the header; give each column its own name"
+                )
+            rows: list[list[str]] = []
+            lines: list[int] = []
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+                if len(row) != len(header):
+                    raise InvalidArgument(
+                        f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
+                        f"{len(header)}; give every row one value per column"
+                    )
+                rows.append(row)
+                lines.append(reader.line_num)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc}") from None
+    if not rows:
+        raise InvalidArgument(f"{path} has a header but no rows")
+    names: list[str] = []
+    table: list[list[float]] = []
+    skipped: list[str] = []
+    for i, name in enumerate(header):
+        cells = [row[i].strip() for row in rows]
+        values = [_number(c) for c in cells]
+        if all(v is None for v in values):
+            skipped.append(name)  # a non-numeric column (a timestamp text, a label text)
+            continue
+        bad = next((j for j, v in enumerate(values) if v is None), None)
+        if bad is not None:
+            what = "is empty" if not cells[bad] else f"holds {cells[bad]!r}, not a finite number"
+            raise InvalidArgument(
+                f"{path}, line {lines[bad]}, column {i + 1} ({name!r}) {what}; the column holds numbers "
+                "in other rows: fill in the value, or remove the row"
+            )
+        names.append(name)
+        table.append([v for v in values if v is not None])
+    if not names:
+        raise InvalidArgument(
+            f"{path} has no numeric column (columns: {', '.join(header)}); expected a header line, "
+            "then rows of numbers separated by commas"
+        )
+    if skipped:
+        progress(f"{path}: skipping the column(s) without numbers: {', '.join(skipped)}")
+    return np.asarray(table, dtype=np.float64).T, names
 
 
 def _columns(text: str) -> list[str] | None:
@@ -136,9 +245,12 @@ def train_anomaly(
     x, names = load_matrix(data, columns=_columns(columns))
     progress(f"training on {len(x)} rows x {len(names)} metrics from {data}")
     config = AnomalyConfig(calibration_block=block, drift_blocks=drift_blocks)
-    model = anomaly_model.fit(
-        x, feature_names=names, config=config, search=search, seed=seed, progress=progress
-    )
+    try:
+        model = anomaly_model.fit(
+            x, feature_names=names, config=config, search=search, seed=seed, progress=progress
+        )
+    except ValueError as exc:  # too few rows for the window, a metric without a finite value
+        raise InvalidArgument(f"cannot train an anomaly model on {data}: {exc}") from None
     model.export_onnx(out)
     state_path = model.save(state or out.with_suffix(".pt"))
     row = {
@@ -228,8 +340,23 @@ def train_resource(
     data: Path = typer.Option(..., "--data", exists=True, help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="where to write the ONNX model"),
     seed: int = typer.Option(0, "--seed"),
+    cpu_column: str | None = typer.Option(
+        None,
+        "--cpu-column",
+        help="the column of CPU use (default: process_cpu_percent, cpu, ..., else a column whose "
+        "name holds cpu and usage, used or util)",
+    ),
+    memory_column: str | None = typer.Option(
+        None,
+        "--memory-column",
+        help="the column of memory use (default: process_memory_bytes, memory, ..., else a column "
+        "whose name holds mem and usage, used or util)",
+    ),
 ) -> None:
-    """Train the resource predictor (next-window CPU and memory quantiles)."""
+    """Train the resource predictor (next-window CPU and memory quantiles).
+
+    Load proxies: the other columns, less timestamps and other CPU or memory columns (capacities).
+    """
     try:
         from foedus.federation.resources import train_from_matrix
     except ImportError as exc:
@@ -237,8 +364,18 @@ def train_resource(
             f"training needs the federation extra: pip install 'foedus[federation]' ({exc})"
         ) from exc
     x, names = load_matrix(data)
+    for given, option in ((cpu_column, "--cpu-column"), (memory_column, "--memory-column")):
+        if given is not None and given not in names:
+            raise InvalidArgument(
+                f"{option} {given}: no such numeric column in {data}; it has {', '.join(names)}"
+            )
     progress(f"training on {len(x)} rows x {len(names)} metrics from {data}")
-    summary = train_from_matrix(x, names, out, seed=seed, progress=progress)
+    try:
+        summary = train_from_matrix(
+            x, names, out, seed=seed, progress=progress, cpu_column=cpu_column, memory_column=memory_column
+        )
+    except ValueError as exc:  # no CPU or memory column, too few rows
+        raise InvalidArgument(f"cannot train a resource model on {data}: {exc}") from None
     emit(ctx, [summary], tuple(summary), raw=summary)
 
 
@@ -248,6 +385,47 @@ COMPENSATION_HELP = (
 )
 
 
+def open_model(model_path: Path) -> tuple[Any, dict[str, str]]:
+    """(onnxruntime session, ONNX metadata) of an exported anomaly model; InvalidArgument when the
+    file is not an ONNX model or is another kind of ops model (a resource model)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise InvalidArgument("scoring needs onnxruntime: pip install 'foedus[agent]'") from exc
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own errors: InvalidProtobuf, Fail, NoSuchFile, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgument(f"{model_path} is not a readable ONNX model: {reason}") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    kind = meta.get("foedus.kind", "")
+    if kind and kind != "anomaly":
+        raise InvalidArgument(
+            f"{model_path} is a {kind} model; score and evaluate take an anomaly model (ops train anomaly)"
+        )
+    return session, meta
+
+
+def model_columns(
+    x: np.ndarray, names: list[str], named: bool, meta: dict[str, str], model_path: Path, data: Path
+) -> np.ndarray:
+    """The columns of `x` the model takes, in its order: by the names in its ``foedus.features``
+    when the data names its columns; by position when it does not (a .npz) or when the model was
+    trained on unnamed columns (m0, m1, ...) the data lacks."""
+    features = [n.strip() for n in meta.get("foedus.features", "").split(",") if n.strip()]
+    if not named or not features:
+        return x
+    if all(f in names for f in features):
+        return x[:, [names.index(f) for f in features]]
+    if features == [f"m{i}" for i in range(len(features))]:
+        return x
+    missing = [f for f in features if f not in names]
+    raise InvalidArgument(
+        f"{data} lacks the metric(s) {', '.join(missing)} that {model_path} takes; it has "
+        f"{', '.join(names)}: give data with the columns the model was trained on"
+    )
+
+
 def onnx_scores(
     model_path: Path, x: np.ndarray, *, compensate: bool = True
 ) -> tuple[np.ndarray, dict[str, str]]:
@@ -255,12 +433,14 @@ def onnx_scores(
     first ones padded with the first row, and, when the model carries per-metric reference levels
     and `compensate`, through a fresh online drift compensation (as an agent started on the first
     row scores them)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise InvalidArgument("scoring needs onnxruntime: pip install 'foedus[agent]'") from exc
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    meta = dict(session.get_modelmeta().custom_metadata_map)
+    session, meta = open_model(model_path)
+    return session_scores(session, meta, model_path, x, compensate=compensate), meta
+
+
+def session_scores(
+    session: Any, meta: dict[str, str], model_path: Path, x: np.ndarray, *, compensate: bool = True
+) -> np.ndarray:
+    """`onnx_scores` with the model opened by `open_model`."""
     spec = session.get_inputs()[0]
     window = int(meta.get("foedus.window", 0) or (spec.shape[1] if len(spec.shape) == 3 else 1))
     if len(spec.shape) == 3 and isinstance(spec.shape[2], int) and spec.shape[2] != x.shape[1]:
@@ -285,14 +465,14 @@ def onnx_scores(
             out[start:stop] = np.asarray(results[0], dtype=np.float64).reshape(-1)
         else:
             out[start:stop] = state.update(np.asarray(results[1], dtype=np.float64).reshape(stop - start, -1))
-    return out, meta
+    return out
 
 
 @app.command("score")
 def score(
     ctx: typer.Context,
     model: Path = typer.Option(..., "--model", exists=True, help="an exported anomaly model (.onnx)"),
-    data: Path = typer.Option(..., "--data", exists=True, help=DATA_HELP + "; a .npz's 'test' array first"),
+    data: Path = typer.Option(..., "--data", exists=True, help=SCORE_DATA_HELP),
     out: Path | None = typer.Option(None, "--out", help="write every row's score to this CSV"),
     threshold: float | None = typer.Option(
         None, "--threshold", help="default: the model's calibrated threshold"
@@ -302,8 +482,12 @@ def score(
     ),
 ) -> None:
     """Score every row of the data (windows ending at each row) and list the anomalous stretches."""
-    x, _ = load_matrix(data, part="test")
-    scores, meta = onnx_scores(model, x, compensate=compensate)
+    if threshold is not None and not math.isfinite(threshold):
+        raise InvalidArgument(f"--threshold must be a finite number, not {threshold}")
+    session, meta = open_model(model)
+    x, names = load_matrix(data, part="test")
+    x = model_columns(x, names, has_column_names(data), meta, model, data)
+    scores = session_scores(session, meta, model, x, compensate=compensate)
     limit = threshold if threshold is not None else float(meta.get("foedus.threshold", "nan"))
     flagged = scores > limit if np.isfinite(limit) else np.zeros(len(scores), dtype=bool)
     if out is not None:
@@ -345,35 +529,56 @@ def _stretches(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def load_labels(data: Path, labels: Path | None, label_column: str, rows: int) -> np.ndarray:
+    """0/1 per row (1: anomalous) from --labels, the data's .npz 'test_label' or --label-column."""
     if labels is not None:
-        y = (
-            np.loadtxt(labels, delimiter=",", ndmin=1)
-            if labels.suffix != ".npz"
-            else np.load(labels)["test_label"]
-        )
+        source = str(labels)
+        if labels.suffix == ".npz":
+            hint = "give a .npz with test_label, or a text file of one 0/1 per row"
+            key, y = read_npz(labels, prefer(labels, ("test_label",), hint=hint))
+            source = f"{labels}:{key}"
+        else:
+            try:
+                y = np.loadtxt(labels, delimiter=",", ndmin=1)
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise InvalidArgument(
+                    f"cannot read labels from {labels} ({exc}); expected 0 or 1 per row, one a line "
+                    "(or comma-separated), no header"
+                ) from None
     elif data.suffix == ".npz":
-        with np.load(data) as d:
-            if "test_label" not in d:
-                raise InvalidArgument(f"{data} has no 'test_label'; give --labels")
-            y = np.asarray(d["test_label"])
+        _, y = read_npz(data, prefer(data, ("test_label",), only=False, hint="give --labels"))
+        source = f"{data}:test_label"
     elif label_column:
         x, _ = load_matrix(data, columns=[label_column])
         y = x[:, 0]
+        source = f"column {label_column} of {data}"
     else:
         raise InvalidArgument("give --labels FILE or --label-column NAME (or a .npz with 'test_label')")
-    y = np.asarray(y).reshape(-1).astype(int)
-    if len(y) != rows:
-        raise InvalidArgument(f"{len(y)} labels for {rows} rows")
-    return y
+    y = np.asarray(y).reshape(-1)
+    try:
+        values = y.astype(np.float64)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"the labels in {source} are not numbers; give 0 or 1 per row") from None
+    wrong = np.flatnonzero((values != 0) & (values != 1))
+    if len(wrong):
+        raise InvalidArgument(
+            f"the labels in {source} must be 0 or 1 (1: anomalous); row {wrong[0]} (from 0) is "
+            f"{y[wrong[0]]}, and {len(wrong)} row(s) in all are neither"
+        )
+    if len(values) != rows:
+        raise InvalidArgument(f"{len(values)} labels for {rows} rows")
+    return values.astype(int)
 
 
 @app.command("evaluate")
 def evaluate(
     ctx: typer.Context,
     model: Path = typer.Option(..., "--model", exists=True, help="an exported anomaly model (.onnx)"),
-    data: Path = typer.Option(..., "--data", exists=True, help=DATA_HELP + "; a .npz's 'test' array first"),
+    data: Path = typer.Option(..., "--data", exists=True, help=EVALUATE_DATA_HELP),
     labels: Path | None = typer.Option(
-        None, "--labels", help="0/1 per row (a text file, or a .npz's test_label)"
+        None,
+        "--labels",
+        exists=True,
+        help="0/1 per row (a text file, or a .npz's test_label, else its only array)",
     ),
     label_column: str = typer.Option("", "--label-column", help="a 0/1 column of the CSV"),
     compensate: bool = typer.Option(
@@ -383,11 +588,14 @@ def evaluate(
     """Precision, recall and F1 (with and without point adjustment) and AUC-PR on labelled data."""
     from foedus.federation.evaluation import metrics as m
 
+    session, meta = open_model(model)
     x, names = load_matrix(data, part="test")
     if label_column:
-        x = x[:, [i for i, n in enumerate(names) if n != label_column]]
+        keep = [i for i, n in enumerate(names) if n != label_column]
+        x, names = x[:, keep], [names[i] for i in keep]
     y = load_labels(data, labels, label_column, len(x))
-    scores, meta = onnx_scores(model, x, compensate=compensate)
+    x = model_columns(x, names, has_column_names(data), meta, model, data)
+    scores = session_scores(session, meta, model, x, compensate=compensate)
     threshold = float(meta.get("foedus.threshold", "nan"))
     if not np.isfinite(threshold):
         raise InvalidArgument(f"{model} has no foedus.threshold in its metadata")
