@@ -21,6 +21,7 @@ from foedus.client_sdk import (
 )
 from foedus.client_sdk.testing import LocalServer, ReplicaSet
 from foedus.server.store.sql import SqlStore
+from foedus.v1 import registry_pb2
 
 
 def blob_files(server: LocalServer) -> set[Path]:
@@ -277,3 +278,27 @@ def test_text_with_nul_characters_is_refused_on_every_store(
             with pytest.raises(InvalidArgument, match="NUL"):
                 admin.tenants.create("other", display_name="x\x00")
             assert "other" not in {t.name for t in admin.tenants.list()}
+
+
+def test_version_reads_follow_every_change(tenant: Client, onnx_model: Path) -> None:
+    """Reads of an unchanged version reuse its decoded answer; every change shows at the next read,
+    on each server (replica) alike."""
+    tenant.models.register("churn", onnx_model)
+    tenant.models.register("churn", onnx_model)
+    for _ in range(3):  # the answer is built, then reused
+        assert tenant.models.get_version("churn", 1).aliases == []
+    tenant.models.set_alias("churn", "production", 1)
+    assert list(tenant.models.get_version("churn", 1).aliases) == ["production"]
+    tenant.models.set_alias("churn", "candidate", 1)
+    assert sorted(tenant.models.get_version("churn", 1).aliases) == ["candidate", "production"]
+    tenant.models.set_alias("churn", "production", 2)  # moved away from version 1
+    assert list(tenant.models.get_version("churn", 1).aliases) == ["candidate"]
+    assert list(tenant.models.get_version("churn", 2).aliases) == ["production"]
+    recorded = tenant.models.record_evaluation("churn", 1, "holdout", {"auc": 0.9})
+    assert [e.dataset for e in tenant.models.get_version("churn", 1).lineage.evaluations] == ["holdout"]
+    assert recorded.lineage.evaluations[0].metrics["auc"] == pytest.approx(0.9)
+    tenant.models.delete_alias("churn", "candidate")
+    archived = tenant.models.archive("churn", 1)
+    got = tenant.models.get_version("churn", 1)
+    assert got.state == archived.state == registry_pb2.VERSION_STATE_ARCHIVED
+    assert list(got.aliases) == []

@@ -212,59 +212,30 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         guard = self
 
-        async def call(
-            inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Any:
-            info: CallInfo | None = None
-            error: BaseException | None = None
-            audited = False
-            try:
-                info = await guard._authenticate(method, context)
-                guard._admit(info, policy)
-                return await inner(request, context)
-            except (DomainError, Exception) as exc:
-                error = exc
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                # Audit first: abort sends the status at once, and a caller (or another replica)
-                # that reads the audit log next must find this call there.
-                audited = True
-                await guard._finish(policy, info, error, context)
-                await guard._abort(context, exc)
-            finally:
-                if not audited:
-                    await guard._finish(policy, info, error, context)
-
-        async def stream(
-            inner: Callable[..., AsyncIterator[Any]],
-            request: Any,
-            context: grpc.aio.ServicerContext[Any, Any],
-        ) -> AsyncIterator[Any]:
-            info: CallInfo | None = None
-            error: BaseException | None = None
-            audited = False
-            try:
-                info = await guard._authenticate(method, context)
-                guard._admit(info, policy)
-                async for item in inner(request, context):
-                    yield item
-            except (DomainError, Exception) as exc:
-                error = exc
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                audited = True
-                await guard._finish(policy, info, error, context)
-                await guard._abort(context, exc)
-            finally:
-                if not audited:
-                    await guard._finish(policy, info, error, context)
-
         h: Any = handler
         if h.unary_unary or h.stream_unary:
             inner = h.unary_unary or h.stream_unary
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await call(inner, request, context)
+                info: CallInfo | None = None
+                error: BaseException | None = None
+                audited = False
+                try:
+                    info = await guard._authenticate(method, context)
+                    guard._admit(info, policy)
+                    return await inner(request, context)
+                except (DomainError, Exception) as exc:
+                    error = exc
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    # Audit first: abort sends the status at once, and a caller (or another replica)
+                    # that reads the audit log next must find this call there.
+                    audited = True
+                    await guard._finish(policy, info, error, context)
+                    await guard._abort(context, exc)
+                finally:
+                    if not audited and policy.mutating:  # (reads are not audited: no await)
+                        await guard._finish(policy, info, error, context)
 
             factory = (
                 grpc.unary_unary_rpc_method_handler if h.unary_unary else grpc.stream_unary_rpc_method_handler
@@ -275,8 +246,24 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def stream_response(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async for item in stream(inner_stream, request, context):
-                yield item
+            info: CallInfo | None = None
+            error: BaseException | None = None
+            audited = False
+            try:
+                info = await guard._authenticate(method, context)
+                guard._admit(info, policy)
+                async for item in inner_stream(request, context):
+                    yield item
+            except (DomainError, Exception) as exc:
+                error = exc
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                audited = True
+                await guard._finish(policy, info, error, context)
+                await guard._abort(context, exc)
+            finally:
+                if not audited and policy.mutating:  # (reads are not audited: no await)
+                    await guard._finish(policy, info, error, context)
 
         factory = (
             grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler

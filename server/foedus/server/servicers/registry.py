@@ -12,10 +12,13 @@ from foedus.server.interceptors import current_call, current_principal
 from foedus.server.registry.service import RegistryService, VersionSpec
 from foedus.server.servicers import convert
 from foedus.server.servicers.base import BlockingRunner, ServicerBase
+from foedus.server.store.records import VersionRecord
 from foedus.v1 import registry_pb2, registry_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 DOWNLOAD_CHUNK = 1024 * 1024
+ANSWERS_KEPT = 256
+"""GetModelVersion answers kept, for the last records the store handed out (oldest first out)."""
 
 
 def _selector(
@@ -33,6 +36,7 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: RegistryService, runner: BlockingRunner) -> None:
         super().__init__(runner)
         self._registry = registry
+        self._answers: dict[int, tuple[VersionRecord, registry_pb2.GetModelVersionResponse]] = {}
 
     async def CreateModel(
         self, request: registry_pb2.CreateModelRequest, context: Ctx
@@ -124,7 +128,16 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         record = await self.read(
             self._registry.get_version, current_principal(), request.model, version, alias
         )
-        return registry_pb2.GetModelVersionResponse(version=convert.version(record))
+        # The store hands out the same record while a version's row is unchanged: its answer is
+        # built once. (Served on the event loop only; answers are never changed once built.)
+        seen = self._answers.get(id(record))
+        if seen is not None and seen[0] is record:
+            return seen[1]
+        answer = registry_pb2.GetModelVersionResponse(version=convert.version(record))
+        if len(self._answers) >= ANSWERS_KEPT:
+            del self._answers[next(iter(self._answers))]
+        self._answers[id(record)] = (record, answer)
+        return answer
 
     async def ListModelVersions(
         self, request: registry_pb2.ListModelVersionsRequest, context: Ctx

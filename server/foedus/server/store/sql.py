@@ -154,6 +154,8 @@ class SqlStore(Store):
         self._sqlite_path: str | None = None
         self._local = threading.local()
         self._raw_lock = threading.Lock()
+        self._memo_lock = threading.Lock()
+        self._version_memo: dict[tuple[str, str, tuple[Any, ...]], VersionRecord] = {}
         self._raw_conns: list[sqlite3.Connection] = []
         if self.dialect == "sqlite":
             self._sqlite_path = make_url(url).database
@@ -711,9 +713,28 @@ class SqlStore(Store):
         return conn
 
     def _get_version_sqlite(self, tenant: str, model: str, version: int) -> VersionRecord:
+        """The version from its row; the same record object while the row is unchanged.
+
+        Decoding a row's JSON (signature, lineage, reference profile) into a record costs more than
+        the query, so records of the last rows read are kept, keyed by the row's whole content:
+        a row that changed in any column (a tag, an alias, the state) is decoded afresh, and no
+        answer can be staler than the query that found it."""
         row = self._raw_reader().execute(_RAW_GET_VERSION, (tenant, model, version)).fetchone()
         if row is None:
             raise NotFound(f"version {version} of model {model!r} not found")
+        key = (tenant, model, row)
+        with self._memo_lock:
+            record = self._version_memo.get(key)
+        if record is None:
+            record = self._version_of_raw(tenant, model, row)
+            with self._memo_lock:
+                if len(self._version_memo) >= _VERSION_MEMO_SIZE:
+                    del self._version_memo[next(iter(self._version_memo))]
+                self._version_memo[key] = record
+        return record
+
+    @staticmethod
+    def _version_of_raw(tenant: str, model: str, row: tuple[Any, ...]) -> VersionRecord:
         number, state, description, tags, sha256, size, framework, opset = row[:8]
         signature, latency, lineage, profile, created_at, created_by, updated_at, aliases = row[8:]
         return VersionRecord(
@@ -2158,6 +2179,8 @@ def _version_select(with_profile: bool) -> Any:
     return select(*columns).select_from(model_versions.join(models, model_versions.c.model_id == models.c.id))
 
 
+_VERSION_MEMO_SIZE = 256
+"""Records of this many version rows are kept by `_get_version_sqlite` (oldest first out)."""
 _RAW_GET_VERSION = """
 SELECT v.version, v.state, v.description, v.tags, v.artifact_sha256, v.artifact_size, v.framework,
        v.onnx_opset, v.signature, v.latency, v.lineage, v.reference_profile, v.created_at_us,
