@@ -197,6 +197,15 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except Exception:
             log.exception("could not write the audit entry of %s", info.method)
 
+    async def _refuse(
+        self, policy: AccessPolicy, info: CallInfo | None, error: BaseException, context: Any
+    ) -> None:
+        """Audits the failed call, then ends it with the error's status. Audit first: abort sends
+        the status at once, and a caller (or another replica) that reads the audit log next must
+        find this call there."""
+        await self._finish(policy, info, error, context)
+        await self._abort(context, error)
+
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
         if isinstance(error, DomainError):
             trailers: tuple[tuple[str, str], ...] = ()
@@ -228,11 +237,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     error = exc
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
-                    # Audit first: abort sends the status at once, and a caller (or another replica)
-                    # that reads the audit log next must find this call there.
                     audited = True
-                    await guard._finish(policy, info, error, context)
-                    await guard._abort(context, exc)
+                    await guard._refuse(policy, info, exc, context)
                 finally:
                     if not audited and policy.mutating:  # (reads are not audited: no await)
                         await guard._finish(policy, info, error, context)
@@ -259,8 +265,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 audited = True
-                await guard._finish(policy, info, error, context)
-                await guard._abort(context, exc)
+                await guard._refuse(policy, info, exc, context)
             finally:
                 if not audited and policy.mutating:  # (reads are not audited: no await)
                     await guard._finish(policy, info, error, context)
