@@ -837,3 +837,28 @@ def test_webhooks_are_per_tenant_and_set_by_url(store: SqlStore) -> None:
     assert [h.id for h in store.list_webhooks("beta")] == [other.id]
     with pytest.raises(NotFound):
         store.set_webhook(WebhookRecord(0, "ghost", "https://h.example/a", "s" * 20, "", 1, "k"))
+
+
+def test_version_reads_see_every_change_and_keep_little(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite keeps the decoded records of the last version rows read, within a bound; any change
+    to a row shows at the next read (on PostgreSQL every read decodes afresh)."""
+    import foedus.server.store.sql as sql
+
+    monkeypatch.setattr(sql, "_VERSION_MEMO_SIZE", 3)
+    for i in range(5):
+        store.create_version("acme", f"m{i}", new_version(), create_model=True, aliases=(), now_us=1)
+    store.create_version("acme", "m0", new_version(), create_model=False, aliases=(), now_us=1)
+    first = store.get_version("acme", "m0", 1)
+    assert store.get_version("acme", "m0", 1) == first
+    store.set_alias("acme", "m0", "production", 1, now_us=2)
+    assert store.get_version("acme", "m0", 1).aliases == ("production",)
+    store.archive_version("acme", "m0", 2, now_us=3)
+    assert store.get_version("acme", "m0", 2).state == VersionState.ARCHIVED
+    with pytest.raises(NotFound):
+        store.get_version("beta", "m0", 1)  # kept records are per tenant too
+    for i in range(5):  # more rows than the bound: the kept records stay within it
+        assert store.get_version("acme", f"m{i}", 1).model == f"m{i}"
+    assert len(store._version_memo) <= 3
+    assert store._memo_bytes == sum(size for _, size in store._version_memo.values())

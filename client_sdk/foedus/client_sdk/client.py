@@ -409,7 +409,8 @@ class ModelsAPI:
 
 
 def _select(version: int | None, alias: str | None) -> str:
-    """Which selector a version/alias pair names: "alias", "version" or "" (neither: the latest)."""
+    """Which selector a version/alias pair names: "alias", "version", or "" (neither: the server
+    refuses the call, asking for one)."""
     if alias is not None and version is not None:
         raise InvalidArgument(f"give a version or an alias, not both (version {version}, alias {alias!r})")
     return "alias" if alias is not None else "version" if version is not None else ""

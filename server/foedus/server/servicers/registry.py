@@ -18,7 +18,9 @@ from foedus.v1 import registry_pb2, registry_pb2_grpc
 Ctx = grpc.aio.ServicerContext[Any, Any]
 DOWNLOAD_CHUNK = 1024 * 1024
 ANSWERS_KEPT = 256
-"""GetModelVersion answers kept, for the last records the store handed out (oldest first out)."""
+ANSWER_BYTES_KEPT = 32 * 1024 * 1024
+"""GetModelVersion answers kept for the last records the store handed out: at most this many, of at
+most this many bytes in all, the oldest out first."""
 
 
 def _selector(
@@ -36,7 +38,8 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: RegistryService, runner: BlockingRunner) -> None:
         super().__init__(runner)
         self._registry = registry
-        self._answers: dict[int, tuple[VersionRecord, registry_pb2.GetModelVersionResponse]] = {}
+        self._answers: dict[int, tuple[VersionRecord, registry_pb2.GetModelVersionResponse, int]] = {}
+        self._answer_bytes = 0
 
     async def CreateModel(
         self, request: registry_pb2.CreateModelRequest, context: Ctx
@@ -134,9 +137,15 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
         if seen is not None and seen[0] is record:
             return seen[1]
         answer = registry_pb2.GetModelVersionResponse(version=convert.version(record))
-        if len(self._answers) >= ANSWERS_KEPT:
-            del self._answers[next(iter(self._answers))]
-        self._answers[id(record)] = (record, answer)
+        size = answer.ByteSize()
+        if size <= ANSWER_BYTES_KEPT:
+            stale = self._answers.pop(id(record), None)
+            if stale is not None:
+                self._answer_bytes -= stale[2]
+            self._answers[id(record)] = (record, answer, size)
+            self._answer_bytes += size
+            while len(self._answers) > ANSWERS_KEPT or self._answer_bytes > ANSWER_BYTES_KEPT:
+                self._answer_bytes -= self._answers.pop(next(iter(self._answers)))[2]
         return answer
 
     async def ListModelVersions(

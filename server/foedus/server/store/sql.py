@@ -155,7 +155,8 @@ class SqlStore(Store):
         self._local = threading.local()
         self._raw_lock = threading.Lock()
         self._memo_lock = threading.Lock()
-        self._version_memo: dict[tuple[str, str, tuple[Any, ...]], VersionRecord] = {}
+        self._version_memo: dict[tuple[str, str, tuple[Any, ...]], tuple[VersionRecord, int]] = {}
+        self._memo_bytes = 0
         self._raw_conns: list[sqlite3.Connection] = []
         if self.dialect == "sqlite":
             self._sqlite_path = make_url(url).database
@@ -724,13 +725,18 @@ class SqlStore(Store):
             raise NotFound(f"version {version} of model {model!r} not found")
         key = (tenant, model, row)
         with self._memo_lock:
-            record = self._version_memo.get(key)
-        if record is None:
-            record = self._version_of_raw(tenant, model, row)
-            with self._memo_lock:
-                if len(self._version_memo) >= _VERSION_MEMO_SIZE:
-                    del self._version_memo[next(iter(self._version_memo))]
-                self._version_memo[key] = record
+            kept = self._version_memo.get(key)
+        if kept is not None:
+            return kept[0]
+        record = self._version_of_raw(tenant, model, row)
+        size = sum(len(v) for v in row if isinstance(v, str))
+        with self._memo_lock:
+            if key not in self._version_memo and size <= _VERSION_MEMO_BYTES:
+                self._version_memo[key] = (record, size)
+                self._memo_bytes += size
+                memo = self._version_memo
+                while len(memo) > _VERSION_MEMO_SIZE or self._memo_bytes > _VERSION_MEMO_BYTES:
+                    self._memo_bytes -= memo.pop(next(iter(memo)))[1]
         return record
 
     @staticmethod
@@ -2180,7 +2186,9 @@ def _version_select(with_profile: bool) -> Any:
 
 
 _VERSION_MEMO_SIZE = 256
-"""Records of this many version rows are kept by `_get_version_sqlite` (oldest first out)."""
+_VERSION_MEMO_BYTES = 32 * 1024 * 1024
+"""`_get_version_sqlite` keeps the records of at most this many version rows, holding at most this
+many characters of text (reference profiles can be large), the oldest out first."""
 _RAW_GET_VERSION = """
 SELECT v.version, v.state, v.description, v.tags, v.artifact_sha256, v.artifact_size, v.framework,
        v.onnx_opset, v.signature, v.latency, v.lineage, v.reference_profile, v.created_at_us,
