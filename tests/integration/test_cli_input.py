@@ -198,9 +198,8 @@ def test_platform_admin_keys_rotate(make_server: object, capsys: pytest.CaptureF
         with pytest.raises(FailedPrecondition, match="last platform admin key"):
             rotated.keys.revoke(new.key.key_id)
         assert [k.key_id for k in rotated.keys.list()] == [new.key.key_id]
-    raises_soon(
-        Unauthenticated, "revoked", lambda: Client.connect(fresh.target, api_key=fresh.admin_key).whoami()
-    )
+    with Client.connect(fresh.target, api_key=fresh.admin_key) as revoked:
+        raises_soon(Unauthenticated, "revoked", revoked.whoami)
     with Client.connect(fresh.target, api_key=owner) as tenant_owner:
         with pytest.raises(InvalidArgument, match="role must be one of"):
             tenant_owner.keys.create("admin")

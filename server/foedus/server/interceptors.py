@@ -227,21 +227,19 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 info: CallInfo | None = None
-                error: BaseException | None = None
-                audited = False
                 try:
                     info = await guard._authenticate(method, context)
                     guard._admit(info, policy)
-                    return await inner(request, context)
-                except (DomainError, Exception) as exc:
-                    error = exc
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    audited = True
+                    response = await inner(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
+                    await guard._finish(policy, info, exc, context)
+                    raise
+                except Exception as exc:
                     await guard._refuse(policy, info, exc, context)
-                finally:
-                    if not audited and policy.mutating:  # (reads are not audited: no await)
-                        await guard._finish(policy, info, error, context)
+                    raise  # not reached: the refusal aborts the call
+                if policy.mutating:  # (reads are not audited: no await)
+                    await guard._finish(policy, info, None, context)
+                return response
 
             factory = (
                 grpc.unary_unary_rpc_method_handler if h.unary_unary else grpc.stream_unary_rpc_method_handler
@@ -253,22 +251,19 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             info: CallInfo | None = None
-            error: BaseException | None = None
-            audited = False
             try:
                 info = await guard._authenticate(method, context)
                 guard._admit(info, policy)
                 async for item in inner_stream(request, context):
                     yield item
-            except (DomainError, Exception) as exc:
-                error = exc
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                audited = True
+            except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
+                await guard._finish(policy, info, exc, context)
+                raise
+            except Exception as exc:
                 await guard._refuse(policy, info, exc, context)
-            finally:
-                if not audited and policy.mutating:  # (reads are not audited: no await)
-                    await guard._finish(policy, info, error, context)
+                raise  # not reached: the refusal aborts the call
+            if policy.mutating:  # (reads are not audited: no await)
+                await guard._finish(policy, info, None, context)
 
         factory = (
             grpc.unary_stream_rpc_method_handler if h.unary_stream else grpc.stream_stream_rpc_method_handler
