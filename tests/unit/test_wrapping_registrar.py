@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from foedus.server.interceptors import WrappingRegistrar
+from foedus.client_sdk.registrar import WrappingRegistrar
 from foedus.v1 import registry_pb2_grpc
 
 

@@ -7,7 +7,9 @@ bad message becomes a `MalformedRequest` value instead of an exception; the wrap
 aborts the call with INVALID_ARGUMENT and a message that names the expected type, before the
 servicer sees anything (for a stream: at the bad message, so the servicer can clean up what the
 messages before it started). It serves every method, health checking and reflection included;
-the control plane and the agent's inference server both put it among their interceptors.
+the control plane and the agent's inference server both wrap their handlers with it when
+services are added (`foedus.client_sdk.registrar.WrappingRegistrar`); as a server interceptor it
+wraps them on every call instead.
 
 With `reject_nul_text` it also refuses a message whose text (a string field, a map key) holds a
 NUL character: PostgreSQL cannot store one, so the control plane refuses it for every store alike,

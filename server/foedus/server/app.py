@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from foedus.client_sdk.decoding import RequestDecoding
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
+from foedus.client_sdk.registrar import WrappingRegistrar
 from foedus.client_sdk.targets import listen_on
 from foedus.client_sdk.tracing import ServerTracing
 from foedus.server.artifacts.database import DatabaseBlobStore
@@ -33,7 +34,7 @@ from foedus.server.config import ServerConfig
 from foedus.server.deployments.feed import BROADCAST, ChangeFeed
 from foedus.server.deployments.service import DeploymentService
 from foedus.server.federation.service import FederationService
-from foedus.server.interceptors import SERVICE_MODULES, CallGuard, WrappingRegistrar
+from foedus.server.interceptors import SERVICE_MODULES, CallGuard
 from foedus.server.monitoring.incidents import IncidentService, IncidentSettings
 from foedus.server.monitoring.performance import PerformanceService
 from foedus.server.monitoring.service import MonitoringService

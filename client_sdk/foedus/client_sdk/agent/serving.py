@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 import numpy as np
@@ -30,6 +30,7 @@ from foedus.client_sdk.agent.tensors import (
     encode_outputs,
 )
 from foedus.client_sdk.decoding import RequestDecoding
+from foedus.client_sdk.registrar import WrappingRegistrar
 from foedus.oip.v2 import inference_pb2, inference_pb2_grpc
 
 INLINE_RUN_MS = 0.2
@@ -331,7 +332,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 def inference_server(servicer: InferenceServicer, interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
     """An asyncio gRPC server for `servicer`, not yet bound; `interceptors` run first (tracing),
-    then RequestDecoding, so a request that does not parse is INVALID_ARGUMENT."""
-    server = grpc.aio.server(interceptors=[*interceptors, RequestDecoding()])
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    then RequestDecoding, so a request that does not parse is INVALID_ARGUMENT. The handlers are
+    wrapped once, as the service is added (`WrappingRegistrar`), not per call."""
+    server = grpc.aio.server(interceptors=list(interceptors) or None)
+    registrar = WrappingRegistrar(server, [RequestDecoding().wrap])
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, cast(grpc.aio.Server, registrar))
     return server
