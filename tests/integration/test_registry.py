@@ -133,6 +133,37 @@ def test_paging_through_many_models(tenant: Client) -> None:
     assert names == [f"m{i:02d}" for i in range(12)]
 
 
+def test_parent_version_must_be_a_version_of_the_same_model(
+    server: LocalServer, tenant: Client, tmp_path: Path
+) -> None:
+    art = tmp_path / "weights.bin"
+    art.write_bytes(np.random.default_rng(5).bytes(50_000))
+    v1 = tenant.models.register("child", art)
+    tenant.models.archive("child", v1.version)  # an archived parent is still a parent
+    v2 = tenant.models.register("child", art, lineage={"parent_version": v1.version})
+    assert tenant.models.get_version("child", v2.version).lineage.parent_version == v1.version
+    tenant.models.register("other", art)
+    tenant.models.register("other", art)
+    with Client.connect(server.target, api_key=server.create_tenant("parents-b")) as b:
+        b.models.register("child", art)
+        b.models.register("child", art)
+        b.models.register("child", art)
+    before = blob_files(server)
+    refused = [
+        ("child", 3),  # no such version (another tenant's model of that name has one)
+        ("fresh", 1),  # a model created by this very registration has no versions yet
+    ]
+    for model, parent in refused:
+        with pytest.raises(
+            InvalidArgument, match=f"parent_version {parent} is not a version of model '{model}'"
+        ):
+            tenant.models.register(model, art, lineage={"parent_version": parent})
+    assert [v.version for v in tenant.models.versions("child", include_archived=True)] == [2, 1]
+    with pytest.raises(NotFound):
+        tenant.models.get("fresh")
+    assert blob_files(server) == before
+
+
 def test_disabled_tenant_and_revoked_key_are_refused(server: LocalServer) -> None:
     owner = server.create_tenant("gated")
     with server.client() as admin, Client.connect(server.target, api_key=owner) as client:

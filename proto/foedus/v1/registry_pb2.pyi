@@ -273,7 +273,9 @@ class Lineage(_message.Message):
     code_revision: _builtins.str
     """Revision of the training code, e.g. a git commit."""
     parent_version: _builtins.int
-    """Version of the same model this one was derived from; 0 for none."""
+    """Version of the same model this one was derived from (archived or not); 0 for none. A number
+    that is not a version of this model is refused with INVALID_ARGUMENT.
+    """
     @_builtins.property
     def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free key/values."""

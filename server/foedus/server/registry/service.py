@@ -211,8 +211,19 @@ class RegistryService:
                 self.store.get_model(tenant, spec.model)
             except NotFound:
                 new_model = True
+        # versions are never deleted, so a parent that exists now still exists at the commit
+        parent = spec.lineage.parent_version
+        if parent and (new_model or not self._has_version(tenant, spec.model, parent)):
+            raise InvalidArgument(f"lineage.parent_version {parent} is not a version of model {spec.model!r}")
         self._check_quota(tenant, new_model, spec.size_bytes)  # before the upload, not after it
         return Registration(self, caller, tenant, spec)
+
+    def _has_version(self, tenant: str, model: str, version: int) -> bool:
+        try:
+            self.store.get_version(tenant, model, version)
+        except NotFound:
+            return False
+        return True
 
     def run_gates(self, spec: VersionSpec, path: Path) -> tuple[int, Signature, LatencyProfile | None]:
         if spec.framework != ONNX:
