@@ -229,6 +229,48 @@ def test_agent_key_of_another_tenant_cannot_watch_or_report(setup: Setup) -> Non
     assert setup.served_requests() == 0
 
 
+def test_an_agent_whose_key_is_refused_from_the_start_stops_with_the_reason(
+    setup: Setup, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from foedus.client_sdk.agent.runtime import run_agent
+    from foedus.client_sdk.errors import PermissionDenied, Unauthenticated
+
+    viewer = setup.owner.keys.create("viewer", description="dashboards").secret
+
+    def config(key: str, name: str) -> AgentConfig:
+        return AgentConfig(
+            deployment="iris-prod",
+            server=setup.server.target,
+            api_key=key,
+            listen="127.0.0.1:0",
+            data_dir=tmp_path / name,
+            name=name,
+            interval_s=0.3,
+        )
+
+    for key, error, reason in [
+        ("fk_garbage.key", Unauthenticated, "refused the agent's API key"),
+        (viewer, PermissionDenied, "refused the agent's API key"),
+    ]:
+        with pytest.raises(error, match=reason):
+            setup.loop.call(run_agent(config(key, f"refused-{error.__name__}")), timeout=60)
+    # the command line says so in one line and exits with the documented code for a bad key
+    cmd = [sys.executable, "-m", "foedus.client_sdk.cli.main", "--server", setup.server.target,
+           "--api-key", "fk_garbage.key", "agent", "run", "--deployment", "iris-prod",
+           "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "cli-agent")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOEDUS_")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 4, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the control plane refused the agent's API key"), done.stderr
+    assert "Traceback" not in done.stderr
+    # agents that registered with a good key keep serving
+    assert all(not a.refused.is_set() for a in setup.agents)
+
+
 def test_status_shows_agents_latency_and_feature_counts(setup: Setup) -> None:
     x, _ = iris_data()
     for _ in range(10):

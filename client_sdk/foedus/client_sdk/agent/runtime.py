@@ -56,7 +56,7 @@ from foedus.client_sdk.agent.telemetry import (
     interval_reports,
     read_gpus,
 )
-from foedus.client_sdk.errors import from_rpc_error
+from foedus.client_sdk.errors import FoedusError, from_rpc_error
 from foedus.client_sdk.observability import Observability, ObservabilitySettings
 from foedus.client_sdk.targets import listen_on, resolve_target
 from foedus.client_sdk.tracing import ServerTracing, aio_client_tracing
@@ -64,6 +64,9 @@ from foedus.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("foedus.agent")
 PERMANENT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+KEY_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+"""Before the agent has ever registered, these end it (`Agent.refused`): a wrong key stays wrong.
+Afterwards (a key revoked while it runs) it keeps serving what it has and retries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,10 @@ class Agent:
         self.port = 0
         self.generation = 0
         self.connected = asyncio.Event()
+        self.refused = asyncio.Event()
+        """Set when the control plane refused the agent's key before it ever registered."""
+        self.refusal: FoedusError | None = None
+        self._registered_once = False
         self.observability: Observability | None = None
         """The OpenTelemetry providers the agent reports with; None when OpenTelemetry is off."""
 
@@ -261,6 +268,7 @@ class Agent:
                     metadata=self._metadata,
                     timeout=30,
                 )
+                self._registered_once = True
                 call = stub.WatchAssignments(
                     agent_pb2.WatchAssignmentsRequest(deployment=deployment, agent=self.config.name),
                     metadata=self._metadata,
@@ -271,6 +279,13 @@ class Agent:
                         self.connected.set()
                     backoff = 0.2
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in KEY_REFUSED and not self._registered_once:
+                    refused = from_rpc_error(exc)
+                    error = type(refused)(f"the control plane refused the agent's API key: {refused.message}")
+                    log.error("%s; the agent stops", error.message)
+                    self.refusal = error
+                    self.refused.set()
+                    return
                 level = logging.ERROR if exc.code() in PERMANENT else logging.INFO
                 log.log(
                     level, "assignments of %s: %s: %s; retrying", deployment, exc.code().name, exc.details()
@@ -657,11 +672,22 @@ def _available_providers() -> list[str]:
 
 
 async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Runs an agent until `stop` is set (or forever)."""
+    """Runs an agent until `stop` is set (or forever).
+
+    Raises the SDK's Unauthenticated or PermissionDenied when the control plane refuses the key
+    before the agent has ever registered (`Agent.refused`)."""
     agent = Agent(config)
     await agent.start()
     print(f"foedus agent {config.name} serving {config.deployment} on port {agent.port}", flush=True)
+    waits = [
+        asyncio.create_task((stop or asyncio.Event()).wait()),
+        asyncio.create_task(agent.refused.wait()),
+    ]
     try:
-        await (stop or asyncio.Event()).wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in waits:
+            task.cancel()
         await agent.stop()
+    if agent.refusal is not None:
+        raise agent.refusal
