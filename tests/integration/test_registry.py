@@ -110,6 +110,24 @@ def test_download_is_verified_and_archived_versions_stay_readable(tenant: Client
         tenant.models.set_alias("dl", "rollback", 1)
 
 
+def test_downloads_get_the_permissions_the_umask_gives(tenant: Client, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    art = tmp_path / "model.bin"
+    art.write_bytes(b"weights" * 1000)
+    tenant.models.register("perm", art)
+    for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
+        previous = os.umask(umask)
+        try:
+            out = tenant.models.download("perm", tmp_path / f"out-{umask:o}.bin", 1)
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(out.stat().st_mode) == mode
+        assert out.read_bytes() == art.read_bytes()
+    assert not list(tmp_path.glob(".*.part"))  # no partial file left beside them
+
+
 def test_aliases_move_and_report_where_they_were(tenant: Client, tmp_path: Path) -> None:
     art = tmp_path / "a.bin"
     art.write_bytes(b"x" * 10)

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import numbers
 import os
+import secrets
 import tempfile
 import time
 import uuid
@@ -385,7 +386,9 @@ class ModelsAPI:
             if into_dir:
                 suffix = ".onnx" if header.artifact.framework == "onnx" else ".bin"
                 target = target / f"{name}-v{header.version}{suffix}"
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            # created as open() would (0o666 less the umask), not 0o600 as tempfile.mkstemp does
+            tmp = str(target.parent / f".{target.name}.{secrets.token_hex(8)}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             digest = hashlib.sha256()
             size = 0
             try:
