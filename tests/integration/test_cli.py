@@ -40,7 +40,7 @@ def test_a_tenant_workflow_from_the_shell(
 
     code, out, _ = run(capsys, *me, "-o", "json", "model", "get", "iris")
     model = json.loads(out)  # one object, as for a version (int64 values are strings in proto JSON)
-    assert (model["name"], model["aliases"], model["latest_version"]) == ("iris", {"production": "1"}, "1")
+    assert (model["name"], model["aliases"], model["latest_version"]) == ("iris", {"production": 1}, 1)
     code, out, _ = run(capsys, *me, "model", "alias", "iris", "candidate", "1")
     assert code == 0
     code, out, _ = run(capsys, *me, "model", "download", "iris", str(tmp_path), "--version", "1")

@@ -91,9 +91,9 @@ def test_a_deployment_workflow_from_the_shell(
     assert code == 0
     d = json.loads(out)[0]
     assert (d["traffic"], d["shadow_version"], d["generation"]) == (
-        [{"version": "2", "weight": 1.0}],
-        "3",
-        "2",
+        [{"version": 2, "weight": 1.0}],
+        3,
+        2,
     )
 
     code, out, _ = run(capsys, *me, "deployment", "list")
@@ -138,7 +138,7 @@ def test_a_deployment_workflow_from_the_shell(
     code, out, _ = run(capsys, *me, "-o", "json", "deployment", "status", "iris-prod")
     status = json.loads(out)
     assert status["deployment"]["name"] == "iris-prod"
-    assert status["versions"][0]["requests"] == "400"
+    assert status["versions"][0]["requests"] == 400
 
     code, out, err = run(capsys, *me, "metrics", "query", "iris-prod", "accuracy", "--since", "10m")
     assert code == 0, err
@@ -203,4 +203,4 @@ def test_a_deployment_workflow_from_the_shell(
 
     # unchanged by the refusals
     code, out, _ = run(capsys, *me, "-o", "json", "deployment", "get", "iris-prod")
-    assert json.loads(out)[0]["generation"] == "2"
+    assert json.loads(out)[0]["generation"] == 2

@@ -46,8 +46,8 @@ def test_a_rollout_steered_from_the_shell(
     first = row[1]
     code, out, _ = run(capsys, *me, "-o", "json", "deployment", "get", "web")
     assert json.loads(out)[0]["traffic"] == [
-        {"version": "1", "weight": 80.0},
-        {"version": "2", "weight": 20.0},
+        {"version": 1, "weight": 80.0},
+        {"version": 2, "weight": 20.0},
     ]
     code, _, err = run(capsys, *me, "deployment", "set", "web", "--version", "1")
     assert code == exit_codes.INVALID and "active rollout" in err

@@ -159,7 +159,7 @@ def test_drift_report_from_agent_counts(rig: Rig, capsys: pytest.CaptureFixture[
     )  # fmt: skip
     assert code == 0
     data = json.loads(out)
-    assert data["version"] == "1" and {f["method"] for f in data["features"]} == {"psi"}
+    assert data["version"] == 1 and {f["method"] for f in data["features"]} == {"psi"}
     code, _, err = run_cli(
         capsys, "--server", target, "--api-key", key, "drift", "report", "iris-prod", "--window", "soon"
     )

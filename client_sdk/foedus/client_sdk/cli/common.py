@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -73,7 +74,57 @@ def globals_of(ctx: typer.Context) -> Globals:
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=False)
+    """The message as JSON data: proto field names, enum names, and 64-bit integers as numbers
+    (protobuf's JSON mapping writes them as strings), so that `jq '.version == 2'` works.
+    Timestamps and durations keep their RFC 3339 / "1.5s" strings."""
+    data = MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=False)
+    _int64_as_numbers(message, data)
+    return data
+
+
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _int64_as_numbers(message: Message, data: dict[str, Any]) -> None:
+    descriptor: Any = message.DESCRIPTOR  # the stubs and upb's descriptors disagree on types
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = getattr(message, field.name)
+        if field.type in _INT64:
+            data[field.name] = [int(v) for v in value] if _repeated(field) else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            kind = field.message_type
+            if kind.GetOptions().map_entry:
+                entry = kind.fields_by_name["value"]
+                if entry.type in _INT64:
+                    data[field.name] = {k: int(v) for k, v in data[field.name].items()}
+                elif entry.type == FieldDescriptor.TYPE_MESSAGE and not _well_known(entry.message_type):
+                    for key, sub in value.items():
+                        _int64_as_numbers(sub, data[field.name][str(key)])
+            elif _well_known(kind):
+                continue  # Timestamp, Duration, Struct, wrappers: their JSON forms stay
+            elif _repeated(field):
+                for sub, sub_data in zip(value, data[field.name], strict=True):
+                    _int64_as_numbers(sub, sub_data)
+            else:
+                _int64_as_numbers(value, data[field.name])
+
+
+def _repeated(field: Any) -> bool:
+    return bool(field.is_repeated)
+
+
+def _well_known(descriptor: Any) -> bool:
+    return str(descriptor.full_name).startswith("google.protobuf.")
 
 
 def emit(ctx: typer.Context, rows: Sequence[dict[str, Any]], columns: Sequence[str], raw: Any = None) -> None:
