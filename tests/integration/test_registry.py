@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -160,15 +161,15 @@ def test_parent_version_must_be_a_version_of_the_same_model(
     tenant.models.archive("child", v1.version)  # an archived parent is still a parent
     v2 = tenant.models.register("child", art, lineage={"parent_version": v1.version})
     assert tenant.models.get_version("child", v2.version).lineage.parent_version == v1.version
-    tenant.models.register("other", art)
-    tenant.models.register("other", art)
+    for _ in range(3):  # version 3 exists, but of another model of this tenant
+        tenant.models.register("other", art)
     with Client.connect(server.target, api_key=server.create_tenant("parents-b")) as b:
         b.models.register("child", art)
         b.models.register("child", art)
         b.models.register("child", art)
     before = blob_files(server)
     refused = [
-        ("child", 3),  # no such version (another tenant's model of that name has one)
+        ("child", 3),  # not a version of "child" (model "other", and tenant b's "child", have one)
         ("fresh", 1),  # a model created by this very registration has no versions yet
     ]
     for model, parent in refused:
@@ -231,6 +232,46 @@ def test_audit_records_mutations_with_outcome(server: LocalServer) -> None:
             (e.method.rsplit("/", 1)[1], e.resource) for e in platform
         }
         assert all(e.tenant == "" for e in platform)
+
+
+def test_an_upload_the_client_cancels_is_audited_as_cancelled(server: LocalServer) -> None:
+    import threading
+
+    from foedus.v1 import registry_pb2_grpc
+
+    owner = server.create_tenant("cancelling")
+    sent = threading.Event()
+    release = threading.Event()
+
+    def requests() -> Iterator[registry_pb2.CreateModelVersionRequest]:
+        spec = registry_pb2.VersionSpec(model="half", create_model=True, framework="custom", size_bytes=2_000)
+        yield registry_pb2.CreateModelVersionRequest(spec=spec)
+        yield registry_pb2.CreateModelVersionRequest(chunk=b"x" * 1_000)
+        sent.set()
+        release.wait(30)  # the rest of the artifact never comes
+
+    with (
+        grpc.insecure_channel(server.target) as channel,
+        Client.connect(server.target, api_key=owner) as client,
+    ):
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        call = stub.CreateModelVersion.future(requests(), metadata=(("authorization", f"Bearer {owner}"),))
+        assert sent.wait(30)
+
+        def uploads_in_progress() -> list[Path]:  # the server streams an upload to a .part file
+            return list(server.data_dir.rglob("*.part"))
+
+        wait_for(lambda: bool(uploads_in_progress()), 20, "the server to receive the upload")
+        call.cancel()
+        release.set()
+
+        def audited() -> list[str]:
+            return [e.outcome for e in client.audit() if e.method.endswith("/CreateModelVersion")]
+
+        wait_for(lambda: audited() == ["CANCELLED"], 20, "the cancelled upload in the audit log")
+        wait_for(lambda: not uploads_in_progress(), 20, "the partial upload to be removed")
+        with pytest.raises(NotFound):
+            client.models.get("half")
 
 
 def test_health_and_reflection_are_served(server: LocalServer) -> None:

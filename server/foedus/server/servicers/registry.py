@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -119,7 +120,9 @@ class RegistryServicer(ServicerBase, registry_pb2_grpc.RegistryServiceServicer):
                 )
             record = await self.run(registration.finish, digest)
         except BaseException:
-            await self.run(registration.abort)
+            # Shielded: a call cancelled while it waits for the clean-up (a client that cuts the
+            # stream is seen as its end first, then as a cancellation) still removes the upload.
+            await asyncio.shield(self.run(registration.abort))
             raise
         current_call().resource = f"models/{record.model}/versions/{record.version}"
         return registry_pb2.CreateModelVersionResponse(version=convert.version(record))
