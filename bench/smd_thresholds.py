@@ -85,15 +85,16 @@ def streaming_pot(train: FloatArray, test: FloatArray, block: int, risk: float) 
     return pred
 
 
-def compensated_terms(train: FloatArray, test: FloatArray, block: int, blocks: int) -> FloatArray:
-    """The test terms times the compensation's per-metric weights, as `compensated_scores` sums them."""
-    state = DriftCompensation(reference_levels(train, block), block=block, blocks=blocks)
+def compensated_terms(state: DriftCompensation | None, train: FloatArray, test: FloatArray) -> FloatArray:
+    """The test terms times the compensation's per-metric weights, step by step, so that each step
+    gets the weights `compensated_scores` sums it with (blocks count from the start of `train`)."""
+    if state is None:
+        return test
     state.update(train)
     out = np.empty_like(test)
-    for start in range(0, test.shape[0], block):
-        part = test[start : start + block]
-        out[start : start + block] = part * state.weights
-        state.update(part)
+    for t, row in enumerate(test):
+        out[t] = row * state.weights
+        state.update(row)
     return out
 
 
@@ -115,7 +116,7 @@ def rules(
     for days in (7, 14, 28, 0):
         out[f"roll_{days}"] = (rolling(train, score, block, days), score)
     out["spot_0.001"] = (streaming_pot(train, score, block, 1e-3), score)
-    terms = compensated_terms(train_terms, test_terms, block, model.config.drift_blocks or 1)
+    terms = compensated_terms(model.compensation(), train_terms, test_terms)
     reference = np.maximum(reference_levels(train_terms, block), 1e-6)
     aggregations: dict[str, Callable[[FloatArray], FloatArray]] = {
         "nsum": lambda t: (t / reference).sum(axis=1),
