@@ -251,11 +251,8 @@ def test_an_agent_whose_key_is_refused_from_the_start_stops_with_the_reason(
             interval_s=0.3,
         )
 
-    for key, error, reason in [
-        ("fk_garbage.key", Unauthenticated, "refused the agent's API key"),
-        (viewer, PermissionDenied, "refused the agent's API key"),
-    ]:
-        with pytest.raises(error, match=reason):
+    for key, error in [("fk_garbage.key", Unauthenticated), (viewer, PermissionDenied)]:
+        with pytest.raises(error, match="refused the agent's API key"):
             setup.loop.call(run_agent(config(key, f"refused-{error.__name__}")), timeout=60)
     # the command line says so in one line and exits with the documented code for a bad key
     cmd = [sys.executable, "-m", "foedus.client_sdk.cli.main", "--server", setup.server.target,

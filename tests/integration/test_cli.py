@@ -39,7 +39,7 @@ def test_a_tenant_workflow_from_the_shell(
     assert version["tags"] == {"team": "ml"}
 
     code, out, _ = run(capsys, *me, "-o", "json", "model", "get", "iris")
-    model = json.loads(out)  # one object, as for a version (int64 values are strings in proto JSON)
+    model = json.loads(out)  # one object, as for a version; int64 values are JSON numbers
     assert (model["name"], model["aliases"], model["latest_version"]) == ("iris", {"production": 1}, 1)
     code, out, _ = run(capsys, *me, "model", "alias", "iris", "candidate", "1")
     assert code == 0
