@@ -93,12 +93,13 @@ def _read(path: str | Path | None) -> bytes | None:
 
 def _traced(channel: grpc.Channel) -> grpc.Channel:
     """The channel with OpenTelemetry client spans and W3C trace context in the metadata, so that a
-    caller's trace goes on in the server; as it is when opentelemetry-api is not installed."""
+    caller's trace goes on in the server, whenever the process traces or the caller has a context to
+    pass on; as it is when opentelemetry-api is not installed."""
     try:
-        from foedus.client_sdk.tracing import ClientTracing
+        from foedus.client_sdk.tracing import TracedChannel
     except ImportError:
         return channel
-    return grpc.intercept_channel(channel, ClientTracing())
+    return TracedChannel(channel)
 
 
 def _framework_of(path: Path) -> str:
