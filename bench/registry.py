@@ -1041,6 +1041,8 @@ def side_figures(side: SideResult, prefix: str = "") -> dict[str, float]:
         f"client_cpu_cores_{n}": side.read_n.client_cpu_s / side.read_n.elapsed_s,
         f"server_cpu_ms_per_read_{n}": 1000.0 * side.read_n.server_cpu_s / max(1, side.read_n.reads),
         "server_cpu_ms_per_read_1": 1000.0 * side.read_1.server_cpu_s / max(1, side.read_1.reads),
+        "client_cpu_ms_per_read_1": 1000.0 * side.read_1.client_cpu_s / max(1, side.read_1.reads),
+        f"client_cpu_ms_per_read_{n}": 1000.0 * side.read_n.client_cpu_s / max(1, side.read_n.reads),
     }
     if side.register_newconn is not None:
         f["register_per_s_newconn"] = side.register_newconn.per_s
@@ -1089,6 +1091,8 @@ ROWS = [
     ("server CPU ms/read, {n} clients", "server_cpu_ms_per_read_{n}", "{:.3f}", False),
     ("server CPU (cores), {n} clients", "server_cpu_cores_{n}", "{:.2f}", False),
     ("client CPU (cores), {n} clients", "client_cpu_cores_{n}", "{:.2f}", False),
+    ("client CPU ms/read, 1 client", "client_cpu_ms_per_read_1", "{:.3f}", False),
+    ("client CPU ms/read, {n} clients", "client_cpu_ms_per_read_{n}", "{:.3f}", False),
     ("reads/s, {n} conns, h2load", "read_rps_{n}_h2load", "{:,.0f}", True),
     ("read p50 (ms), {n} conns, h2load", "read_p50_ms_{n}_h2load", "{:.3f}", False),
     ("read p99 (ms), {n} conns, h2load", "read_p99_ms_{n}_h2load", "{:.3f}", False),

@@ -18,7 +18,12 @@ does), takes its per-metric error terms on train and test, and scores the test s
 * ``nsum``, ``nmax``, ``max``: other aggregations of the per-metric terms (each term divided by
   its training reference level and summed, or the largest of them; the largest raw term), each
   with its own block-maxima threshold;
-* ``smooth_<k>``: the score averaged over its last k steps.
+* ``smooth_<k>``: the score averaged over its last k steps;
+* ``ndt``: the non-parametric dynamic threshold of Hundman et al. (KDD 2018, Telemanom), online:
+  every 70 steps, epsilon = mean + z * std of the last 2100 scores (training, then test), with z in
+  2.5, 3, ... 12 chosen to maximise the relative drop in mean and std of the scores below epsilon
+  per (sequences above it squared + points above it), at most 5 sequences (their pruning step is
+  left out); ``ndt_or_base``: an alarm when either that or the model's threshold is crossed.
 
 No rule uses a test label; ``*_oracle`` figures do (the best threshold for the rule's score) and
 are there to tell a worse score from a worse threshold. The parameters are round values, not
@@ -85,6 +90,35 @@ def streaming_pot(train: FloatArray, test: FloatArray, block: int, risk: float) 
     return pred
 
 
+def ndt_epsilon(scores: FloatArray) -> float:
+    """Telemanom's epsilon for one window of scores (no pruning); +inf when no z qualifies."""
+    mean, std = float(scores.mean()), float(scores.std())
+    best, epsilon = -math.inf, math.inf
+    if mean <= 0 or std <= 0:
+        return epsilon
+    for z in np.arange(2.5, 12.5, 0.5):
+        candidate = mean + z * std
+        above = np.flatnonzero(scores >= candidate)
+        if above.size == 0:
+            continue
+        below = scores[scores < candidate]
+        sequences = int(np.count_nonzero(np.diff(above) > 1)) + 1
+        gain = ((mean - below.mean()) / mean + (std - below.std()) / std) / (sequences**2 + above.size)
+        if gain >= best and sequences <= 5 and above.size < scores.size / 2:
+            best, epsilon = gain, candidate
+    return epsilon
+
+
+def dynamic_threshold(train: FloatArray, test: FloatArray, window: int = 2100, batch: int = 70) -> FloatArray:
+    """Each test step's `ndt_epsilon`, refitted every `batch` steps on the `window` scores before."""
+    history = np.concatenate([train, test])
+    out = np.empty(test.size)
+    for start in range(0, test.size, batch):
+        end = train.size + start
+        out[start : start + batch] = ndt_epsilon(history[max(0, end - window) : end])
+    return out
+
+
 def compensated_terms(state: DriftCompensation | None, train: FloatArray, test: FloatArray) -> FloatArray:
     """The test terms times the compensation's per-metric weights, step by step, so that each step
     gets the weights `compensated_scores` sums it with (blocks count from the start of `train`)."""
@@ -116,6 +150,9 @@ def rules(
     for days in (7, 14, 28, 0):
         out[f"roll_{days}"] = (rolling(train, score, block, days), score)
     out["spot_0.001"] = (streaming_pot(train, score, block, 1e-3), score)
+    epsilon = dynamic_threshold(train, score)
+    out["ndt"] = (score >= epsilon, score)
+    out["ndt_or_base"] = (score >= np.minimum(epsilon, model.threshold), score)
     terms = compensated_terms(model.compensation(), train_terms, test_terms)
     reference = np.maximum(reference_levels(train_terms, block), 1e-6)
     aggregations: dict[str, Callable[[FloatArray], FloatArray]] = {
