@@ -30,7 +30,7 @@ are there to tell a worse score from a worse threshold. The parameters are round
 tuned; every rule is evaluated on the same machines as the model's own, so read small
 differences as noise.
 
-    .venv/bin/python bench/smd_thresholds.py --json /tmp/smd-thresholds.json   # ~7 min on 2 cores
+    .venv/bin/python bench/smd_thresholds.py --json /tmp/smd-thresholds.json   # ~10 min on 2 cores
     .venv/bin/python bench/smd_thresholds.py --machines machine-1-5 machine-2-8
 """
 
