@@ -121,3 +121,19 @@ def test_a_meter_provider_alone_turns_the_interceptor_on() -> None:
         assert "rpc.client.call.duration" in names, names
         """
     )
+
+
+def test_a_tracing_with_its_own_provider_sees_every_call() -> None:
+    run(
+        """
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        own = TracedChannel(grpc.insecure_channel(f"127.0.0.1:{port}"), Counting(tracer_provider=provider))
+        sent = own.unary_unary("/test.Echo/Unary")(b"").decode()
+        (span,) = spans.get_finished_spans()  # the process's providers are still unset
+        assert sent.split("-")[1] == f"{span.context.trace_id:032x}", sent
+        assert unary(b"") == b"-" and Counting.calls == 1, Counting.calls
+        own.close()
+        """
+    )

@@ -162,6 +162,8 @@ class _Instrumented:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._rpc = _RpcInstruments(self.kind, tracer_provider, meter_provider)
+        self.own_providers = tracer_provider is not None or meter_provider is not None
+        """Made with providers of its own: it has something to report whatever the process set."""
 
 
 # --- server ------------------------------------------------------------------------------------------
@@ -474,15 +476,21 @@ def _either(shape: str) -> Any:
     return multi_callable
 
 
+def _always() -> bool:
+    return True
+
+
 class TracedChannel(grpc.Channel):
     """`channel` with `ClientTracing` on every call made while tracing is in use (`TracingInUse`),
     decided call by call: a provider set after the channel was made, or a span the caller starts
-    later, is honoured. Both paths share the one channel and its connections."""
+    later, is honoured. A `tracing` made with providers of its own sees every call. Both paths
+    share the one channel and its connections."""
 
     def __init__(self, channel: grpc.Channel, tracing: ClientTracing | None = None) -> None:
+        tracing = tracing or ClientTracing()
         self._plain = channel
-        self._traced = grpc.intercept_channel(channel, tracing or ClientTracing())
-        self._in_use = TracingInUse()
+        self._traced = grpc.intercept_channel(channel, tracing)
+        self._in_use: Callable[[], bool] = _always if tracing.own_providers else TracingInUse()
 
     unary_unary = _either("unary_unary")
     unary_stream = _either("unary_stream")
