@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from foedus.client_sdk import (
 )
 from foedus.client_sdk.testing import LocalServer, ReplicaSet
 from foedus.server.store.sql import SqlStore
-from foedus.v1 import registry_pb2
+from foedus.v1 import registry_pb2, registry_pb2_grpc
 
 
 def blob_files(server: LocalServer) -> set[Path]:
@@ -235,10 +236,6 @@ def test_audit_records_mutations_with_outcome(server: LocalServer) -> None:
 
 
 def test_an_upload_the_client_cancels_is_audited_as_cancelled(server: LocalServer) -> None:
-    import threading
-
-    from foedus.v1 import registry_pb2_grpc
-
     owner = server.create_tenant("cancelling")
     sent = threading.Event()
     release = threading.Event()

@@ -423,8 +423,9 @@ class TracingInUse:
 
     __slots__ = ("_configured",)
 
-    def __init__(self) -> None:
-        self._configured = False
+    def __init__(self, *, configured: bool = False) -> None:
+        self._configured = configured
+        """Known to be in use from now on (`configured=True`: always, e.g. for own providers)."""
 
     def __call__(self) -> bool:
         if self._configured:
@@ -470,14 +471,9 @@ def _either(shape: str) -> Any:
         _registered_method: bool | None = False,
     ) -> _Either:
         args = (method, request_serializer, response_deserializer, _registered_method)
-        plain = getattr(self._plain, shape)(*args)
-        return _Either(plain, getattr(self._traced, shape)(*args), self._in_use)
+        return _Either(getattr(self._plain, shape)(*args), getattr(self._traced, shape)(*args), self._in_use)
 
     return multi_callable
-
-
-def _always() -> bool:
-    return True
 
 
 class TracedChannel(grpc.Channel):
@@ -490,7 +486,7 @@ class TracedChannel(grpc.Channel):
         tracing = tracing or ClientTracing()
         self._plain = channel
         self._traced = grpc.intercept_channel(channel, tracing)
-        self._in_use: Callable[[], bool] = _always if tracing.own_providers else TracingInUse()
+        self._in_use = TracingInUse(configured=tracing.own_providers)
 
     unary_unary = _either("unary_unary")
     unary_stream = _either("unary_stream")
