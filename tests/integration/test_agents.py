@@ -495,8 +495,9 @@ def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> No
     )
     scorer, predictor = agent.anomaly_scorer, agent.resource_predictor
     assert scorer is not None and predictor is not None
+    assert anomaly.config.windows == (5, 10)  # the default pair of ensemble members
     assert (scorer.window, scorer.features, scorer.threshold) == (
-        5,
+        10,
         HISTORY_METRICS,
         pytest.approx(anomaly.threshold),
     )

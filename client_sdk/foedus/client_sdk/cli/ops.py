@@ -217,7 +217,19 @@ def train_anomaly(
     out: Path = typer.Option(..., "--out", help="where to write the ONNX model"),
     columns: str = typer.Option("", "--columns", help="comma-separated metrics to use (default: all)"),
     search: bool = typer.Option(
-        True, "--search/--no-search", help="choose window, width and learning rate on validation data"
+        True,
+        "--search/--no-search",
+        help="choose width and learning rate (and with --members 1 the window) on validation data",
+    ),
+    window: int = typer.Option(
+        10, "--window", min=1, help="rows per window of the first ensemble member; member i sees WINDOW x 2^i"
+    ),
+    members: int = typer.Option(
+        2,
+        "--members",
+        min=1,
+        max=4,
+        help="autoencoders in the ensemble (default 2: windows of 10 and 20 rows); 1 for a single one",
     ),
     seed: int = typer.Option(0, "--seed"),
     state: Path | None = typer.Option(
@@ -244,8 +256,10 @@ def train_anomaly(
 
     x, names = load_matrix(data, columns=_columns(columns))
     progress(f"training on {len(x)} rows x {len(names)} metrics from {data}")
-    config = AnomalyConfig(calibration_block=block, drift_blocks=drift_blocks)
     try:
+        config = AnomalyConfig(
+            window=window, members=members, calibration_block=block, drift_blocks=drift_blocks
+        )
         model = anomaly_model.fit(
             x, feature_names=names, config=config, search=search, seed=seed, progress=progress
         )
@@ -258,6 +272,7 @@ def train_anomaly(
         "state": str(state_path),
         "kind": "anomaly",
         "window": model.window,
+        "windows": list(model.config.windows),
         "threshold": f"{model.threshold:.6g}",
         "drift_blocks": drift_blocks,
         "features": names,
