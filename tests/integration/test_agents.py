@@ -524,3 +524,55 @@ def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> No
         return any("cpu_p90_next" in r.scores and "anomaly" in r.scores for r in found)
 
     wait_for(scored, 30, "intervals scored by both trained models")
+
+
+def test_a_windowed_scorer_raises_no_alert_before_its_window_is_full(setup: Setup, tmp_path: Path) -> None:
+    """A fresh agent pads a windowed model's input with its first interval until W intervals
+    exist; those intervals are scored but alert no one, the ones after are alerted on."""
+    pytest.importorskip("torch")
+    from foedus.client_sdk.agent.history import HISTORY_METRICS
+    from foedus.federation.anomaly import AnomalyConfig, AnomalyModel
+
+    rng = np.random.default_rng(3)
+    config = AnomalyConfig(window=3, members=2, hidden=8, code=2, epochs=1, calibration_block=50)
+    train = rng.normal(size=(300, len(HISTORY_METRICS)))
+    model = AnomalyModel.fit(train, feature_names=HISTORY_METRICS, config=config, search=False)
+    assert model.window == 6
+    # every score is above the threshold tag: only the window rule can hold an alert back
+    onnx_path = model.export_onnx(tmp_path / "windowed.onnx")
+    setup.owner.models.register("ops-anomaly", onnx_path, tags={"threshold": "-1"})
+    setup.owner.deployments.create("ops-anomaly", "ops-anomaly", traffic={1: 1.0})
+    agent = setup.loop.start_agent(
+        AgentConfig(
+            deployment="iris-prod",
+            server=setup.server.target,
+            api_key=setup.agent_key,
+            listen="127.0.0.1:0",
+            data_dir=tmp_path / "fresh-agent",
+            name="fresh-agent",
+            interval_s=0.3,
+            anomaly_deployment="ops-anomaly",
+        )
+    )
+    setup.agents.append(agent)
+    wait_for(lambda: agent.anomaly_scorer is not None, 60, "the windowed model to load")
+    channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+    setup.agent_channels.append(channel)
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    x, _ = iris_data()
+
+    def alerts() -> list[Any]:
+        stub.ModelInfer(request(x[:2]), timeout=10)
+        found = setup.monitoring.ListAlerts(
+            monitoring_pb2.ListAlertsRequest(deployment="iris-prod"), metadata=setup.meta
+        ).alerts
+        return [a for a in found if a.alert.detector == "ops-anomaly:v1" and a.agent == "fresh-agent"]
+
+    wait_for(lambda: bool(alerts()), 60, "alerts once the window is full")
+    first = min(a.alert.time_unix_ms for a in alerts())
+    rows = agent.history.rows()
+    scored = sorted({t for t, _, _, scores in rows if "anomaly" in scores and t < first})
+    # the intervals up to and including the first alerted one: at least a full window of them,
+    # each scored above the threshold
+    assert len(scored) >= model.window, (len(scored), model.window)
+    assert all(scores["anomaly"] > -1 for t, _, _, scores in rows if t < first)

@@ -5,7 +5,8 @@ Both are ONNX versions from the registry, assigned to the agent through a deploy
 `[N, F]`, or a window of the last W intervals ending at the current one, float32 `[N, W, F]`, of
 the metrics the model names in its ONNX metadata `foedus.features` (comma-separated, a subset of
 `HISTORY_METRICS`; all six, in that order, when absent). W comes from the input's shape or from the
-metadata `foedus.window`. Before W intervals exist, the window is padded with its first row.
+metadata `foedus.window`. Before W intervals exist, the window is padded with its first row; an
+anomaly scorer's score of such an interval is recorded, but raises no alert.
 
 - An anomaly scorer's first output is a score per row; its version's tag `threshold` (or else the
   ONNX metadata `foedus.threshold`) says from which score on an interval is anomalous. An alert

@@ -435,7 +435,9 @@ class Agent:
         top: list[tuple[str, float]]
         if scorer is not None:
             score, threshold, detector = scorer.score(recent), scorer.threshold, scorer.label
-            anomalous = score > threshold
+            # before a windowed model's first full window its input is padded with the first
+            # interval (a flat stretch the model never saw in training): scored, never alerted on
+            anomalous = score > threshold and len(recent) >= scorer.window
             top = self._explain(scorer, recent) if anomalous else []
         else:
             score = float(statistical.score) if np.isfinite(statistical.score) else 0.0
