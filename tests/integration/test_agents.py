@@ -131,6 +131,25 @@ class Setup:
         )
         return sum(v.requests for v in status.versions if not v.shadow)
 
+    def start_ops_agent(self, data_dir: Path, name: str, anomaly: str, resource: str | None = None) -> Agent:
+        """Another agent of iris-prod, on port 0, that runs the ops models of the deployments
+        `anomaly` (and `resource`); stopped with the others."""
+        agent = self.loop.start_agent(
+            AgentConfig(
+                deployment="iris-prod",
+                server=self.server.target,
+                api_key=self.agent_key,
+                listen="127.0.0.1:0",
+                data_dir=data_dir,
+                name=name,
+                interval_s=0.3,
+                anomaly_deployment=anomaly,
+                resource_deployment=resource,
+            )
+        )
+        self.agents.append(agent)
+        return agent
+
     def close(self) -> None:
         for c in self.agent_channels:
             c.close()
@@ -386,20 +405,7 @@ def test_learned_scorer_raises_an_alert_with_shap_contributions(setup: Setup, tm
         ),
         metadata=setup.meta,
     )
-    agent = setup.loop.start_agent(
-        AgentConfig(
-            deployment="iris-prod",
-            server=setup.server.target,
-            api_key=setup.agent_key,
-            listen="127.0.0.1:0",
-            data_dir=tmp_path / "ops-agent",
-            name="ops-agent",
-            interval_s=0.3,
-            anomaly_deployment="ops-anomaly",
-            resource_deployment="ops-resource",
-        )
-    )
-    setup.agents.append(agent)
+    agent = setup.start_ops_agent(tmp_path / "ops-agent", "ops-agent", "ops-anomaly", "ops-resource")
     wait_for(
         lambda: (
             agent.anomaly_scorer is not None
@@ -474,20 +480,7 @@ def test_trained_ops_models_run_in_the_agent(setup: Setup, tmp_path: Path) -> No
     setup.owner.models.register("ops-resource", tmp_path / "resource.onnx")
     for name in ("ops-anomaly", "ops-resource"):
         setup.owner.deployments.create(name, name, traffic={1: 1.0})
-    agent = setup.loop.start_agent(
-        AgentConfig(
-            deployment="iris-prod",
-            server=setup.server.target,
-            api_key=setup.agent_key,
-            listen="127.0.0.1:0",
-            data_dir=tmp_path / "ops-agent",
-            name="ops-agent",
-            interval_s=0.3,
-            anomaly_deployment="ops-anomaly",
-            resource_deployment="ops-resource",
-        )
-    )
-    setup.agents.append(agent)
+    agent = setup.start_ops_agent(tmp_path / "ops-agent", "ops-agent", "ops-anomaly", "ops-resource")
     wait_for(
         lambda: agent.anomaly_scorer is not None and agent.resource_predictor is not None,
         60,
@@ -542,19 +535,7 @@ def test_a_windowed_scorer_raises_no_alert_before_its_window_is_full(setup: Setu
     onnx_path = model.export_onnx(tmp_path / "windowed.onnx")
     setup.owner.models.register("ops-anomaly", onnx_path, tags={"threshold": "-1"})
     setup.owner.deployments.create("ops-anomaly", "ops-anomaly", traffic={1: 1.0})
-    agent = setup.loop.start_agent(
-        AgentConfig(
-            deployment="iris-prod",
-            server=setup.server.target,
-            api_key=setup.agent_key,
-            listen="127.0.0.1:0",
-            data_dir=tmp_path / "fresh-agent",
-            name="fresh-agent",
-            interval_s=0.3,
-            anomaly_deployment="ops-anomaly",
-        )
-    )
-    setup.agents.append(agent)
+    agent = setup.start_ops_agent(tmp_path / "fresh-agent", "fresh-agent", "ops-anomaly")
     wait_for(lambda: agent.anomaly_scorer is not None, 60, "the windowed model to load")
     channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
     setup.agent_channels.append(channel)
