@@ -143,7 +143,8 @@ SEARCH_SPACE: dict[str, list[Any]] = {
     "hidden": [64, 128, 256],
     "lr": [1e-3, 3e-3],
 }
-"""The grid `AnomalyModel.fit` searches (each combination once) when ``search=True``."""
+"""The grid `AnomalyModel.fit` searches (each combination once) when ``search=True``; for an
+ensemble (``members > 1``) without ``window``: its windows are the ladder from ``config.window``."""
 _SAVE_VERSION = 2
 """2: an ensemble (``nets``, ``member_weights``); 1, a single network (``net``), still loads."""
 _SEARCH_VAL_STEPS = 3000
