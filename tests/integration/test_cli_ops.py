@@ -102,6 +102,10 @@ def test_train_score_and_evaluate_an_anomaly_model(
         capsys, "ops", "train", "anomaly", "--data", str(data), "--out", str(single), "--members", "9"
     )
     assert code == exit_codes.USAGE and "--members" in err
+    code, _, err = run(
+        capsys, "ops", "train", "anomaly", "--data", str(data), "--out", str(single), "--window", "2"
+    )
+    assert code == exit_codes.INVALID and "use a window of at least 3" in err
 
     code, _, err = run(capsys, "ops", "score", "--model", str(model), "--data", str(tmp_path / "nope.csv"))
     assert code == exit_codes.USAGE and "does not exist" in err

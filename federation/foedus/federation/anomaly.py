@@ -198,8 +198,13 @@ class AnomalyConfig:
             raise ValueError("window, hidden, code, epochs and batch_size must be positive")
         if not 1 <= self.members <= 4:
             raise ValueError("members must be within 1..4")
-        if not 1 <= self.score_steps <= self.window:
-            raise ValueError("score_steps must be within 1..window")
+        if self.score_steps < 1:
+            raise ValueError("score_steps must be positive")
+        if self.score_steps > self.window:
+            raise ValueError(
+                f"window {self.window} is shorter than score_steps {self.score_steps} (the score averages "
+                f"the errors of the window's last score_steps rows): use a window of at least {self.score_steps}"
+            )
         if self.lr <= 0 or self.clip <= 0 or self.min_scale <= 0 or self.weight_decay < 0:
             raise ValueError("lr, clip and min_scale must be positive, weight_decay not negative")
         if not 0.0 < self.validation_fraction < 1.0:
