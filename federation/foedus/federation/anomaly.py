@@ -96,7 +96,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -130,6 +130,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+_Out = TypeVar("_Out")
 
 INPUT_NAME = "metrics"
 """ONNX input: float32 [N, W, F] raw metrics, the window ending at the scored step."""
@@ -296,20 +297,19 @@ class _Scorer(nn.Module):
         z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
         return torch.clamp(z, -self.clip, self.clip)
 
-    def member_terms(self, z: torch.Tensor, i: int) -> torch.Tensor:
-        """Member `i`'s unweighted per-feature terms [N, F] of normalised windows `z` [N, W, F]."""
-        net = self.nets[i]
-        part = z[:, self.window - self.windows[i] :, :] if self.windows[i] < self.window else z
-        err = (net(part) - part)[:, -self.score_steps :, :] ** 2
-        terms: torch.Tensor = err.mean(dim=1) / float(self.n_features)
-        return terms
+    def member_terms(self, metrics: torch.Tensor) -> torch.Tensor:
+        """Each member's unweighted per-feature terms of raw windows [N, W, F]: [members, N, F]."""
+        z = self.normalise(metrics)
+        terms = []
+        for net, w in zip(self.nets, self.windows, strict=True):
+            part = z[:, self.window - w :, :]
+            err = (net(part) - part)[:, -self.score_steps :, :] ** 2
+            terms.append(err.mean(dim=1) / float(self.n_features))
+        return torch.stack(terms)
 
     def forward(self, metrics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.normalise(metrics)
         weights = self.get_buffer("weights")
-        features = self.member_terms(z, 0) * weights[0]
-        for i in range(1, len(self.windows)):
-            features = features + self.member_terms(z, i) * weights[i]
+        features = (self.member_terms(metrics) * weights[:, None, None]).sum(dim=0)
         return features.sum(dim=1), features
 
 
@@ -595,48 +595,46 @@ class AnomalyModel:
         return best[1], results
 
     # ------------------------------------------------------------------ scoring
-    def _batches(self, x: FloatArray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        data = x.astype(np.float32)
+    def _batches(self, x: np.ndarray, run: Callable[[torch.Tensor], _Out]) -> Iterator[_Out]:
+        """`run` of the raw windows ending at each step of the (T, F) series `x`, in batches."""
+        data = _check_series(x, self.n_features).astype(np.float32)
         with _Threads(self.config.threads), torch.no_grad():
             for start in range(0, data.shape[0], _BATCH_SCORE):
                 stop = min(start + _BATCH_SCORE, data.shape[0])
-                windows = torch.from_numpy(_windows(data, self.window, start, stop))
-                yield self._scorer(windows)
+                yield run(torch.from_numpy(_windows(data, self.window, start, stop)))
 
     def score(self, x: np.ndarray) -> FloatArray:
         """Anomaly score per step of a raw (T, F) series; step t uses only steps up to t."""
-        arr = _check_series(x, self.n_features)
-        return np.concatenate([s.numpy() for s, _ in self._batches(arr)]).astype(np.float64)
+        return np.concatenate([s.numpy() for s, _ in self._batches(x, self._scorer)]).astype(np.float64)
 
     def feature_scores(self, x: np.ndarray) -> FloatArray:
         """Per-step, per-feature terms of the score, (T, F); each row sums to `score` of that step."""
-        arr = _check_series(x, self.n_features)
-        return np.concatenate([f.numpy() for _, f in self._batches(arr)]).astype(np.float64)
+        return np.concatenate([f.numpy() for _, f in self._batches(x, self._scorer)]).astype(np.float64)
+
+    def member_feature_scores(self, x: np.ndarray) -> FloatArray:
+        """Each member's own, unweighted per-feature terms of a raw (T, F) series: (members, T, F);
+        `feature_scores` is their sum weighted by `member_weights`."""
+        batches = self._batches(x, self._scorer.member_terms)
+        return np.concatenate([t.numpy() for t in batches], axis=1).astype(np.float64)
 
     def member_scores(self, x: np.ndarray) -> FloatArray:
         """Each member's own, unweighted score per step of a raw (T, F) series: (members, T)."""
-        arr = _check_series(x, self.n_features).astype(np.float32)
-        out = np.zeros((len(self.config.windows), arr.shape[0]), dtype=np.float64)
-        with _Threads(self.config.threads), torch.no_grad():
-            for start in range(0, arr.shape[0], _BATCH_SCORE):
-                stop = min(start + _BATCH_SCORE, arr.shape[0])
-                z = self._scorer.normalise(torch.from_numpy(_windows(arr, self.window, start, stop)))
-                for i in range(out.shape[0]):
-                    out[i, start:stop] = self._scorer.member_terms(z, i).sum(dim=1).numpy()
-        return out
+        scores: FloatArray = self.member_feature_scores(x).sum(axis=2)
+        return scores
 
     def _calibrate(self, x: FloatArray) -> None:
         """Member weights, threshold and reference levels from the scores of the (normal-looking)
-        series `x`. With several members each is weighted by 1 / (members x the block-maxima
-        threshold of its own score), so that each contributes on the same scale."""
-        if len(self.config.windows) > 1:
-            block = self.config.calibration_block
-            member_thresholds = [block_maxima_threshold(s, block) for s in self.member_scores(x)]
-            weights = [1.0 / (len(member_thresholds) * max(t, 1e-12)) for t in member_thresholds]
-            self._scorer.get_buffer("weights").copy_(torch.tensor(weights, dtype=torch.float32))
-        terms = self.feature_scores(x)
-        self.threshold = block_maxima_threshold(terms.sum(axis=1), self.config.calibration_block)
-        self.feature_levels = reference_levels(terms, self.config.calibration_block)
+        series `x`, in one pass over it. With several members each is weighted by 1 / (members x
+        the block-maxima threshold of its own score), so that each contributes on the same scale."""
+        block = self.config.calibration_block
+        members = self.member_feature_scores(x)
+        weights = self._scorer.get_buffer("weights")
+        if members.shape[0] > 1:
+            thresholds = [block_maxima_threshold(s, block) for s in members.sum(axis=2)]
+            weights.copy_(torch.tensor([1.0 / (len(thresholds) * max(t, 1e-12)) for t in thresholds]))
+        terms = np.tensordot(weights.numpy().astype(np.float64), members, axes=1)
+        self.threshold = block_maxima_threshold(terms.sum(axis=1), block)
+        self.feature_levels = reference_levels(terms, block)
 
     def compensation(self) -> DriftCompensation | None:
         """A fresh online drift compensation for this model's scores (`compensated_scores`), or
