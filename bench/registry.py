@@ -35,6 +35,7 @@ Run (from the repository root; MLflow is installed once into its own virtual env
     .venv/bin/python bench/registry.py                      # both sides, table on stdout
     .venv/bin/python bench/registry.py --json /tmp/reg.json # also one flat JSON object of numbers
     .venv/bin/python bench/registry.py --skip-mlflow --duration 5
+    .venv/bin/python bench/registry.py --postgres-url postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from pathlib import Path
 from foedus.server.config import load_config
 from foedus.server.app import main
 main(load_config(env={{}}, data_dir=Path({data_dir!r}), listen={listen!r},
-                 latency_runs={latency_runs}, workers={workers}))
+                 latency_runs={latency_runs}, workers={workers}, db={db!r}))
 """
 
 BARE_GRPC_SERVER_SCRIPT = """
@@ -562,10 +563,13 @@ class ServerProcess:
             return ""
 
 
-def start_foedus(data_dir: Path, latency_runs: int, workers: int, timeout: float = 90.0) -> ServerProcess:
+def start_foedus(
+    data_dir: Path, latency_runs: int, workers: int, db: str = "", timeout: float = 90.0
+) -> ServerProcess:
+    """The Foedus server in its own process; `db` is its database URL (empty: SQLite in `data_dir`)."""
     listen = f"127.0.0.1:{free_port()}"
     script = FOEDUS_SERVER_SCRIPT.format(
-        data_dir=str(data_dir), listen=listen, latency_runs=latency_runs, workers=workers
+        data_dir=str(data_dir), listen=listen, latency_runs=latency_runs, workers=workers, db=db
     )
     return _start_grpc_server("foedus", script, data_dir.parent / "foedus-server.log", timeout)
 
@@ -854,10 +858,22 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
     from foedus.client_sdk import Client
 
     data_dir = workdir / "foedus"
+    db = ""
+    if args.postgres_url:
+        from load import create_database, drop_database, with_database  # bench/load.py
+
+        database = create_database(args.postgres_url)
+        db = with_database(args.postgres_url, database)
     log(
-        f"foedus: starting the server (data dir {data_dir}, latency_runs={args.latency_runs}, workers={args.workers})"
+        f"foedus: starting the server (data dir {data_dir}, store {db or 'SQLite'}, "
+        f"latency_runs={args.latency_runs}, workers={args.workers})"
     )
-    server = start_foedus(data_dir, args.latency_runs, args.workers)
+    try:
+        server = start_foedus(data_dir, args.latency_runs, args.workers, db)
+    except BaseException:
+        if db:
+            drop_database(args.postgres_url, database)
+        raise
     try:
         log(f"foedus: server up; settled after {wait_until_quiet(server):.1f} s more")
         admin_key = (data_dir / "admin.key").read_text().strip()
@@ -888,9 +904,11 @@ def bench_foedus(args: argparse.Namespace, workdir: Path, onnx_path: Path, refer
         raw = raw_response(target) if args.bare_grpc else b""
     finally:
         server.stop()
+        if db:
+            drop_database(args.postgres_url, database)
     bare = bare_grpc_phase(raw, args, workdir) if args.bare_grpc else None
     notes = [
-        f"Foedus: separate process, grpc.aio, SQLite, default settings but latency_runs={args.latency_runs}, "
+        f"Foedus: separate process, grpc.aio, {'PostgreSQL' if db else 'SQLite'}, default settings but latency_runs={args.latency_runs}, "
         f"workers={args.workers}"
     ]
     if bare is not None:
@@ -1221,6 +1239,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave out the ceiling phase: the concurrent reads served by a grpc.aio server that only "
         "returns a fixed answer (run by default)",
+    )
+    p.add_argument(
+        "--postgres-url",
+        default="",
+        metavar="URL",
+        help="run Foedus's store on PostgreSQL: a fresh database created next to URL (e.g. "
+        "postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end; MLflow stays on SQLite",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures to PATH as one flat JSON object")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import psycopg
 from sqlalchemy import (
     Row,
     Select,
@@ -157,7 +158,7 @@ class SqlStore(Store):
         self._memo_lock = threading.Lock()
         self._version_memo: dict[tuple[str, str, tuple[Any, ...]], tuple[VersionRecord, int]] = {}
         self._memo_bytes = 0
-        self._raw_conns: list[sqlite3.Connection] = []
+        self._raw_conns: list[sqlite3.Connection | psycopg.Connection[Any]] = []
         if self.dialect == "sqlite":
             self._sqlite_path = make_url(url).database
         if self.dialect == "sqlite":
@@ -686,7 +687,17 @@ class SqlStore(Store):
 
     def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
         if self._sqlite_path is not None:
-            return self._get_version_sqlite(tenant, model, version)
+            row = self._raw_reader().execute(_RAW_GET_VERSION, (tenant, model, version)).fetchone()
+            return self._memoised_version(tenant, model, version, row)
+        if self.dialect == "postgresql":
+            try:
+                row = self._pg_reader().execute(_PG_GET_VERSION, (tenant, model, version)).fetchone()
+            except psycopg.Error:
+                # a broken connection (server restart, network): drop it; the pooled path below
+                # answers this read and the next one opens a fresh connection
+                self._drop_pg_reader()
+            else:
+                return self._memoised_version(tenant, model, version, row)
         params = {"tenant": tenant, "model": model, "version": version}
         with self._read() as conn:
             row = conn.execute(_GET_VERSION, params).first()
@@ -713,16 +724,46 @@ class SqlStore(Store):
                 self._raw_conns.append(conn)
         return conn
 
-    def _get_version_sqlite(self, tenant: str, model: str, version: int) -> VersionRecord:
-        """The version from its row; the same record object while the row is unchanged.
+    def _pg_reader(self) -> psycopg.Connection[Any]:
+        """This thread's autocommit connection to PostgreSQL for the hottest read, outside the pool.
+
+        A pooled read pays a liveness ping, a reset and two statements (about 0.9 ms of CPU and
+        1.6 ms of wall time here); one statement on a kept connection about a fifth of that. In
+        autocommit every statement sees every transaction committed before it began. At most one
+        such connection per store thread (`ServerConfig.store_threads`), closed with the store.
+        """
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "pg", None)
+        if conn is None or conn.closed:
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = psycopg.connect(dsn, autocommit=True)
+            self._local.pg = conn
+            with self._raw_lock:
+                self._raw_conns.append(conn)
+        return conn
+
+    def _drop_pg_reader(self) -> None:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "pg", None)
+        self._local.pg = None
+        if conn is not None:
+            with self._raw_lock:
+                if conn in self._raw_conns:
+                    self._raw_conns.remove(conn)
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _memoised_version(
+        self, tenant: str, model: str, version: int, row: tuple[Any, ...] | None
+    ) -> VersionRecord:
+        """The version from its raw row (`_RAW_GET_VERSION`, `_PG_GET_VERSION`); the same record
+        object while the row is unchanged.
 
         Decoding a row's JSON (signature, lineage, reference profile) into a record costs more than
         the query, so records of the last rows read are kept, keyed by the row's whole content:
         a row that changed in any column (a tag, an alias, the state) is decoded afresh, and no
         answer can be staler than the query that found it."""
-        row = self._raw_reader().execute(_RAW_GET_VERSION, (tenant, model, version)).fetchone()
         if row is None:
             raise NotFound(f"version {version} of model {model!r} not found")
+        row = tuple(row)
         key = (tenant, model, row)
         with self._memo_lock:
             kept = self._version_memo.get(key)
@@ -2187,7 +2228,7 @@ def _version_select(with_profile: bool) -> Any:
 
 _VERSION_MEMO_SIZE = 256
 _VERSION_MEMO_BYTES = 32 * 1024 * 1024
-"""`_get_version_sqlite` keeps the records of at most this many version rows, holding at most this
+"""`_memoised_version` keeps the records of at most this many version rows, holding at most this
 many characters of text (reference profiles can be large), the oldest out first."""
 _RAW_GET_VERSION = """
 SELECT v.version, v.state, v.description, v.tags, v.artifact_sha256, v.artifact_size, v.framework,
@@ -2198,6 +2239,16 @@ SELECT v.version, v.state, v.description, v.tags, v.artifact_sha256, v.artifact_
 FROM model_versions v JOIN models m ON v.model_id = m.id
 WHERE m.tenant = ? AND m.name = ? AND v.version = ?
 """
+_PG_GET_VERSION = """
+SELECT v.version, v.state, v.description, v.tags::text, v.artifact_sha256, v.artifact_size, v.framework,
+       v.onnx_opset, v.signature::text, v.latency::text, v.lineage::text, v.reference_profile::text,
+       v.created_at_us, v.created_by, v.updated_at_us,
+       (SELECT string_agg(a.alias, chr(31)) FROM model_aliases a
+         WHERE a.model_id = v.model_id AND a.version = v.version)
+FROM model_versions v JOIN models m ON v.model_id = m.id
+WHERE m.tenant = %s AND m.name = %s AND v.version = %s
+"""
+"""`_RAW_GET_VERSION` for PostgreSQL: JSON as text, so that the row keys the memo as SQLite's does."""
 _IN_MODEL = and_(models.c.tenant == bindparam("tenant"), models.c.name == bindparam("model"))
 _GET_VERSION = _version_select(True).where(_IN_MODEL, model_versions.c.version == bindparam("version"))
 _GET_VERSION_BY_ALIAS = (
