@@ -853,7 +853,16 @@ def test_version_reads_see_every_change_and_keep_little(
     first = store.get_version("acme", "m0", 1)
     assert store.get_version("acme", "m0", 1) is first  # kept, not decoded again
     store.set_alias("acme", "m0", "production", 1, now_us=2)
-    assert store.get_version("acme", "m0", 1).aliases == ("production",)
+    by_number = store.get_version("acme", "m0", 1)
+    assert by_number.aliases == ("production",)
+    assert store.get_version_by_alias("acme", "m0", "production") is by_number  # one row, one record
+    store.set_alias("acme", "m0", "production", 2, now_us=2)
+    assert store.get_version_by_alias("acme", "m0", "production").version == 2
+    with pytest.raises(NotFound):
+        store.get_version_by_alias("beta", "m0", "production")
+    with pytest.raises(NotFound):
+        store.get_version_by_alias("acme", "m0", "staging")
+    store.set_alias("acme", "m0", "production", 1, now_us=2)
     store.archive_version("acme", "m0", 2, now_us=3)
     assert store.get_version("acme", "m0", 2).state == VersionState.ARCHIVED
     with pytest.raises(NotFound):
@@ -875,8 +884,12 @@ def test_postgresql_version_reads_see_another_replicas_writes(postgres_url: str)
         assert reader.get_version("acme", "churn", 1).aliases == ()
         writer.set_alias("acme", "churn", "production", 1, now_us=3)
         assert reader.get_version("acme", "churn", 1).aliases == ("production",)
-        writer.archive_version("acme", "churn", 2, now_us=4)
-        assert reader.get_version("acme", "churn", 2).state == VersionState.ARCHIVED
+        assert reader.get_version_by_alias("acme", "churn", "production").version == 1
+        writer.set_alias("acme", "churn", "production", 2, now_us=3)
+        assert reader.get_version_by_alias("acme", "churn", "production").version == 2
+        assert reader.get_version("acme", "churn", 1).aliases == ()
+        writer.archive_version("acme", "churn", 1, now_us=4)
+        assert reader.get_version("acme", "churn", 1).state == VersionState.ARCHIVED
         with pytest.raises(NotFound):
             reader.get_version("acme", "churn", 3)
     finally:

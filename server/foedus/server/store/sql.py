@@ -136,6 +136,10 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
+class _NoRawPath(Exception):
+    """This store reads versions through SQLAlchemy only (see `SqlStore._raw_version_row`)."""
+
+
 class SqlStore(Store):
     """`Store` on SQLAlchemy 2 Core. One engine, a small connection pool, one transaction per call."""
 
@@ -686,18 +690,14 @@ class SqlStore(Store):
         return tuple(r.alias for r in rows)
 
     def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
-        if self._sqlite_path is not None:
-            row = self._raw_reader().execute(_RAW_GET_VERSION, (tenant, model, version)).fetchone()
-            return self._memoised_version(tenant, model, version, row)
-        if self.dialect == "postgresql":
-            try:
-                row = self._pg_reader().execute(_PG_GET_VERSION, (tenant, model, version)).fetchone()
-            except psycopg.Error:
-                # a broken connection (server restart, network): drop it; the pooled path below
-                # answers this read and the next one opens a fresh connection
-                self._drop_pg_reader()
-            else:
-                return self._memoised_version(tenant, model, version, row)
+        try:
+            raw = self._raw_version_row(_RAW_GET_VERSION, _PG_GET_VERSION, (tenant, model, version))
+        except _NoRawPath:
+            pass
+        else:
+            if raw is None:
+                raise NotFound(f"version {version} of model {model!r} not found")
+            return self._memoised_version(tenant, model, raw)
         params = {"tenant": tenant, "model": model, "version": version}
         with self._read() as conn:
             row = conn.execute(_GET_VERSION, params).first()
@@ -751,19 +751,32 @@ class SqlStore(Store):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _memoised_version(
-        self, tenant: str, model: str, version: int, row: tuple[Any, ...] | None
-    ) -> VersionRecord:
-        """The version from its raw row (`_RAW_GET_VERSION`, `_PG_GET_VERSION`); the same record
-        object while the row is unchanged.
+    def _raw_version_row(
+        self, sqlite_sql: str, pg_sql: str, params: tuple[Any, ...]
+    ) -> tuple[Any, ...] | None:
+        """A version's raw row (the columns of `_RAW_GET_VERSION`) or None when there is none,
+        read outside SQLAlchemy; `_NoRawPath` when this store cannot (another database, or a
+        PostgreSQL connection that just broke: it is dropped, and the next read opens a fresh one)."""
+        if self._sqlite_path is not None:
+            found: tuple[Any, ...] | None = self._raw_reader().execute(sqlite_sql, params).fetchone()
+            return found
+        if self.dialect != "postgresql":
+            raise _NoRawPath
+        try:
+            row = self._pg_reader().execute(pg_sql, params).fetchone()
+        except psycopg.Error:
+            self._drop_pg_reader()
+            raise _NoRawPath from None
+        return None if row is None else tuple(row)
+
+    def _memoised_version(self, tenant: str, model: str, row: tuple[Any, ...]) -> VersionRecord:
+        """The version from its raw row (`_raw_version_row`); the same record object while the
+        row is unchanged.
 
         Decoding a row's JSON (signature, lineage, reference profile) into a record costs more than
         the query, so records of the last rows read are kept, keyed by the row's whole content:
         a row that changed in any column (a tag, an alias, the state) is decoded afresh, and no
         answer can be staler than the query that found it."""
-        if row is None:
-            raise NotFound(f"version {version} of model {model!r} not found")
-        row = tuple(row)
         key = (tenant, model, row)
         with self._memo_lock:
             kept = self._version_memo.get(key)
@@ -806,6 +819,16 @@ class SqlStore(Store):
         )
 
     def get_version_by_alias(self, tenant: str, model: str, alias: str) -> VersionRecord:
+        try:
+            raw = self._raw_version_row(
+                _RAW_GET_VERSION_BY_ALIAS, _PG_GET_VERSION_BY_ALIAS, (tenant, model, alias)
+            )
+        except _NoRawPath:
+            pass
+        else:
+            if raw is None:
+                raise NotFound(f"alias {alias!r} of model {model!r} not found")
+            return self._memoised_version(tenant, model, raw)
         params = {"tenant": tenant, "model": model, "alias": alias}
         with self._read() as conn:
             row = conn.execute(_GET_VERSION_BY_ALIAS, params).first()
@@ -2249,6 +2272,22 @@ FROM model_versions v JOIN models m ON v.model_id = m.id
 WHERE m.tenant = %s AND m.name = %s AND v.version = %s
 """
 """`_RAW_GET_VERSION` for PostgreSQL: JSON as text, so that the row keys the memo as SQLite's does."""
+
+
+def _by_alias(by_number: str, marker: str) -> str:
+    """The statement `by_number` (a version by its number) selecting the version an alias names."""
+    where = f"WHERE m.tenant = {marker} AND m.name = {marker} AND v.version = {marker}"
+    if by_number.count(where) != 1:
+        raise AssertionError(f"no {where!r} in the statement")
+    return by_number.replace(
+        where,
+        "JOIN model_aliases al ON al.model_id = v.model_id AND al.version = v.version\n"
+        f"WHERE m.tenant = {marker} AND m.name = {marker} AND al.alias = {marker}",
+    )
+
+
+_RAW_GET_VERSION_BY_ALIAS = _by_alias(_RAW_GET_VERSION, "?")
+_PG_GET_VERSION_BY_ALIAS = _by_alias(_PG_GET_VERSION, "%s")
 _IN_MODEL = and_(models.c.tenant == bindparam("tenant"), models.c.name == bindparam("model"))
 _GET_VERSION = _version_select(True).where(_IN_MODEL, model_versions.c.version == bindparam("version"))
 _GET_VERSION_BY_ALIAS = (
