@@ -136,10 +136,6 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
-class _NoRawPath(Exception):
-    """This store reads versions through SQLAlchemy only (see `SqlStore._raw_version_row`)."""
-
-
 class SqlStore(Store):
     """`Store` on SQLAlchemy 2 Core. One engine, a small connection pool, one transaction per call."""
 
@@ -690,19 +686,15 @@ class SqlStore(Store):
         return tuple(r.alias for r in rows)
 
     def get_version(self, tenant: str, model: str, version: int) -> VersionRecord:
-        try:
-            raw = self._raw_version_row(_RAW_GET_VERSION, _PG_GET_VERSION, (tenant, model, version))
-        except _NoRawPath:
-            pass
-        else:
-            if raw is None:
-                raise NotFound(f"version {version} of model {model!r} not found")
-            return self._memoised_version(tenant, model, raw)
+        missing = f"version {version} of model {model!r} not found"
+        fast = self._raw_version(tenant, model, _RAW_GET_VERSION, _PG_GET_VERSION, version, missing)
+        if fast is not None:
+            return fast
         params = {"tenant": tenant, "model": model, "version": version}
         with self._read() as conn:
             row = conn.execute(_GET_VERSION, params).first()
             if row is None:
-                raise NotFound(f"version {version} of model {model!r} not found")
+                raise NotFound(missing)
             aliases = self._version_aliases(conn, row.model_id, row.version)
         return self._version(tenant, model, row, aliases)
 
@@ -751,27 +743,32 @@ class SqlStore(Store):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _raw_version_row(
-        self, sqlite_sql: str, pg_sql: str, params: tuple[Any, ...]
-    ) -> tuple[Any, ...] | None:
-        """A version's raw row (the columns of `_RAW_GET_VERSION`) or None when there is none,
-        read outside SQLAlchemy; `_NoRawPath` when this store cannot (another database, or a
-        PostgreSQL connection that just broke: it is dropped, and the next read opens a fresh one)."""
+    def _raw_version(
+        self, tenant: str, model: str, sqlite_sql: str, pg_sql: str, selector: int | str, missing: str
+    ) -> VersionRecord | None:
+        """The version that `sqlite_sql` / `pg_sql` (`_RAW_GET_VERSION` and its kin) select by
+        tenant, model and `selector`, read outside SQLAlchemy; NotFound(`missing`) when there is
+        none. None when this store cannot read it so (another database, or a PostgreSQL connection
+        that just broke: it is dropped, and the next read opens a fresh one): the caller's pooled
+        path answers."""
+        params = (tenant, model, selector)
         if self._sqlite_path is not None:
-            found: tuple[Any, ...] | None = self._raw_reader().execute(sqlite_sql, params).fetchone()
-            return found
-        if self.dialect != "postgresql":
-            raise _NoRawPath
-        try:
-            row = self._pg_reader().execute(pg_sql, params).fetchone()
-        except psycopg.Error:
-            self._drop_pg_reader()
-            raise _NoRawPath from None
-        return None if row is None else tuple(row)
+            row: tuple[Any, ...] | None = self._raw_reader().execute(sqlite_sql, params).fetchone()
+        elif self.dialect == "postgresql":
+            try:
+                found = self._pg_reader().execute(pg_sql, params).fetchone()
+            except psycopg.Error:
+                self._drop_pg_reader()
+                return None
+            row = None if found is None else tuple(found)
+        else:
+            return None
+        if row is None:
+            raise NotFound(missing)
+        return self._memoised_version(tenant, model, row)
 
     def _memoised_version(self, tenant: str, model: str, row: tuple[Any, ...]) -> VersionRecord:
-        """The version from its raw row (`_raw_version_row`); the same record object while the
-        row is unchanged.
+        """The version from its raw row; the same record object while the row is unchanged.
 
         Decoding a row's JSON (signature, lineage, reference profile) into a record costs more than
         the query, so records of the last rows read are kept, keyed by the row's whole content:
@@ -819,21 +816,17 @@ class SqlStore(Store):
         )
 
     def get_version_by_alias(self, tenant: str, model: str, alias: str) -> VersionRecord:
-        try:
-            raw = self._raw_version_row(
-                _RAW_GET_VERSION_BY_ALIAS, _PG_GET_VERSION_BY_ALIAS, (tenant, model, alias)
-            )
-        except _NoRawPath:
-            pass
-        else:
-            if raw is None:
-                raise NotFound(f"alias {alias!r} of model {model!r} not found")
-            return self._memoised_version(tenant, model, raw)
+        missing = f"alias {alias!r} of model {model!r} not found"
+        fast = self._raw_version(
+            tenant, model, _RAW_GET_VERSION_BY_ALIAS, _PG_GET_VERSION_BY_ALIAS, alias, missing
+        )
+        if fast is not None:
+            return fast
         params = {"tenant": tenant, "model": model, "alias": alias}
         with self._read() as conn:
             row = conn.execute(_GET_VERSION_BY_ALIAS, params).first()
             if row is None:
-                raise NotFound(f"alias {alias!r} of model {model!r} not found")
+                raise NotFound(missing)
             aliases = self._version_aliases(conn, row.model_id, row.version)
         return self._version(tenant, model, row, aliases)
 
