@@ -875,7 +875,7 @@ def test_version_reads_see_every_change_and_keep_little(
 
 def test_postgresql_version_reads_see_another_replicas_writes(postgres_url: str) -> None:
     """Two stores on one database, as two server replicas: a version one of them has read (and
-    keeps decoded) shows the other's alias move, tag and archive at the next read."""
+    keeps decoded) shows the other's alias moves and archiving at the next read."""
     writer, reader = SqlStore(postgres_url), SqlStore(postgres_url, run_migrations=False)
     try:
         writer.create_tenant("acme", "Acme", "admin", 1)
