@@ -170,24 +170,45 @@ def rules(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench/smd_thresholds.py",
-        description="Label-free decision rules for the SMD anomaly model, on the same fitted models.",
-    )
+def machine_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options the SMD bench scripts share: ``--data-dir``, ``--machines``, ``--json``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="data root holding smd/ (FOEDUS_DATA_DIR)"
     )
     parser.add_argument("--machines", nargs="*", default=None, help="machine names (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here as one flat object")
-    args = parser.parse_args(argv)
-    data_dir = args.data_dir or default_data_dir()
+    return parser
+
+
+def machines_of(args: argparse.Namespace) -> tuple[Path, list[str]] | None:
+    """The data root and the machines to run on; None (after saying why) when there is no SMD data."""
+    data_dir: Path = args.data_dir or default_data_dir()
     try:
-        names = args.machines or available_machines(data_dir)
+        return data_dir, list(args.machines or available_machines(data_dir))
     except FileNotFoundError as exc:
         print(f"skipped: {exc}", file=sys.stderr)
+        return None
+
+
+def write_figures(path: Path | None, figures: dict[str, float]) -> None:
+    """`figures` as one flat JSON object at `path` (when given), leaving out those not finite."""
+    if path is not None:
+        finite = {k: v for k, v in figures.items() if math.isfinite(v)}
+        path.write_text(json.dumps(finite, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = machine_parser(
+        "bench/smd_thresholds.py",
+        "Label-free decision rules for the SMD anomaly model, on the same fitted models.",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    found = machines_of(args)
+    if found is None:
         return 2
+    data_dir, names = found
     started = time.perf_counter()
     per_rule: dict[str, dict[str, list[float]]] = {}
     for name in names:
@@ -219,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             out[f"{rule}_{key}"] = value
     out["machines"] = float(len(names))
     out["seconds"] = time.perf_counter() - started
-    if args.json is not None:
-        plain = {k: v for k, v in out.items() if math.isfinite(v)}
-        args.json.write_text(json.dumps(plain, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_figures(args.json, out)
     return 0
 
 

@@ -9,7 +9,7 @@ that the variants differ only in what is named) and flags the test series at its
 (median of the training score's daily maxima), through the drift compensation unless the variant
 changes it:
 
-* ``pair``: the default ensemble (windows 10 and 20), seed 0; ``pair_s<k>``: the same, seed k;
+* ``pair``: the default ensemble (windows 10 and 20), first seed (0); ``pair_s<k>``: the same, seed k;
 * ``pair_w5`` / ``pair_w20``: the ensemble over windows 5 and 10 / 20 and 40;
 * ``single``: one network over 10 steps;
 * ``clip5``: normalised metrics clipped to +-5 instead of +-10;
@@ -35,21 +35,19 @@ a point or two as noise (seeds alone move the mean by that much).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from smd_thresholds import machine_parser, machines_of, write_figures  # bench/smd_thresholds.py
 
 from foedus.client_sdk.agent.compensation import DriftCompensation, compensated_scores, reference_levels
 from foedus.federation.anomaly import AnomalyConfig, AnomalyModel, block_maxima_threshold
 from foedus.federation.evaluation.metrics import detection_scores
-from foedus.federation.evaluation.smd import SmdMachine, available_machines, default_data_dir, load_machine
+from foedus.federation.evaluation.smd import SmdMachine, load_machine
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -97,11 +95,15 @@ class Fitted:
         self.train = (weights * self.member_train).sum(axis=0)
         self.test = (weights * self.member_test).sum(axis=0)
 
-    def score(self, blocks: int | None = None) -> FloatArray:
-        return compensated(self.train, self.test, self.block, self.blocks if blocks is None else blocks)
+        self.compensated = compensated(self.train, self.test, self.block, self.blocks)
+        """The test scores as an agent reports them (through the model's own drift compensation)."""
+
+    def score(self, blocks: int) -> FloatArray:
+        """The test scores through a drift compensation over `blocks` days (0: none)."""
+        return compensated(self.train, self.test, self.block, blocks)
 
     def flags(self) -> BoolArray:
-        return self.score() >= self.threshold
+        return self.compensated >= self.threshold
 
     def members_min(self) -> BoolArray:
         ratios = [
@@ -112,7 +114,7 @@ class Fitted:
 
     def persist(self, k: int) -> BoolArray:
         train = running_min(self.train.sum(axis=1), k)
-        return running_min(self.score(), k) >= block_maxima_threshold(train, self.block)
+        return running_min(self.compensated, k) >= block_maxima_threshold(train, self.block)
 
 
 def machine_flags(machine: SmdMachine, seeds: Sequence[int]) -> dict[str, BoolArray]:
@@ -129,30 +131,28 @@ def machine_flags(machine: SmdMachine, seeds: Sequence[int]) -> dict[str, BoolAr
     for seed, run in zip(seeds[1:], runs[1:], strict=True):
         flags[f"pair_s{seed}"] = run.flags()
     if len(runs) > 1:
-        flags["seeds_mean"] = np.mean([r.score() / r.threshold for r in runs], axis=0) >= 1.0
+        flags["seeds_mean"] = np.mean([r.compensated / r.threshold for r in runs], axis=0) >= 1.0
         flags["seeds_vote"] = np.sum([r.flags() for r in runs], axis=0) * 2 > len(runs)
     flags["vote5"] = np.sum([flags[name] for name in VOTERS], axis=0) >= 3
     return flags
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench/smd_variants.py",
-        description="Design variants of the SMD anomaly model, each fitted on the same machines.",
+    parser = machine_parser(
+        "bench/smd_variants.py", "Design variants of the SMD anomaly model, each fitted on the same machines."
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="data root holding smd/ (FOEDUS_DATA_DIR)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of the default pair; the first also fits every other design (%(default)s)",
     )
-    parser.add_argument("--machines", nargs="*", default=None, help="machine names (default: all)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the default pair")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here as one flat object")
     args = parser.parse_args(argv)
-    data_dir = args.data_dir or default_data_dir()
-    try:
-        names = args.machines or available_machines(data_dir)
-    except FileNotFoundError as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
+    found = machines_of(args)
+    if found is None:
         return 2
+    data_dir, names = found
     started = time.perf_counter()
     figures: dict[str, dict[str, list[float]]] = {}
     for name in names:
@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         out[f"{variant}_f1"] = plain
     out["machines"] = float(len(names))
     out["seconds"] = time.perf_counter() - started
-    if args.json is not None:
-        plain_figures = {k: v for k, v in out.items() if math.isfinite(v)}
-        args.json.write_text(json.dumps(plain_figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_figures(args.json, out)
     return 0
 
 
